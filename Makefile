@@ -1,0 +1,53 @@
+# STS Fusion: set-up, tests, demo and packaging on Debian 12 (run as root, or with sudo available).
+# Every target installs what it needs first, and does nothing more when it is already installed.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv zip
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages venv plugin-link test demo package clean
+
+setup: system-packages venv plugin-link
+
+# Debian's QGIS 3.22 LTR, GDAL and their Python bindings; skipped when they are already there.
+system-packages:
+	@if command -v qgis_process.bin >/dev/null && command -v zip >/dev/null && \
+	    /usr/bin/python3 -c 'import qgis.core, osgeo.gdal, ensurepip' 2>/dev/null; then \
+	  echo "QGIS and GDAL: already installed"; \
+	else \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+# The venv sees the system site-packages (qgis, osgeo, numpy 1.24); torch CPU, scikit-learn, pytest on top.
+venv: $(STAMP)
+$(STAMP): requirements.txt constraints.txt
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -c "import torch, sklearn, numpy, osgeo.gdal, qgis.core; assert numpy.__version__.startswith('1.')"
+	@touch $(STAMP)
+
+# qgis_process finds plugins by folder name: .build/plugins/stsfusion points at this checkout.
+plugin-link:
+	@mkdir -p .build/plugins && ln -sfn ../.. .build/plugins/stsfusion
+	@source scripts/env.sh && qgis_process.bin plugins enable stsfusion >/dev/null 2>&1 || true
+
+test: setup
+	source scripts/env.sh && $(PY) -m pytest -q tests
+
+demo: setup
+	source scripts/env.sh && bash scripts/demo.sh
+
+# A zip for QGIS's "Install from ZIP": the plugin folder only, no tests, caches, venv or data.
+package: system-packages
+	@rm -rf dist && mkdir -p dist/stsfusion
+	git archive HEAD -- metadata.txt __init__.py plugin.py algorithms model ui resources README.md LICENSE \
+	  | tar -x -C dist/stsfusion
+	cd dist && zip -q -r stsfusion.zip stsfusion && rm -rf stsfusion
+	@echo "dist/stsfusion.zip"
+
+clean:
+	rm -rf .build dist .pytest_cache demo_output

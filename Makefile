@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv zip
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv python3-matplotlib zip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages venv plugin-link test demo package clean
@@ -15,7 +15,7 @@ setup: system-packages venv plugin-link
 # Debian's QGIS 3.22 LTR, GDAL and their Python bindings; skipped when they are already there.
 system-packages:
 	@if command -v qgis_process.bin >/dev/null && command -v zip >/dev/null && \
-	    /usr/bin/python3 -c 'import qgis.core, osgeo.gdal, ensurepip' 2>/dev/null; then \
+	    /usr/bin/python3 -c 'import qgis.core, osgeo.gdal, ensurepip, matplotlib' 2>/dev/null; then \
 	  echo "QGIS and GDAL: already installed"; \
 	else \
 	  $(SUDO) apt-get update -q && \

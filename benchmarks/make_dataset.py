@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Builds the development benchmark: a simulated 7-date series on the real EnMAP Potsdam image.
+
+    python benchmarks/make_dataset.py [--data ../shared/data] [--out benchmarks/output/dataset]
+
+1. Mosaic the 18 real EnMAP L2A tiles (2022-07-24, 30 m, ../shared/data/enmap_potsdam) with
+   GDAL (gdalbuildvrt): 160x192 px with holes where tiles are missing, padded by two nodata
+   columns to 162x192 so that the x2 and x3 coarser grids align with it exactly. The 6 bands
+   EnMAP flags as bad (bbl=0, 1331-1391 nm, all nodata) are dropped: 218 bands remain.
+2. Simulate the truth on 7 dates (model/scene_series.py: unmixing, per-parcel schedules, smooth
+   within-field variation; the real image stays underneath as the unmixing residual).
+3. Simulate the inputs (the paper's Dataset I protocol, made hard like real data): fine MS on 4
+   dates (ZY1-02D VNIC-like, 30 m), dense MS on all 7 dates (measured GF-6 WFV responses,
+   x2 coarser: 60 m; its violet band B7 is left out because EnMAP starts at 418 nm), coarse HS
+   on the same 4 dates (x3 coarser: 90 m); misregistration, gains, noise, clouds.
+4. Write GeoTIFFs (int16 reflectance x 1e4, band scale 0.0001, nodata -32768, dates in names
+   and ACQUISITION_DATE, wavelengths in band metadata): inputs in --out, the truth in
+   --out/truth, and dataset.json saying which dates are which and which two of the three dates
+   without an HS image are HELD OUT of every tuning decision (the third is for tuning).
+
+Everything written is simulated from real data: say so wherever results are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGINS = os.path.join(ROOT, ".build", "plugins")
+if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
+    os.makedirs(PLUGINS, exist_ok=True)
+    os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
+sys.path.insert(0, PLUGINS)
+
+from osgeo import gdal  # noqa: E402
+
+from stsfusion.model import scene_series as ss  # noqa: E402
+from stsfusion.model.mdd import Grid  # noqa: E402
+from stsfusion.model.srf import load_srf_file  # noqa: E402
+
+gdal.UseExceptions()
+
+SEED = 724
+DATES = ss.season_dates("2022-04-10", 7, 25)
+HS_INDICES = (0, 2, 3, 6)  # fine MS and HS dates; uneven gaps, like real acquisitions
+HELD_OUT = (DATES[1], DATES[5])  # never used for any tuning decision: the evaluation dates
+TUNING = (DATES[4],)  # the one date without HS that tuning may look at
+DENSE_FACTOR, HS_FACTOR = 2, 3
+MEAN_PARCEL_AREA_PX = 40.0  # 30 m pixels: about 3.6 ha, many parcels span few dense MS pixels
+ALIGN = DENSE_FACTOR * HS_FACTOR
+
+
+def build_mosaic(tile_dir: str, vrt_path: str):
+    """(hs (band, row, col) reflectance with NaN, wavelengths, fwhm, Grid): the tiles mosaicked
+    by GDAL, the grid padded on the right/bottom to a multiple of ALIGN pixels."""
+    tiles = sorted(glob.glob(os.path.join(tile_dir, "*.tif")))
+    if not tiles:
+        raise SystemExit(f"No EnMAP tiles in {tile_dir}: give --data, the folder holding enmap_potsdam/.")
+    probe = gdal.BuildVRT("", tiles)
+    x0, px, _, y0, _, py = probe.GetGeoTransform()
+    w = -(-probe.RasterXSize // ALIGN) * ALIGN
+    h = -(-probe.RasterYSize // ALIGN) * ALIGN
+    probe = None
+    vrt = gdal.BuildVRT(vrt_path, tiles, outputBounds=(x0, y0 + py * h, x0 + px * w, y0))
+    first = gdal.Open(tiles[0])
+    keep, wl, fwhm = [], [], []
+    for b in range(first.RasterCount):
+        md = first.GetRasterBand(b + 1).GetMetadata()
+        if float(md.get("bbl", 1)) > 0:
+            keep.append(b)
+            wl.append(float(md["wavelength"]))
+            fwhm.append(float(md["fwhm"]))
+    band = first.GetRasterBand(1)
+    scale, nodata = band.GetScale() or 1.0, band.GetNoDataValue()
+    hs = np.empty((len(keep), h, w), dtype=np.float32)
+    for i, b in enumerate(keep):
+        a = vrt.GetRasterBand(b + 1).ReadAsArray().astype(np.float32)
+        hs[i] = np.where(a == nodata, np.nan, a * scale)
+    invalid = ~np.all(np.isfinite(hs), axis=0)
+    hs[:, invalid] = np.nan
+    grid = Grid(vrt.GetProjection(), vrt.GetGeoTransform(), w, h)
+    vrt = None
+    return hs, np.array(wl), np.array(fwhm), grid, len(tiles), first.GetMetadataItem("start_time")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data"),
+                    help="folder holding enmap_potsdam/ and srf/ (default ../shared/data)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "output", "dataset"))
+    ap.add_argument("--seed", type=int, default=SEED)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    hs, wl, fwhm, grid, n_tiles, acquired = build_mosaic(os.path.join(args.data, "enmap_potsdam"),
+                                                         os.path.join(args.out, "enmap_mosaic.vrt"))
+    t_mosaic = time.time() - t0
+    truth = ss.simulate_truth(hs, wl, DATES, seed=args.seed, mean_parcel_area_px=MEAN_PARCEL_AREA_PX)
+    t_truth = time.time() - t0 - t_mosaic
+    gf6_file = os.path.join(args.data, "srf", "GF6_WFV.txt")
+    measured = load_srf_file(gf6_file) if os.path.exists(gf6_file) else None
+    dense_source = ("measured GF-6 WFV responses (srf/GF6_WFV.txt, from acolite)" if measured
+                    else "resources/sensors/gf6_wfv.json (Gaussian bands)")
+    sensors = ss.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, dense_response=measured)
+    dropped = [n for n in (measured or ss.sensor_preset("gf6_wfv")).names
+               if n not in sensors["dense_ms"].response.names]
+    design = ss.SeriesDesign.paper(DATES, HS_INDICES)
+    images = ss.simulate_inputs(truth, wl, fwhm, design, sensors, seed=args.seed)
+    t_inputs = time.time() - t0 - t_mosaic - t_truth
+    source = ("simulated from the real EnMAP L2A image of Potsdam (2022-07-24) by STS Fusion "
+              "benchmarks/make_dataset.py")
+    files = ss.write_inputs(args.out, images, grid, {"SOURCE": source})
+    truth_files = ss.write_truth(os.path.join(args.out, "truth"), truth, grid, wl, fwhm, {"SOURCE": source})
+    no_hs = [d for d in DATES if d not in design.role_dates["hs"]]
+    summary = ss.series_summary(design, images, files, grid, wl)
+    kinds = np.bincount(truth.schedule_kind, minlength=len(ss.SCHEDULES))
+    summary.update({
+        "description": "Development benchmark, SIMULATED from one real EnMAP image (no public "
+                       "multi-date hyperspectral series exists): see benchmarks/make_dataset.py.",
+        "source": {"tiles": n_tiles, "folder": "../shared/data/enmap_potsdam", "acquired": acquired,
+                   "bands_kept": int(len(wl)), "bands_dropped": "6 with bbl=0 (1331-1391 nm)"},
+        "responses": {"fine_ms": "resources/sensors/zy1_02d_vnic.json (Gaussian bands)",
+                      "dense_ms": f"{dense_source}; left out (outside the EnMAP range): "
+                                  f"{', '.join(dropped) or 'none'}"},
+        "seed": args.seed, "command": "python benchmarks/make_dataset.py",
+        "truth_dir": "truth", "truth_files": truth_files,
+        "hs_dates": design.role_dates["hs"], "fine_ms_dates": design.role_dates["fine_ms"],
+        "dense_ms_dates": design.role_dates["dense_ms"], "no_hs_dates": no_hs,
+        "held_out_dates": list(HELD_OUT), "tuning_dates": list(TUNING),
+        "held_out_rule": "The held-out dates are for the final evaluation only: no parameter, "
+                         "architecture or stopping decision may look at their results.",
+        "valid_fraction_fine_grid": round(float(np.isfinite(hs[0]).mean()), 4),
+        "parcels": int(truth.parcels.max()) + 1,
+        "parcel_schedules": {k: int(n) for k, n in zip(ss.SCHEDULES, kinds)},
+        "endmember_roles": {k: [int(i) for i in v] for k, v in truth.unmixing.roles.items()},
+        "n_endmembers": int(truth.unmixing.endmembers.shape[0]),
+    })
+    ss.write_json(os.path.join(args.out, "dataset.json"), summary)
+    total = time.time() - t0
+    size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(args.out, "**", "*.tif"), recursive=True))
+    print(f"benchmark dataset in {args.out}: {sum(len(v) for v in files.values())} inputs + "
+          f"{len(truth_files)} truth GeoTIFFs, {size / 1e6:.1f} MB")
+    print(f"fine grid {grid.width}x{grid.height} px at {grid.pixel_size:g} m, {len(wl)} HS bands; "
+          f"held out: {', '.join(HELD_OUT)}; tuning: {', '.join(TUNING)}")
+    print(f"time: mosaic {t_mosaic:.1f} s, truth {t_truth:.1f} s, inputs {t_inputs:.1f} s, "
+          f"total {total:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

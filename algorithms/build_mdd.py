@@ -1,21 +1,129 @@
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterMultipleLayers, QgsProcessing, QgsProcessingParameterFileDestination
+"""Build MDD stack (stsfusion:buildmdd): parse the parameters, call model.build_mdd.build_mdd_stack."""
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingAlgorithm,
+                       QgsProcessingException, QgsProcessingParameterCrs, QgsProcessingParameterExtent,
+                       QgsProcessingParameterFileDestination, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterNumber, QgsProcessingParameterString)
+
+from ..model.build_mdd import (BuildMddCanceled, BuildMddError, build_mdd_stack, empty_role_message)
 
 
 class BuildMddAlgorithm(QgsProcessingAlgorithm):
+    FINE_MS = "FINE_MS"
+    DENSE_MS = "DENSE_MS"
+    HS = "HS"
+    DATES = "DATES"
+    TARGET_CRS = "TARGET_CRS"
+    PIXEL_SIZE = "PIXEL_SIZE"
+    TARGET_EXTENT = "TARGET_EXTENT"
+    OUTPUT = "OUTPUT"
+    _ROLES = (("fine_ms", FINE_MS), ("dense_ms", DENSE_MS), ("hs", HS))
+
     def name(self):
         return "buildmdd"
 
-    def displayName(self):
+    def displayName(self):  # noqa: N802 (QGIS API)
         return "Build MDD stack"
 
-    def createInstance(self):
+    def group(self):
+        return ""
+
+    def groupId(self):  # noqa: N802 (QGIS API)
+        return ""
+
+    def createInstance(self):  # noqa: N802 (QGIS API)
         return BuildMddAlgorithm()
 
-    def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterMultipleLayers("HS", "HS", QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "MDD", "JSON (*.json)"))
+    def shortHelpString(self):  # noqa: N802 (QGIS API)
+        return (
+            "Warps fine multispectral (MS), dense MS and hyperspectral (HS) layers onto one common grid "
+            "and writes them as an MDD: a JSON manifest plus, beside it, one tiled compressed GeoTIFF "
+            "per role (dates x bands, band descriptions 'YYYY-MM-DD <wavelength> nm', physical values "
+            "with band scale/offset applied) and one validity mask per role (one band per date, 1 = valid). "
+            "Nodata, non-finite values and areas outside a layer become mask 0. Sources finer than the "
+            "grid are area-averaged, coarser ones bilinearly interpolated.\n\n"
+            "FINE_MS: fine MS layers, one per date (few dates, finest pixels).\n"
+            "DENSE_MS: dense MS layers, one per date (many dates, coarser pixels).\n"
+            "HS: hyperspectral layers, one per date; need band wavelengths (band metadata "
+            "'wavelength' + 'wavelength_units', or an ENVI header).\n"
+            "Each layer's date comes from DATES, else its metadata (ACQUISITION_DATE, start_time, "
+            "SENSING_TIME, DATE_ACQUIRED, ENVI 'acquisition time', TIFFTAG_DATETIME, ...), else its "
+            "file name (YYYYMMDD, YYYY-MM-DD, YYYY_MM_DD, Sentinel-2/Landsat/MODIS product names).\n"
+            "DATES (optional): 'layer_name=YYYY-MM-DD;layer_name=YYYY-MM-DD' with the layer names as "
+            "QGIS shows them (the file name without extension for files).\n"
+            "TARGET_CRS (optional): CRS of the grid; default the first fine MS layer's CRS.\n"
+            "PIXEL_SIZE (optional): grid pixel size in TARGET_CRS units (metres for UTM, degrees "
+            "for EPSG:4326); default the fine MS pixel size.\n"
+            "TARGET_EXTENT (optional): area of the grid, snapped outward to whole pixels; default the "
+            "overlap of all inputs, snapped inward to the fine MS pixel grid.\n"
+            "OUTPUT: the MDD manifest (.json); the stacks <name>_<role>.tif and masks "
+            "<name>_<role>_mask.tif are written beside it.")
 
-    def processAlgorithm(self, parameters, context, feedback):
-        layers = self.parameterAsLayerList(parameters, "HS", context)
-        feedback.pushInfo(str([l.source() for l in layers]))
-        return {"OUTPUT": self.parameterAsFileOutput(parameters, "OUTPUT", context)}
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        for key, label in ((self.FINE_MS, "Fine multispectral layers (one per date)"),
+                           (self.DENSE_MS, "Dense multispectral layers (one per date)"),
+                           (self.HS, "Hyperspectral layers (one per date, with wavelengths)")):
+            self.addParameter(QgsProcessingParameterMultipleLayers(key, label, QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterString(
+            self.DATES, "Dates override (layer_name=YYYY-MM-DD;...)", optional=True))
+        self.addParameter(QgsProcessingParameterCrs(
+            self.TARGET_CRS, "Target CRS [default: fine MS CRS]", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.PIXEL_SIZE, "Pixel size in target CRS units [default: fine MS pixel size]",
+            QgsProcessingParameterNumber.Double, optional=True))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.TARGET_EXTENT, "Target extent [default: overlap of all inputs]", optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT, "MDD manifest", "MDD manifest (*.json)"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
+        # Before QGIS's own check, whose "Incorrect parameter value" does not say what to do.
+        for role, key in self._ROLES:
+            if not self.parameterAsLayerList(parameters, key, context):
+                return False, empty_role_message(role)
+        return super().checkParameterValues(parameters, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        layers = {}
+        for role, key in self._ROLES:
+            layers[role] = []
+            for layer in self.parameterAsLayerList(parameters, key, context):
+                if layer.providerType() != "gdal":
+                    raise QgsProcessingException(
+                        f"{key} layer '{layer.name()}' is not a file raster ({layer.providerType()}): "
+                        "save it as a GeoTIFF (Raster > Conversion > Translate) and use that.")
+                layers[role].append((layer.name(), layer.source()))
+        crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
+        extent, extent_crs = None, None
+        if parameters.get(self.TARGET_EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.TARGET_EXTENT, context)
+            extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+            ecrs = self.parameterAsExtentCrs(parameters, self.TARGET_EXTENT, context)
+            extent_crs = _wkt(ecrs) if ecrs.isValid() else None
+        pixel_size = None
+        if parameters.get(self.PIXEL_SIZE) not in (None, ""):
+            pixel_size = self.parameterAsDouble(parameters, self.PIXEL_SIZE, context)
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not output.lower().endswith(".json"):
+            output += ".json"
+        feedback.pushInfo("Layers: " + "; ".join(f"{key}: {', '.join(n for n, _ in layers[role])}"
+                                                  for role, key in self._ROLES))
+
+        def progress(fraction, message):
+            feedback.setProgress(100.0 * fraction)
+            if message:
+                feedback.pushInfo(message)
+
+        try:
+            build_mdd_stack(output, layers["fine_ms"], layers["dense_ms"], layers["hs"],
+                            dates=self.parameterAsString(parameters, self.DATES, context) or None,
+                            target_crs=_wkt(crs) if crs.isValid() else None, pixel_size=pixel_size,
+                            target_extent=extent, extent_crs=extent_crs, progress=progress,
+                            is_canceled=feedback.isCanceled)
+        except (BuildMddError, BuildMddCanceled) as e:
+            raise QgsProcessingException(str(e))
+        return {self.OUTPUT: output}
+
+
+def _wkt(crs: QgsCoordinateReferenceSystem) -> str:
+    return crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)

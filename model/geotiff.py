@@ -126,9 +126,14 @@ def read_band_wavelengths(ds: gdal.Dataset):
             except ValueError:
                 pass
         break
-    if len(wl) == n and n > 0:
-        return wl, (fw if all(f is not None for f in fw) else None)
     envi = {k.lower(): v for k, v in (ds.GetMetadata("ENVI") or {}).items()}
+    if len(wl) == n and n > 0:
+        if any(f is None for f in fw):
+            # GDAL's ENVI driver copies `wavelength` to the bands but leaves `fwhm` in the header.
+            envi_fwhm = [float(v) for v in re.findall(r"[-+0-9.eE]+", envi.get("fwhm", ""))]
+            units = envi.get("wavelength_units")
+            fw = [_to_nm(v, units) for v in envi_fwhm] if len(envi_fwhm) == n else fw
+        return wl, (fw if all(f is not None for f in fw) else None)
     if "wavelength" in envi:
         values = [float(v) for v in re.findall(r"[-+0-9.eE]+", envi["wavelength"])]
         units = envi.get("wavelength_units")

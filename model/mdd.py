@@ -78,6 +78,7 @@ class RoleStack:
     native_pixel_size: float = 0.0  # source pixel size, in the grid's CRS units
     layers: list = field(default_factory=list)  # source layer names, one per date
     band_names: list | None = None
+    bbl: list | None = None  # bad band list (1 good, 0 bad): bad bands do not count for validity
 
     @property
     def n_dates(self) -> int:
@@ -91,7 +92,7 @@ class RoleStack:
         return {"file": os.path.relpath(self.path, base), "mask_file": os.path.relpath(self.mask_path, base),
                 "dates": self.dates, "wavelengths": self.wavelengths, "fwhm": self.fwhm,
                 "band_count": self.n_bands, "band_names": self.band_names,
-                "native_pixel_size": self.native_pixel_size, "layers": self.layers}
+                "native_pixel_size": self.native_pixel_size, "layers": self.layers, "bbl": self.bbl}
 
 
 def band_description(date: str, wavelength: float | None, band_index: int) -> str:
@@ -134,7 +135,8 @@ class MDD:
                               mask_path=os.path.join(base, r["mask_file"]), dates=list(r["dates"]),
                               wavelengths=r.get("wavelengths"), fwhm=r.get("fwhm"),
                               native_pixel_size=float(r.get("native_pixel_size") or 0.0),
-                              layers=list(r.get("layers") or []), band_names=r.get("band_names"))
+                              layers=list(r.get("layers") or []), band_names=r.get("band_names"),
+                              bbl=r.get("bbl"))
             for p in (stack.path, stack.mask_path):
                 if not os.path.exists(p):
                     raise MDDError(f"The {ROLE_LABELS[role]} stack file {p} named by {manifest_path} is "
@@ -215,6 +217,8 @@ class RoleStackWriter:
                     md.update(wavelength=f"{wl:g}", wavelength_units="nm")
                     if stack.fwhm:
                         md["fwhm"] = f"{stack.fwhm[b]:g}"
+                if stack.bbl:
+                    md["bbl"] = str(stack.bbl[b])
                 band_md.append(md)
         role_md = {"STSFUSION_ROLE": stack.role}
         self._data = GeoTiffWriter(stack.path, grid, stack.n_dates * nb, gdal.GDT_Float32, NODATA,

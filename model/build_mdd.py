@@ -241,6 +241,7 @@ def build_mdd_stack(output, fine_ms, dense_ms, hs, dates=None, target_crs=None, 
     grid = _target_grid(roles, crs_wkt, px, target_extent, ext_crs)
     progress(0.0, f"Target grid: {grid.width} x {grid.height} pixels of {px:g}, extent {_fmt(grid.extent)}")
 
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     stacks, native = {}, {}
     for role in ROLES:
         sizes = [pixel_size_in_crs(i, crs_wkt) for i in roles[role]]

@@ -1,0 +1,108 @@
+"""Baseline fusion (`stsfusion:baseline`): the simpler methods the fusion network is compared with,
+run like the fusion (an MDD in, one fine HS GeoTIFF per date out)."""
+
+import os
+
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
+                       QgsProcessingOutputMultipleLayers, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFile,
+                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
+                       QgsProcessingParameterString, QgsProcessingUtils)
+
+from ..model.baselines import METHODS, BaselineCanceled, run_baseline
+
+
+class BaselineFusionAlgorithm(QgsProcessingAlgorithm):
+    MDD = "MDD"
+    METHOD = "METHOD"
+    DATES = "DATES"
+    TILE_SIZE = "TILE_SIZE"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+    OUTPUT_LAYERS = "OUTPUT_LAYERS"
+
+    def name(self):
+        return "baseline"
+
+    def displayName(self):  # noqa: N802 (QGIS API)
+        return "Baseline fusion (for comparison)"
+
+    def group(self):
+        return ""
+
+    def groupId(self):  # noqa: N802 (QGIS API)
+        return ""
+
+    def createInstance(self):  # noqa: N802 (QGIS API)
+        return BaselineFusionAlgorithm()
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API)
+        return (
+            "Baselines, not the STS Fusion method: simple ways to get fine hyperspectral (HS) "
+            "images on every date, to compare the fusion network with ('Assess fusion accuracy'). "
+            "Like 'Fuse time series' they read an MDD and write one GeoTIFF per date, "
+            "<method>_YYYY-MM-DD.tif: the MDD's grid, the HS bands (band metadata 'wavelength' and "
+            "'fwhm' in nm), float32, nodata -9999 where nothing could be predicted, tiled and "
+            "DEFLATE-compressed. No training, no PyTorch.\n\n"
+            "MDD: the .json manifest written by 'Build MDD stack'.\n"
+            "Method:\n"
+            "- interpolation: for each date and pixel, the HS image of the nearest date (in days; "
+            "the earlier on a tie) that is valid there, taken back to its native pixel size and "
+            "upsampled bicubically to the fine grid. Needs the HS role only.\n"
+            "- two_stage: (1) temporal: the fine multispectral (MS) image of every date is "
+            "predicted STARFM-style from the fine MS dates plus the dense-MS change since then "
+            "(change mapped to the fine MS bands by least squares on common dates, averaged over "
+            "spectrally similar neighbours, several fine MS dates weighted by how little changed); "
+            "(2) spectral: a ridge regression from MS to each HS band, learned at the HS pixel size "
+            "on the HS dates, applied to the predicted fine MS. Needs all three roles.\n"
+            "Dates (optional): dates to predict, YYYY-MM-DD separated by commas. Empty (default): "
+            "every date of the MDD.\n"
+            "Tile size (advanced, pixels, default 128): the grid is processed in tiles with an "
+            "overlap, so results do not depend on it; memory grows with its square.\n"
+            "Output folder: where the GeoTIFFs are written, under temporary names renamed at the "
+            "end: a failure or cancel leaves no new file.\n\n"
+            "Output: the list of written files (for the graphical modeler), loaded into the project."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.addParameter(QgsProcessingParameterFile(
+            self.MDD, "MDD (manifest .json from 'Build MDD stack')", extension="json"))
+        method = QgsProcessingParameterEnum(self.METHOD, "Method", list(METHODS),
+                                            defaultValue="two_stage")
+        method.setUsesStaticStrings(True)  # METHOD=interpolation on the command line
+        self.addParameter(method)
+        self.addParameter(QgsProcessingParameterString(
+            self.DATES, "Dates (YYYY-MM-DD, comma separated; empty = every date)", optional=True))
+        tile = QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)",
+                                            QgsProcessingParameterNumber.Integer, 128,
+                                            minValue=16, maxValue=8192)
+        tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(tile)
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
+        self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, "Baseline GeoTIFFs"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        mdd_path = self.parameterAsFile(parameters, self.MDD, context)
+        method = self.parameterAsEnumString(parameters, self.METHOD, context) or "two_stage"
+        dates = self.parameterAsString(parameters, self.DATES, context) or None
+        tile_size = self.parameterAsInt(parameters, self.TILE_SIZE, context)
+        folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
+        if not mdd_path or not os.path.isfile(mdd_path):
+            raise QgsProcessingException(f"MDD '{mdd_path}' does not exist: choose the .json written "
+                                         "by 'Build MDD stack'.")
+        feedback.pushInfo(f"MDD: {mdd_path}\nBaseline: {method}\nOutput folder: {folder}")
+        try:
+            paths = run_baseline(mdd_path, method, folder, dates=dates, tile_size=tile_size,
+                                 progress=lambda fraction, message: feedback.setProgress(100.0 * fraction),
+                                 is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+        except BaselineCanceled as e:
+            feedback.pushInfo(str(e))
+            return {self.OUTPUT_LAYERS: [], self.OUTPUT_FOLDER: folder}
+        except ValueError as e:  # BaselineError, MDDError, FusionError: messages for the user
+            raise QgsProcessingException(str(e))
+        for path in paths:
+            feedback.pushInfo(f"Written: {path}")
+            details = QgsProcessingContext.LayerDetails(
+                os.path.splitext(os.path.basename(path))[0].replace("_", " "), context.project(),
+                self.OUTPUT_LAYERS, QgsProcessingUtils.LayerHint.Raster)
+            context.addLayerToLoadOnCompletion(path, details)
+        return {self.OUTPUT_LAYERS: paths, self.OUTPUT_FOLDER: folder}

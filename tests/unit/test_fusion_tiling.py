@@ -1,0 +1,203 @@
+"""Tiled inference with a window-independent stand-in model: tiles, halos, seams, nodata, memory,
+cancel and failure (no partial GeoTIFF), date selection."""
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from fixtures_predictor import DATES, HS_WAVELENGTHS, ConvPredictor, make_mdd
+from stsfusion.model.fusion import (FusionCanceled, FusionError, expand_window, fuse_with_predictor,
+                                    parse_dates, rgb_band_indices, select_dates, tile_windows)
+from stsfusion.model.mdd import NODATA
+
+
+def _read(path):
+    ds = gdal.Open(str(path))
+    return ds.ReadAsArray().astype(np.float32)
+
+
+def test_tiles_cover_the_grid_once_and_the_last_reach_the_edge():
+    tiles = tile_windows(37, 29, 16)
+    assert len(tiles) == 3 * 2
+    cover = np.zeros((29, 37), dtype=int)
+    for x, y, w, h in tiles:
+        cover[y:y + h, x:x + w] += 1
+    assert (cover == 1).all()
+    assert tiles[-1] == (32, 16, 5, 13)
+    assert tile_windows(32, 32, 16)[-1] == (16, 16, 16, 16)
+    with pytest.raises(FusionError):
+        tile_windows(10, 10, 0)
+
+
+def test_halo_is_clipped_to_the_grid_and_the_crop_gives_the_tile_back():
+    assert expand_window((0, 0, 16, 16), 3, 37, 29) == ((0, 0, 19, 19), (slice(0, 16), slice(0, 16)))
+    window, crop = expand_window((16, 16, 16, 13), 3, 37, 29)
+    assert window == (13, 13, 22, 16)  # grows left/up by 3, right by 3, stops at the bottom edge
+    assert crop == (slice(3, 16), slice(3, 19))
+    a = np.arange(29 * 37).reshape(29, 37)
+    x, y, w, h = window
+    np.testing.assert_array_equal(a[y:y + h, x:x + w][crop], a[16:29, 16:32])
+
+
+def test_seams_tiled_output_equals_one_tile_output(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    one = fuse_with_predictor(mdd, ConvPredictor(), str(tmp_path / "one"), DATES, tile_size=64)
+    tiled = fuse_with_predictor(mdd, ConvPredictor(), str(tmp_path / "tiled"), DATES, tile_size=16)
+    for a, b in zip(one, tiled):
+        np.testing.assert_array_equal(_read(b), _read(a))  # bit for bit: same context, same sums
+    # Without the halo the borders of interior tiles are wrong: the seam test can fail.
+    no_halo = ConvPredictor(halo=0)
+    bad = fuse_with_predictor(mdd, no_halo, str(tmp_path / "bad"), DATES[:1], tile_size=16)
+    diff = np.abs(_read(bad[0]) - _read(one[0])).max(axis=0)
+    assert diff[15:17, 20].max() > 1e-3 and diff[5, 5] < 1e-6
+
+
+def test_outputs_grid_bands_wavelengths_nodata(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    paths = fuse_with_predictor(mdd, ConvPredictor(), str(tmp_path / "out"), DATES, tile_size=16)
+    assert [p.rsplit("/", 1)[1] for p in paths] == [f"fused_{d}.tif" for d in DATES]
+    ds = gdal.Open(paths[1])
+    assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (37, 29, len(HS_WAVELENGTHS))
+    assert ds.GetGeoTransform() == mdd.grid.geotransform
+    assert ds.GetSpatialRef().GetAuthorityCode(None) == "32633"
+    b5 = ds.GetRasterBand(5)
+    assert b5.GetMetadataItem("wavelength") == "650" and b5.GetMetadataItem("wavelength_units") == "nm"
+    assert b5.GetMetadataItem("fwhm") == "10" and b5.GetDescription() == "650 nm"
+    assert b5.GetNoDataValue() == NODATA and b5.GetBlockSize() == [256, 256]
+    assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "DEFLATE"
+    assert ds.GetMetadataItem("ACQUISITION_DATE") == DATES[1]
+    data = ds.ReadAsArray()
+    assert (data[:, :3, :4] == NODATA).all()  # invalid in every role on every date
+    assert (data[:, 3:, :] != NODATA).all() and (data[:, :, 4:] != NODATA).all()
+    assert np.isfinite(data[:, 10, 10]).all() and data[0, 10, 10] != NODATA  # one role only
+    assert not list((tmp_path / "out").glob("*.part*"))
+
+
+def test_reads_and_predictions_are_window_sized(tmp_path, monkeypatch):
+    mdd = make_mdd(tmp_path / "m.json", width=64, height=48)
+    reads = []
+    for name in ("read", "read_mask"):
+        original = getattr(mdd, name)
+
+        def recording(role, window=None, dates=None, _original=original):
+            assert window is not None, "a whole-raster read"
+            reads.append(window)
+            return _original(role, window, dates)
+        monkeypatch.setattr(mdd, name, recording)
+    p = ConvPredictor()
+    fuse_with_predictor(mdd, p, str(tmp_path / "out"), DATES[:2], tile_size=16)
+    limit = 16 + 2 * p.halo
+    assert len(p.windows) == 12 * 2
+    assert max(w[2] for w in reads) <= limit and max(w[3] for w in reads) <= limit
+    assert max(w[2] * w[3] for w in p.windows) <= limit * limit
+
+
+def test_progress_per_tile_and_cancel_leaves_nothing(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fused_2022-05-01.tif").write_bytes(b"earlier run")  # must survive a canceled run
+    calls = []
+    with pytest.raises(FusionCanceled):
+        fuse_with_predictor(mdd, ConvPredictor(), str(out), DATES, tile_size=16,
+                            progress=lambda f, m: calls.append(f), is_canceled=lambda: len(calls) >= 3)
+    assert calls == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert sorted(p.name for p in out.iterdir()) == ["fused_2022-05-01.tif"]
+    assert (out / "fused_2022-05-01.tif").read_bytes() == b"earlier run"
+
+
+def test_a_failing_model_leaves_no_file(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+
+    class Broken(ConvPredictor):
+        def predict(self, mdd, window, date):
+            if len(self.windows) == 4:
+                raise RuntimeError("CUDA out of memory")
+            return super().predict(mdd, window, date)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fuse_with_predictor(mdd, Broken(), str(tmp_path / "out"), DATES, tile_size=16)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_date_parsing_and_selection(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json", width=8, height=8, dead_corner=False)
+    assert parse_dates("") is None and parse_dates(None) is None
+    assert parse_dates(" 2022-07-01; 2022-05-01,2022-07-01 ") == ["2022-07-01", "2022-05-01"]
+    assert select_dates(mdd, None) == DATES
+    assert select_dates(mdd, ["2022-07-01", "2022-05-01"]) == ["2022-05-01", "2022-07-01"]
+    with pytest.raises(FusionError, match="no date 2023-01-01; its dates are 2022-05-01, 2022-06-01"):
+        select_dates(mdd, ["2023-01-01"])
+    with pytest.raises(FusionError, match="YYYY-MM-DD.*'1/5/2022'"):
+        parse_dates("1/5/2022")
+
+
+def test_rgb_bands_follow_the_wavelengths():
+    assert rgb_band_indices(HS_WAVELENGTHS) == (5, 3, 2)  # 650, 560, 480 nm
+    enmap_like = np.linspace(420, 2440, 224)
+    r, g, b = rgb_band_indices(enmap_like)
+    assert abs(enmap_like[r - 1] - 650) < 6 and abs(enmap_like[b - 1] - 480) < 6
+    assert rgb_band_indices([1000, 1500, 2000, 2200]) == (4, 2, 1)  # no visible bands: spread
+    assert rgb_band_indices([700]) == (1, 1, 1)
+
+
+# ---- the same checks with a real model trained on the tiny synthetic MDD ----------------------
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from fixtures_predictor import trained_tiny_model
+
+    return trained_tiny_model(tmp_path_factory.mktemp("real"))
+
+
+def test_real_model_tiles_without_seams_and_window_sized_reads(real, tmp_path, monkeypatch):
+    from stsfusion.model.fusion import fuse_time_series
+    from stsfusion.model import predictor as predictor_module
+
+    manifest, model = real
+    dates = ["2022-03-26", "2022-05-15"]  # no fine MS, no HS: the model predicts from dense MS
+    one = fuse_time_series(manifest, model, str(tmp_path / "one"), dates, tile_size=64, device="cpu")
+    windows = []
+    original = predictor_module.FusionPredictor.predict
+
+    def recording(self, mdd, window, date):
+        windows.append(window)
+        return original(self, mdd, window, date)
+    monkeypatch.setattr(predictor_module.FusionPredictor, "predict", recording)
+    tiled = fuse_time_series(manifest, model, str(tmp_path / "tiled"), ",".join(dates), tile_size=16,
+                             device="cpu")
+    for a, b in zip(one, tiled):
+        np.testing.assert_allclose(_read(b), _read(a), rtol=0, atol=1e-5)
+    halo = predictor_module.load_predictor(model, "cpu").halo
+    assert len(windows) == 9 * 2 and max(max(w[2], w[3]) for w in windows) == 16 + 2 * halo
+
+
+def test_real_model_outputs_match_the_mdd_and_approach_the_truth(real, tmp_path):
+    from fixtures_mdd import truth_path
+    from stsfusion.model.fusion import fuse_time_series
+    from stsfusion.model.mdd import MDD
+
+    manifest, model = real
+    mdd = MDD.open(manifest)
+    paths = fuse_time_series(manifest, model, str(tmp_path), "2022-05-15", device="cpu")
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["fused_2022-05-15.tif"]
+    ds = gdal.Open(paths[0])
+    assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (48, 48, 40)
+    assert ds.GetGeoTransform() == mdd.grid.geotransform
+    wl = [float(ds.GetRasterBand(b + 1).GetMetadataItem("wavelength")) for b in range(40)]
+    np.testing.assert_allclose(wl, mdd.roles["hs"].wavelengths, atol=0.01)  # written with 6 digits
+    fused = ds.ReadAsArray()
+    truth = np.load(truth_path(manifest))[mdd.dates.index("2022-05-15")]
+    assert (fused != NODATA).all()
+    rmse = float(np.sqrt(np.mean((fused - truth) ** 2)))
+    assert rmse < 0.1 * float(truth.mean())  # measured 0.011 (6 % of the mean) after 1 epoch
+
+
+def test_real_model_refuses_another_mdd_naming_what_differs(real, tmp_path):
+    from fixtures_mdd import make_tiny_mdd
+    from stsfusion.model.fusion import fuse_time_series
+    from stsfusion.model.predictor import ModelError
+
+    other = make_tiny_mdd(tmp_path, n_hs=30, name="other")
+    with pytest.raises(ModelError, match="HS has 30 bands, the model was trained on 40"):
+        fuse_time_series(other, real[1], str(tmp_path / "out"), device="cpu")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,151 @@
+"""Applying a trained model to one window of an MDD: the contract with the tiled fusion loop.
+
+    predictor = load_predictor(model_path, device="auto")
+    predictor.check_compatible(mdd)                      # ModelError naming what differs
+    hs = predictor.predict(mdd, (xoff, yoff, xsize, ysize), "2022-05-01")   # (bands, ysize, xsize)
+
+A pixel's value depends only on the pixels within `halo` of it (all fill values are constants and
+every date choice is made from the MDD's date lists, never from the window's content), so a window
+that reaches `halo` pixels beyond the pixels it keeps (or the grid edge) gives exact, seamless tiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .device import select_device, use_mixed_precision
+from .model_file import ModelError, load_model
+from .training_data import BandNormalizer, HSPCA, day_number, read_values
+
+__all__ = ["ModelError", "FusionPredictor", "load_predictor"]
+
+ROLE_NAMES = {"fine_ms": "fine MS", "dense_ms": "dense MS", "hs": "HS"}
+
+
+class FusionPredictor:
+    """A loaded model, ready to fuse windows of an MDD with the same roles and bands."""
+
+    def __init__(self, meta: dict, arrays: dict, net, device: str):
+        self.meta = meta
+        self.net = net
+        self.device = device
+        self.roles = meta["roles"]
+        self.kernels = meta["kernels"]
+        self.halo = int(net.halo)
+        self.hs_wavelengths = list(self.roles["hs"]["wavelengths"])
+        self.hs_fwhm = self.roles["hs"].get("fwhm")
+        self.fine_norm = BandNormalizer(arrays["fine_mean"], arrays["fine_std"])
+        self.dense_norm = BandNormalizer(arrays["dense_mean"], arrays["dense_std"])
+        self.pca = HSPCA.from_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("pca_")},
+                                     meta.get("pca_explained_variance", []))
+
+    def check_compatible(self, mdd) -> None:
+        problems = []
+        for role, want in self.roles.items():
+            label = ROLE_NAMES[role]
+            stack = mdd.roles.get(role)
+            if stack is None or stack.n_dates == 0:
+                problems.append(f"the MDD has no {label} role, the model needs one")
+                continue
+            if stack.n_bands != want["band_count"]:
+                problems.append(f"{label} has {stack.n_bands} bands, the model was trained on {want['band_count']}")
+                continue
+            w_model, w_mdd = want.get("wavelengths"), stack.wavelengths
+            if w_model and w_mdd and np.max(np.abs(np.subtract(w_model, w_mdd))) > 1.0:
+                i = int(np.argmax(np.abs(np.subtract(w_model, w_mdd))))
+                problems.append(f"{label} band {i + 1} is at {w_mdd[i]:g} nm, the model's at {w_model[i]:g} nm")
+            ratio = mdd.scale_ratio(role)
+            if abs(ratio - want["scale_ratio"]) > 0.25 * want["scale_ratio"]:
+                problems.append(f"{label} pixels are {ratio:.2f}x the grid's, the model was trained on "
+                                f"{want['scale_ratio']:.2f}x")
+        if problems:
+            raise ModelError("The model does not match this MDD: " + "; ".join(problems)
+                             + ". Train a model on an MDD built from the same sensors.")
+
+    # -- reading and normalising one window -------------------------------------------------------
+
+    def _read(self, mdd, role, date, window):
+        """(values (1, bands, H, W) normalised, validity (1, 1, H, W)), zeros when no image that date."""
+        stack = mdd.roles[role]
+        ys, xs = int(window[3]), int(window[2])
+        nb = stack.n_bands
+        if date is None or date not in stack.dates:
+            return np.zeros((1, nb, ys, xs), np.float32), np.zeros((1, 1, ys, xs), np.float32)
+        values = read_values(mdd, role, window=window, dates=[date])[0]
+        valid = mdd.read_mask(role, window=window, dates=[date])[0]
+        valid &= np.isfinite(values).any(axis=0)
+        norm = self.fine_norm if role == "fine_ms" else self.dense_norm
+        return norm.apply(values, valid)[None], valid[None, None].astype(np.float32)
+
+    def _inputs(self, mdd, window, date):
+        import torch
+
+        day = day_number(date)
+        fine_dates = mdd.roles["fine_ms"].dates
+        dense_dates = set(mdd.roles["dense_ms"].dates)
+        sources = [d for d in fine_dates if d in dense_dates and d != date]
+        q = min(sources, key=lambda d: (abs(day_number(d) - day), d)) if sources else None
+        x = {}
+        x["a"], x["va"] = self._read(mdd, "fine_ms", date, window)
+        x["d"], x["vd"] = self._read(mdd, "dense_ms", date, window)
+        x["fq"], x["vfq"] = self._read(mdd, "fine_ms", q, window)
+        x["dq"], x["vdq"] = self._read(mdd, "dense_ms", q, window)
+        x["gap_q"] = np.full((1, 1, 1, 1), abs(day - day_number(q)) / 365.0 if q else 0.0, np.float32)
+        refs = []
+        for r in sorted(mdd.roles["hs"].dates, key=lambda d: (abs(day_number(d) - day), d)):
+            ref = {}
+            ref["ar"], ref["var"] = self._read(mdd, "fine_ms", r, window)
+            ref["dr"], ref["vdr"] = self._read(mdd, "dense_ms", r, window)
+            values = read_values(mdd, "hs", window=window, dates=[r])[0]
+            valid = mdd.read_mask("hs", window=window, dates=[r])[0]
+            ref["h"] = self.pca.transform(values, valid)[None]
+            ref["vh"] = valid[None, None].astype(np.float32)
+            ref["gap"] = np.full((1, 1, 1, 1), abs(day - day_number(r)) / 365.0, np.float32)
+            refs.append({k: torch.from_numpy(v).to(self.device) for k, v in ref.items()})
+        x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
+        x["refs"] = refs
+        return x
+
+    def predict(self, mdd, window, date) -> np.ndarray:
+        """Fine HS (n_hs_bands, ysize, xsize) float32 in the HS's units for window (xoff, yoff, xsize,
+        ysize) on `date` (any date of the MDD); NaN where no MS of that date (observed or predicted)
+        is valid, and in HS bands that never had finite values (absorption bands)."""
+        import torch
+
+        if date not in mdd.dates:
+            raise ModelError(f"{date} is not a date of the MDD ({', '.join(mdd.dates)}).")
+        x = self._inputs(mdd, window, date)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_mixed_precision(self.device)):
+            out = self.net.fuse(x)
+        scores = out["scores"].float()[0].cpu().numpy()
+        valid = out["vm"].float()[0, 0].cpu().numpy() > 0
+        hs = self.pca.inverse(scores)
+        hs[:, ~valid] = np.nan
+        return hs
+
+
+def load_predictor(model_path: str, device: str = "auto") -> FusionPredictor:
+    """Loads a model file for fusion; ModelError when the file is not a usable model."""
+    from .network import FusionNetwork, NetworkError
+
+    meta, arrays, state = load_model(model_path)
+    try:
+        cfg = dict(meta["network"])
+        net = FusionNetwork(**cfg)
+    except (KeyError, TypeError, NetworkError) as e:
+        raise ModelError(f"{model_path}: its network description is unusable ({e}); train the model again.")
+    if cfg.get("kernels") != meta.get("kernels"):
+        raise ModelError(f"{model_path} declares kernel set {meta.get('kernels')} but its network uses "
+                         f"{cfg.get('kernels')}: the file is inconsistent, train the model again.")
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as e:
+        first = str(e).splitlines()[0][:200]
+        raise ModelError(f"{model_path}: its weights do not match the declared kernel set "
+                         f"{meta.get('kernels')} ({first}); train the model again.") from None
+    dev = select_device(device)
+    net.to(dev).eval()
+    missing = [k for k in ("fine_mean", "fine_std", "dense_mean", "dense_std", "pca_components") if k not in arrays]
+    if missing:
+        raise ModelError(f"{model_path} lacks {', '.join(missing)} (corrupt file): train the model again.")
+    return FusionPredictor(meta, arrays, net, dev)

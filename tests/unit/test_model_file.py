@@ -1,0 +1,99 @@
+"""The model file: round trip, and clear ModelErrors for corrupt, truncated, foreign or other-version files."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures_mdd import make_tiny_mdd, make_tiny_model
+from stsfusion.model.mdd import MDD
+from stsfusion.model.model_file import FORMAT_VERSION, load_model, save_model
+from stsfusion.model.predictor import ModelError, load_predictor
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("model"), epochs=1)
+
+
+def test_round_trip_holds_everything_fusion_needs(trained):
+    manifest, path, summary = trained
+    meta, arrays, state = load_model(path)
+    assert meta["format_version"] == FORMAT_VERSION and meta["kernels"] == "1"
+    assert meta["roles"]["hs"]["band_count"] == 40 and len(meta["roles"]["hs"]["wavelengths"]) == 40
+    assert meta["roles"]["fine_ms"]["wavelengths"] == [490.0, 560.0, 665.0, 842.0]
+    assert meta["roles"]["hs"]["scale_ratio"] == 3.0 and meta["roles"]["dense_ms"]["scale_ratio"] == 2.0
+    assert meta["training_dates"] == MDD.open(manifest).dates
+    assert arrays["pca_components"].shape == (12, 40)
+    for k in ("fine_mean", "fine_std", "dense_mean", "dense_std", "pca_mean", "pca_band_weight"):
+        assert k in arrays
+    p = load_predictor(path, "cpu")
+    assert p.kernels == "1" and p.device == "cpu" and p.halo == meta["halo"]
+    assert p.hs_wavelengths == meta["roles"]["hs"]["wavelengths"]
+    p.check_compatible(MDD.open(manifest))
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".part")]
+
+
+def _expect(path, pattern):
+    with pytest.raises(ModelError, match=pattern):
+        load_predictor(str(path), "cpu")
+
+
+def test_missing_corrupt_truncated_and_foreign_files(trained, tmp_path):
+    _, path, _ = trained
+    _expect(tmp_path / "nope.pt", "does not exist")
+    blob = open(path, "rb").read()
+    (tmp_path / "trunc.pt").write_bytes(blob[: len(blob) // 2])
+    _expect(tmp_path / "trunc.pt", "corrupt, truncated")
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    _expect(tmp_path / "noise.pt", "not a readable STS Fusion model")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    _expect(tmp_path / "foreign.pt", "not an STS Fusion model file")
+    (tmp_path / "text.pt").write_text(json.dumps({"format": "sts-fusion-model"}))
+    _expect(tmp_path / "text.pt", "not a readable STS Fusion model")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/stsfusion-model-was-executed",))
+
+
+def test_a_pickle_with_code_is_refused_without_running_it(tmp_path):
+    marker = "/tmp/stsfusion-model-was-executed"
+    if os.path.exists(marker):
+        os.remove(marker)
+    torch.save({"meta_json": "{}", "payload": _Evil()}, tmp_path / "evil.pt", pickle_module=pickle)
+    _expect(tmp_path / "evil.pt", "not a readable STS Fusion model")
+    assert not os.path.exists(marker)
+
+
+def test_other_version_and_mismatched_weights(trained, tmp_path):
+    _, path, _ = trained
+    meta, arrays, state = load_model(path)
+    save_model(str(tmp_path / "v.pt"), dict(meta), arrays, state)
+    payload = torch.load(tmp_path / "v.pt", weights_only=True)
+    m = json.loads(payload["meta_json"])
+    m["format_version"] = FORMAT_VERSION + 1
+    payload["meta_json"] = json.dumps(m)
+    torch.save(payload, tmp_path / "v2.pt")
+    _expect(tmp_path / "v2.pt", f"format version {FORMAT_VERSION + 1}")
+    # The file says kernel set 1/3 but holds the weights of a kernel-1 network.
+    m = dict(meta, kernels="1/3", network=dict(meta["network"], kernels="1/3"))
+    save_model(str(tmp_path / "k.pt"), m, arrays, state)
+    _expect(tmp_path / "k.pt", "do not match the declared kernel set 1/3")
+
+
+def test_check_compatible_names_what_differs(trained, tmp_path):
+    _, path, _ = trained
+    p = load_predictor(path, "cpu")
+    other = make_tiny_mdd(tmp_path / "a", size=24, n_hs=30)
+    with pytest.raises(ModelError, match="HS has 30 bands, the model was trained on 40"):
+        p.check_compatible(MDD.open(other))
+    no_dense = make_tiny_mdd(tmp_path / "b", size=24, drop_roles=("dense_ms",))
+    with pytest.raises(ModelError, match="no dense MS role"):
+        p.check_compatible(MDD.open(no_dense))

@@ -1,0 +1,133 @@
+"""Shapes and gradients of every block and branch for each kernel set; the halo makes tiles exact."""
+
+import pytest
+import torch
+
+from stsfusion.model.network import (KERNEL_SETS, FusionNetwork, MultiScaleResidualBlock, NetworkError,
+                                     SpatialBranch, SpectralBranch, TemporalBranch, parse_kernels)
+
+torch.set_num_threads(1)
+KERNELS = list(KERNEL_SETS)
+
+
+def _all_params_have_grad(module):
+    return [n for n, p in module.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+            or float(p.grad.abs().sum()) == 0.0]
+
+
+def _randomise(module, seed=0):
+    """Zero-initialised output layers hide gradients and context; give every weight a value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_block_shape_cardinality_and_gradients(kernels):
+    ks = parse_kernels(kernels)
+    block = MultiScaleResidualBlock(8, ks)
+    assert len(block.groups) == len(ks)
+    assert [g[2].kernel_size[0] for g in block.groups] == list(ks)
+    x = torch.randn(2, 8, 11, 13, requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    assert _all_params_have_grad(block) == []
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_block_is_identity_plus_groups():
+    block = MultiScaleResidualBlock(4, (1, 3))
+    x = torch.randn(1, 4, 6, 6)
+    expected = x + block.groups[0](x) + block.groups[1](x)
+    assert torch.allclose(block(x), expected)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_branches_shapes_and_gradients(kernels):
+    ks = parse_kernels(kernels)
+    b, h, w, nf, nd, k = 2, 9, 10, 4, 6, 5
+    sp, te, spec = SpatialBranch(nd, nf, ks, 8, 2), TemporalBranch(nf, nd, ks, 8, 2), SpectralBranch(nf, k, ks, 8, 2)
+    for m in (sp, te, spec):
+        _randomise(m)
+    d, vd = torch.randn(b, nd, h, w), torch.ones(b, 1, h, w)
+    out_sp, f_sp = sp(d, vd)
+    out_te, f_te = te(torch.randn(b, nf, h, w), torch.randn(b, nd, h, w), d)
+    out_spec, f_spec = spec(torch.randn(b, nf, h, w))
+    assert out_sp.shape == (b, nf, h, w) and f_sp.shape == (b, 8, h, w)
+    assert out_te.shape == (b, nf, h, w) and f_te.shape == (b, 8, h, w)
+    assert out_spec.shape == (b, k, h, w) and f_spec.shape == (b, 8, h, w)
+    (out_sp.mean() + out_te.mean() + out_spec.mean()).backward()
+    for m in (sp, te, spec):
+        assert _all_params_have_grad(m) == []
+
+
+def _inputs(b, nf, nd, k, h, w, seed=0, n_refs=2):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda c: torch.randn(b, c, h, w, generator=g)  # noqa: E731
+    v = lambda: (torch.rand(b, 1, h, w, generator=g) > 0.2).float()  # noqa: E731
+    x = {"a": r(nf), "va": v(), "d": r(nd), "vd": v(), "fq": r(nf), "vfq": v(), "dq": r(nd), "vdq": v(),
+         "gap_q": torch.full((b, 1, 1, 1), 0.1)}
+    x["refs"] = [{"ar": r(nf), "var": v(), "dr": r(nd), "vdr": v(), "h": r(k), "vh": v(),
+                  "gap": torch.full((b, 1, 1, 1), 0.2 * (i + 1))} for i in range(n_refs)]
+    return x
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fusion_network_shapes_gradients_and_halo(kernels):
+    net = FusionNetwork(4, 6, 5, kernels, hs_ratio=3.0, width=8, n_blocks=2)
+    _randomise(net, 1)
+    x = _inputs(2, 4, 6, 5, 80, 84)
+    out = net.fuse(x)
+    assert out["scores"].shape == (2, 5, 80, 84)
+    out["scores"].square().mean().backward()
+    assert _all_params_have_grad(net) == []
+    # A window that keeps `halo` pixels of context gives exactly the full run's values inside.
+    halo = net.halo
+    assert halo >= net.blur.radius + 2 * 3 * (max(parse_kernels(kernels)) // 2)
+    y0, x0, hh, ww = 30, 32, 8, 9
+    sub = {k: (v[..., y0 - halo:y0 + hh + halo, x0 - halo:x0 + ww + halo] if v.shape[-1] > 1 else v)
+           for k, v in x.items() if k != "refs"}
+    sub["refs"] = [{k: (v[..., y0 - halo:y0 + hh + halo, x0 - halo:x0 + ww + halo] if v.shape[-1] > 1 else v)
+                    for k, v in r.items()} for r in x["refs"]]
+    with torch.no_grad():
+        full = net.fuse(x)["scores"][..., y0:y0 + hh, x0:x0 + ww]
+        part = net.fuse(sub)["scores"][..., halo:halo + hh, halo:halo + ww]
+    assert torch.allclose(full, part, atol=1e-5)
+
+
+def _crop(x, y0, x0, h, w):
+    c = lambda v: v[..., y0:y0 + h, x0:x0 + w] if v.shape[-1] > 1 else v  # noqa: E731
+    out = {k: c(v) for k, v in x.items() if k != "refs"}
+    out["refs"] = [{k: c(v) for k, v in r.items()} for r in x["refs"]]
+    return out
+
+
+def test_halo_is_needed():
+    """One pixel less context than the halo changes the result (single blur, 1x1 kernels: ~1e-3)."""
+    net = FusionNetwork(4, 6, 5, "1", hs_ratio=3.0, width=8, n_blocks=2, reference_smoothing=0.0,
+                        smooth_correction=False)
+    _randomise(net, 2)
+    x = _inputs(1, 4, 6, 5, 40, 40)
+    h = net.halo
+    assert h == net.blur.radius
+    with torch.no_grad():
+        full = net.fuse(x)["scores"][..., 15:25, 15:25]
+        ok = net.fuse(_crop(x, 15 - h, 15 - h, 10 + 2 * h, 10 + 2 * h))["scores"][..., h:h + 10, h:h + 10]
+        # the same 10x10 pixels with one pixel less context on each side
+        less = net.fuse(_crop(x, 16 - h, 16 - h, 8 + 2 * h, 8 + 2 * h))["scores"][..., h - 1:h + 9, h - 1:h + 9]
+    assert torch.allclose(full, ok, atol=1e-5)
+    assert not torch.allclose(full, less, atol=1e-5)
+
+
+def test_larger_kernel_sets_have_more_parameters_and_context():
+    nets = [FusionNetwork(4, 6, 5, k, width=8) for k in KERNELS]
+    counts = [sum(p.numel() for p in n.parameters()) for n in nets]
+    assert counts[0] < counts[1] < counts[2]
+    assert nets[0].halo < nets[1].halo < nets[2].halo
+
+
+def test_unknown_kernel_set_is_a_clear_error():
+    with pytest.raises(NetworkError, match="1/3/5"):
+        parse_kernels("7")

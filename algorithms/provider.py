@@ -1,7 +1,6 @@
 """The "STS Fusion" Processing provider (id `stsfusion`)."""
 
 import importlib
-import importlib.util
 import os
 
 from qgis.core import QgsProcessingProvider
@@ -39,7 +38,5 @@ class STSFusionProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802 (QGIS API)
         for module_name, class_name in ALGORITHMS:
-            name = f"{__package__}.{module_name}"
-            if importlib.util.find_spec(name) is None:  # not written yet in this checkout
-                continue
-            self.addAlgorithm(getattr(importlib.import_module(name), class_name)())
+            module = importlib.import_module(f"{__package__}.{module_name}")
+            self.addAlgorithm(getattr(module, class_name)())

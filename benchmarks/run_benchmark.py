@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         print(f"Network, kernel set {kernels}", flush=True)
         model = os.path.join(args.work, f"model_{tag}.pt")
         folder = os.path.join(args.work, f"fused_{tag}")
-        train = qgis_process("stsfusion:train", [f"MDD={mdd}", f"KERNELS={KERNEL_SETS.index(kernels)}",
+        train = qgis_process("stsfusion:train", [f"MDD={mdd}", f"KERNELS={kernels}",
                                                  f"OUTPUT_MODEL={model}",
                                                  f"OUTPUT_REPORT={os.path.join(args.work, f'report_{tag}.html')}"],
                              os.path.join(logs, f"train_{tag}.log"))
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     for method, label in BASELINES:
         print(f"Baseline {method}", flush=True)
         folder = os.path.join(args.work, f"baseline_{method}")
-        run = qgis_process("stsfusion:baseline", [f"MDD={mdd}", f"METHOD={[b for b, _ in BASELINES].index(method)}",
+        run = qgis_process("stsfusion:baseline", [f"MDD={mdd}", f"METHOD={method}",
                                                   f"OUTPUT_FOLDER={folder}"],
                            os.path.join(logs, f"baseline_{method}.log"))
         runs[f"baseline_{method}"] = run

@@ -245,6 +245,14 @@ class FusionNetwork(nn.Module):
         sp, sp_feat = self.spatial(x["d"], x["vd"])
         tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"])
         vt = x["vfq"] * x["vdq"] * x["vd"]
+        if "fq2" in x:  # a second source on the other side of t (fusion only): blend by weight wq
+            tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"])
+            vt2 = x["vfq2"] * x["vdq2"] * x["vd"]
+            w1, w2 = vt * x["wq"], vt2 * (1 - x["wq"])
+            total = torch.clamp(w1 + w2, min=1e-12)
+            tp = (w1 * tp + w2 * tp2) / total
+            t_feat = (w1 * t_feat + w2 * t_feat2) / total
+            vt = torch.maximum(vt, vt2)
         va = x["va"]
         m = va * x["a"] + (1 - va) * (vt * tp + (1 - vt) * x["vd"] * sp)
         vm = torch.maximum(va, torch.maximum(vt, x["vd"]))
@@ -264,8 +272,10 @@ class FusionNetwork(nn.Module):
     def fuse(self, x):
         """x: dict of (B, C, H, W) tensors for target date t and references r (first valid wins):
         a/va fine MS at t, d/vd dense MS at t, fq/vfq + dq/vdq fine and dense MS at the temporal source
-        date q, gap_q (B, 1, 1, 1) |t - q| in years; refs: list of dicts (ar, var, dr, vdr, h, vh, gap)
-        for reference HS dates in priority order (gap = |t - r| in years).
+        date q, gap_q (B, 1, 1, 1) |t - q| in years; optionally fq2/vfq2 + dq2/vdq2 for a second source
+        date on the other side of t and wq (B, 1, H, W) the weight of q's prediction (the rest goes to
+        q2's; where one source is invalid the other takes all); refs: list of dicts (ar, var, dr, vdr,
+        h, vh, gap) for reference HS dates in priority order (gap = |t - r| in years).
         Returns dict(scores (B, k, H, W), m, vm, sp, tp, vt)."""
         m, vm, sp, tp, sp_feat, t_feat, vt = self.ms_estimate(x)
         s_t, s_feat = self.spectral(m)

@@ -4,9 +4,16 @@
     predictor.check_compatible(mdd)                      # ModelError naming what differs
     hs = predictor.predict(mdd, (xoff, yoff, xsize, ysize), "2022-05-01")   # (bands, ysize, xsize)
 
-A pixel's value depends only on the pixels within `halo` of it (all fill values are constants and
-every date choice is made from the MDD's date lists, never from the window's content), so a window
-that reaches `halo` pixels beyond the pixels it keeps (or the grid edge) gives exact, seamless tiles.
+A pixel's value depends only on the pixels within `halo` of it (all fill values are constants or
+per-pixel interpolations in time, and every date choice is made from the MDD's date lists, never
+from the window's content), so a window that reaches `halo` pixels beyond the pixels it keeps (or the
+grid edge) gives exact, seamless tiles.
+
+Gaps: a dense MS pixel that is invalid on a date (cloud, or no image that date) is filled with the
+linear interpolation in time of that pixel's valid dense MS on the nearest dates before and after
+(the nearest one where only one side has data). So every pixel with a valid dense MS on some date
+gets a prediction on every date; fine MS and HS gaps are left to the network (temporal branch,
+next reference date).
 """
 
 from __future__ import annotations
@@ -22,6 +29,44 @@ __all__ = ["ModelError", "FusionPredictor", "load_predictor"]
 ROLE_NAMES = {"fine_ms": "fine MS", "dense_ms": "dense MS", "hs": "HS"}
 
 
+def fill_in_time(values, valid, days, day):
+    """Per pixel: the value at `day` interpolated linearly in time between the nearest valid dates
+    before and after it (a valid observation at `day` itself is kept as it is).
+
+    values (T, B, H, W) physical, valid (T, H, W) bool, days (T,) day numbers, day: the target's.
+    Returns (values (B, H, W), valid (H, W)); NaN where the pixel is valid on no date."""
+    days = np.asarray(days, dtype=np.float64)
+    sides = []
+    for order, on_side in ((np.argsort(-days, kind="stable"), days <= day),
+                           (np.argsort(days, kind="stable"), days >= day)):
+        v = np.full(values.shape[1:], np.nan, np.float32)
+        found = np.full(values.shape[2:], np.nan)  # the day of the value taken, NaN until one is found
+        for i in order:
+            if on_side[i]:
+                take = valid[i] & np.isnan(found)
+                v[:, take] = values[i][:, take]
+                found[take] = days[i]
+        sides.append((v, found))
+    (vb, db), (va, da) = sides
+    has_b, has_a = np.isfinite(db), np.isfinite(da)
+    both = has_b & has_a & (da > db)
+    w = np.where(both, (day - np.where(both, db, 0.0)) / np.where(both, da - db, 1.0), 0.0).astype(np.float32)
+    out = np.where(has_b, vb, va)
+    out = np.where(both, vb + w * (va - vb), out)
+    return out.astype(np.float32), has_b | has_a
+
+
+def _source_weight(d, dq, dq2):
+    """Per pixel, the weight of source q against q2: STARFM's temporal weight, 1 / (mean |dense MS
+    change to t| + eps) in z units, normalised over the two sources. The date with less change
+    predicts better; measured on the tuning date against weights by time distance (2 seeds: CC
+    +0.0027, PSNR +0.16 dB, SSIM +0.008). eps = 0.05 keeps a pixel without change from taking all
+    the weight."""
+    m1 = np.abs(d - dq).mean(1, keepdims=True) + 0.05
+    m2 = np.abs(d - dq2).mean(1, keepdims=True) + 0.05
+    return (m2 / (m1 + m2)).astype(np.float32)
+
+
 class FusionPredictor:
     """A loaded model, ready to fuse windows of an MDD with the same roles and bands."""
 
@@ -32,6 +77,7 @@ class FusionPredictor:
         self.roles = meta["roles"]
         self.kernels = meta["kernels"]
         self.halo = int(net.halo)
+        self.bracketing = True  # temporal prediction from the fine MS dates on both sides of t
         self.hs_wavelengths = list(self.roles["hs"]["wavelengths"])
         self.hs_fwhm = self.roles["hs"].get("fwhm")
         self.fine_norm = BandNormalizer(arrays["fine_mean"], arrays["fine_std"])
@@ -64,16 +110,22 @@ class FusionPredictor:
 
     # -- reading and normalising one window -------------------------------------------------------
 
-    def _read(self, mdd, role, date, window):
-        """(values (1, bands, H, W) normalised, validity (1, 1, H, W)), zeros when no image that date."""
+    def _read(self, mdd, role, date, window, dense=None):
+        """(values (1, bands, H, W) normalised, validity (1, 1, H, W)), zeros when no image that date.
+        The dense MS comes from `dense` = (values, validity) of all its dates in the window, gaps
+        filled in time (`fill_in_time`)."""
         stack = mdd.roles[role]
         ys, xs = int(window[3]), int(window[2])
         nb = stack.n_bands
-        if date is None or date not in stack.dates:
+        if role == "dense_ms" and date is not None:
+            values, valid = fill_in_time(dense[0], dense[1], [day_number(d) for d in stack.dates],
+                                         day_number(date))
+        elif date is None or date not in stack.dates:
             return np.zeros((1, nb, ys, xs), np.float32), np.zeros((1, 1, ys, xs), np.float32)
-        values = read_values(mdd, role, window=window, dates=[date])[0]
-        valid = mdd.read_mask(role, window=window, dates=[date])[0]
-        valid &= np.isfinite(values).any(axis=0)
+        else:
+            values = read_values(mdd, role, window=window, dates=[date])[0]
+            valid = mdd.read_mask(role, window=window, dates=[date])[0]
+            valid &= np.isfinite(values).any(axis=0)
         norm = self.fine_norm if role == "fine_ms" else self.dense_norm
         return norm.apply(values, valid)[None], valid[None, None].astype(np.float32)
 
@@ -84,18 +136,26 @@ class FusionPredictor:
         fine_dates = mdd.roles["fine_ms"].dates
         dense_dates = set(mdd.roles["dense_ms"].dates)
         sources = [d for d in fine_dates if d in dense_dates and d != date]
+        values = read_values(mdd, "dense_ms", window=window)
+        dense = (values, mdd.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1))
         q = min(sources, key=lambda d: (abs(day_number(d) - day), d)) if sources else None
         x = {}
         x["a"], x["va"] = self._read(mdd, "fine_ms", date, window)
-        x["d"], x["vd"] = self._read(mdd, "dense_ms", date, window)
+        x["d"], x["vd"] = self._read(mdd, "dense_ms", date, window, dense)
         x["fq"], x["vfq"] = self._read(mdd, "fine_ms", q, window)
-        x["dq"], x["vdq"] = self._read(mdd, "dense_ms", q, window)
+        x["dq"], x["vdq"] = self._read(mdd, "dense_ms", q, window, dense)
         x["gap_q"] = np.full((1, 1, 1, 1), abs(day - day_number(q)) / 365.0 if q else 0.0, np.float32)
+        other = [d for d in sources if q and (day_number(d) - day) * (day_number(q) - day) < 0]
+        if self.bracketing and other:  # t lies between two fine MS dates: use both (see _source_weight)
+            q2 = min(other, key=lambda d: (abs(day_number(d) - day), d))
+            x["fq2"], x["vfq2"] = self._read(mdd, "fine_ms", q2, window)
+            x["dq2"], x["vdq2"] = self._read(mdd, "dense_ms", q2, window, dense)
+            x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"])
         refs = []
         for r in sorted(mdd.roles["hs"].dates, key=lambda d: (abs(day_number(d) - day), d)):
             ref = {}
             ref["ar"], ref["var"] = self._read(mdd, "fine_ms", r, window)
-            ref["dr"], ref["vdr"] = self._read(mdd, "dense_ms", r, window)
+            ref["dr"], ref["vdr"] = self._read(mdd, "dense_ms", r, window, dense)
             values = read_values(mdd, "hs", window=window, dates=[r])[0]
             valid = mdd.read_mask("hs", window=window, dates=[r])[0]
             ref["h"] = self.pca.transform(values, valid)[None]
@@ -108,8 +168,9 @@ class FusionPredictor:
 
     def predict(self, mdd, window, date) -> np.ndarray:
         """Fine HS (n_hs_bands, ysize, xsize) float32 in the HS's units for window (xoff, yoff, xsize,
-        ysize) on `date` (any date of the MDD); NaN where no MS of that date (observed or predicted)
-        is valid, and in HS bands that never had finite values (absorption bands)."""
+        ysize) on `date` (any date of the MDD); NaN where the pixel has neither a fine MS of that
+        date nor a valid dense MS on any date (dense MS gaps are filled in time), and in HS bands
+        that never had finite values (absorption bands)."""
         import torch
 
         if date not in mdd.dates:

@@ -97,3 +97,53 @@ def test_check_compatible_names_what_differs(trained, tmp_path):
     no_dense = make_tiny_mdd(tmp_path / "b", size=24, drop_roles=("dense_ms",))
     with pytest.raises(ModelError, match="no dense MS role"):
         p.check_compatible(MDD.open(no_dense))
+
+
+def test_fill_in_time_interpolates_each_pixel_between_its_nearest_valid_dates():
+    from stsfusion.model.predictor import fill_in_time
+
+    values = np.repeat(np.array([1.0, 2.0, 4.0, 8.0], np.float32).reshape(4, 1, 1, 1), 3, axis=3)
+    valid = np.ones((4, 1, 3), bool)
+    valid[1, 0, 0] = False        # pixel 0: gap at day 10 between days 0 (1.0) and 20 (4.0)
+    valid[2:, 0, 1] = False       # pixel 1: nothing after day 10 -> the nearest before
+    valid[:, 0, 2] = False        # pixel 2: never valid
+    out, ok = fill_in_time(values, valid, [0, 10, 20, 30], 10)
+    np.testing.assert_allclose(out[0, 0, :2], [2.5, 2.0])  # 1 + (4 - 1) * 10 / 20; observed kept
+    assert ok[0].tolist() == [True, True, False] and np.isnan(out[0, 0, 2])
+    out, ok = fill_in_time(values, valid, [0, 10, 20, 30], 25)  # a date between images: 4 -> 8
+    np.testing.assert_allclose(out[0, 0, :2], [6.0, 2.0])
+
+
+def test_a_cloud_in_the_dense_ms_of_a_date_without_fine_ms_is_filled(trained):
+    manifest, path, _ = trained
+    mdd = MDD.open(manifest)
+    date = mdd.dates[1]  # no fine MS; its dense MS has a nodata disc (fixtures_mdd)
+    assert date not in mdd.roles["fine_ms"].dates and not mdd.read_mask("dense_ms", dates=[date])[0].all()
+    hs = load_predictor(path, "cpu").predict(mdd, (0, 0, mdd.grid.width, mdd.grid.height), date)
+    assert np.isfinite(hs).all()  # was NaN under the cloud before gaps were filled in time
+    from fixtures_mdd import truth_path
+
+    truth = np.load(truth_path(manifest))[1]
+    cloud = ~mdd.read_mask("dense_ms", dates=[date])[0]
+    assert np.sqrt(np.mean((hs[:, cloud] - truth[:, cloud]) ** 2)) < 0.2 * truth.mean()
+
+
+def test_an_hs_date_uses_its_own_hs_first_and_a_date_between_fine_ms_dates_both_sources(trained):
+    manifest, path, _ = trained
+    mdd = MDD.open(manifest)
+    p = load_predictor(path, "cpu")
+    window = (0, 0, mdd.grid.width, mdd.grid.height)
+    hs_date = mdd.roles["hs"].dates[1]
+    x = p._inputs(mdd, window, hs_date)
+    assert float(x["refs"][0]["gap"]) == 0.0 and len(x["refs"]) == len(mdd.roles["hs"].dates)
+    own = mdd.read("hs", window, [hs_date])[0]
+    ok = np.isfinite(own).all(0)
+    np.testing.assert_allclose(p.pca.inverse(x["refs"][0]["h"][0].numpy())[:, ok], own[:, ok], atol=0.05)
+    date = mdd.dates[1]  # between the fine MS dates 0 and 2
+    x = p._inputs(mdd, window, date)
+    wq = x["wq"].numpy()
+    assert "fq2" in x and wq.shape == (1, 1, 24, 24) and (wq > 0).all() and (wq < 1).all()
+    m1, m2 = ((x["d"] - x[k]).abs().mean(1, keepdim=True).numpy() for k in ("dq", "dq2"))
+    np.testing.assert_allclose(wq, (m2 + 0.05) / (m1 + m2 + 0.1), rtol=1e-5)  # less change, more weight
+    p.bracketing = False
+    assert "fq2" not in p._inputs(mdd, window, date)

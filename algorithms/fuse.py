@@ -2,7 +2,7 @@
 
 import os
 
-from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsProcessing,
+from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer,
                        QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
                        QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputMultipleLayers,
                        QgsProcessingParameterDefinition, QgsProcessingParameterEnum,

@@ -35,7 +35,7 @@ from osgeo import gdal
 
 from .degrade import degrade, upsample
 from .fusion import parse_dates, select_dates, tile_windows
-from .geotiff import GeoTiffWriter, spectral_band_metadata
+from .geotiff import GeoTiffWriter, WriterGroup, spectral_band_metadata
 from .mdd import MDD, NODATA
 
 gdal.UseExceptions()
@@ -310,8 +310,7 @@ def run_baseline(mdd_path: str, method: str, output_folder: str, dates=None, til
         f"{len(tiles)} tile(s) of {tile_size} px.")
     os.makedirs(output_folder, exist_ok=True)
     wavelengths = hs.wavelengths or list(range(1, hs.n_bands + 1))
-    writers = []
-    try:
+    with WriterGroup() as writers:
         for d in targets:
             writers.append(GeoTiffWriter(
                 output_path(output_folder, method, d), mdd.grid, hs.n_bands, gdal.GDT_Float32, NODATA,
@@ -329,10 +328,4 @@ def run_baseline(mdd_path: str, method: str, output_folder: str, dates=None, til
                 v = values[d]
                 w.write(np.where(np.isfinite(v), v, np.float32(NODATA)).astype(np.float32), tile)
             progress((i + 1) / len(tiles), f"tile {i + 1}/{len(tiles)}")
-        for w in writers:
-            w.commit()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
     return [w.path for w in writers]

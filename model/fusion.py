@@ -21,7 +21,7 @@ import time
 import numpy as np
 from osgeo import gdal
 
-from .geotiff import GeoTiffWriter, spectral_band_metadata
+from .geotiff import GeoTiffWriter, WriterGroup, spectral_band_metadata
 from .mdd import MDD, NODATA
 
 gdal.UseExceptions()
@@ -203,8 +203,7 @@ def fuse_with_predictor(mdd: MDD, predictor, output_folder, dates, tile_size=256
 
     # Every date's file stays open (temporary name) until the last tile: tiles are the outer loop,
     # so each tile's inputs are read once for all dates and one cancel aborts everything.
-    writers = []
-    try:
+    with WriterGroup() as writers:
         for date in dates:
             band_md = spectral_band_metadata(wavelengths, fwhm, extra={"date": date})
             writers.append(GeoTiffWriter(output_path(output_folder, date), grid, n_bands,
@@ -232,12 +231,6 @@ def fuse_with_predictor(mdd: MDD, predictor, output_folder, dates, tile_size=256
                 done += 1
             progress(done / total, f"tile {i + 1}/{len(tiles)} done")
         cache.clear()
-        for writer in writers:
-            writer.commit()
-    except BaseException:
-        for writer in writers:
-            writer.abort()
-        raise
     elapsed = time.monotonic() - started
     rate = grid.width * grid.height * n_bands * len(dates) / max(elapsed, 1e-9)
     log(f"Fused {len(dates)} date(s) in {elapsed:.1f} s ({rate:,.0f} pixel-bands per second).")

@@ -25,11 +25,13 @@ class GeoTiffWriter:
     """A tiled, compressed GeoTIFF written by window under ``<path>.part.tif``.
 
     ``band_metadata``: one dict per band (e.g. wavelength, wavelength_units, fwhm);
-    ``descriptions``: one string per band. Use as a context manager: an exception aborts.
+    ``descriptions``: one string per band; ``scale``/``offset``: the band scaling that turns
+    stored values into physical ones (e.g. int16 reflectance x 1e4 with scale 0.0001).
+    Use as a context manager: an exception aborts.
     """
 
     def __init__(self, path, grid, n_bands, dtype=gdal.GDT_Float32, nodata=None,
-                 descriptions=None, band_metadata=None, metadata=None):
+                 descriptions=None, band_metadata=None, metadata=None, scale=None, offset=None):
         self.path = path
         self._tmp = path + ".part.tif"
         options = list(CREATION_OPTIONS)
@@ -47,6 +49,10 @@ class GeoTiffWriter:
                 band.SetDescription(descriptions[b])
             if band_metadata and band_metadata[b]:
                 band.SetMetadata({k: str(v) for k, v in band_metadata[b].items()})
+            if scale is not None:
+                band.SetScale(float(scale))
+            if offset is not None:
+                band.SetOffset(float(offset))
         if metadata:
             self._ds.SetMetadata({k: str(v) for k, v in metadata.items()})
 
@@ -77,6 +83,47 @@ class GeoTiffWriter:
         return False
 
 
+class WriterGroup(list):
+    """Writers whose files land together or not at all (e.g. one GeoTIFF per date).
+
+    ``with WriterGroup() as writers: writers.append(...)``: on a clean exit every writer is
+    committed (renamed into place); an exception, a cancel included, aborts every writer, so no
+    partial series is left behind.
+    """
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                for w in self:
+                    w.commit()
+                return False
+        except BaseException:
+            self._abort_all()
+            raise
+        self._abort_all()
+        return False
+
+    def _abort_all(self):
+        for w in self:
+            w.abort()
+
+
+def write_text_atomic(path: str, text: str):
+    """Writes a text file under ``<path>.part`` and renames it: readers never see half a file."""
+    tmp = path + ".part"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def spectral_band_metadata(wavelengths, fwhm=None, extra=None) -> list:
     """Band metadata in the convention QGIS, GDAL and the EnMAP-Box read: wavelength in nm."""
     out = []
@@ -91,12 +138,12 @@ def spectral_band_metadata(wavelengths, fwhm=None, extra=None) -> list:
 
 
 def write_geotiff(path, values, grid, nodata=None, descriptions=None, band_metadata=None,
-                  metadata=None):
+                  metadata=None, scale=None, offset=None):
     """Writes a whole (band, row, col) array at once (small rasters: samples, tests, reports)."""
     dtype = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.int16): gdal.GDT_Int16,
              np.dtype(np.float64): gdal.GDT_Float64}.get(np.asarray(values).dtype, gdal.GDT_Float32)
     with GeoTiffWriter(path, grid, values.shape[0], dtype, nodata, descriptions, band_metadata,
-                       metadata) as w:
+                       metadata, scale, offset) as w:
         w.write(values)
 
 

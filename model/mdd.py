@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal
 
-from .geotiff import GeoTiffWriter
+from .geotiff import GeoTiffWriter, WriterGroup, write_text_atomic
 
 gdal.UseExceptions()
 
@@ -259,10 +259,7 @@ def write_manifest(manifest_path: str, grid: Grid, stacks: dict, extra: dict | N
          "roles": {role: stacks[role].to_json(base) for role in ROLES if role in stacks}}
     if extra:
         d.update(extra)
-    tmp = manifest_path + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(d, f, indent=1)
-    os.replace(tmp, manifest_path)
+    write_text_atomic(manifest_path, json.dumps(d, indent=1))
 
 
 def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
@@ -271,8 +268,8 @@ def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
     ``roles``: role -> dict(dates=[...], values=float32 (time, band, row, col) with NaN where
     invalid, wavelengths=[...] or None, fwhm=None, native_pixel_size=float, layers=None).
     """
-    stacks, writers = {}, []
-    try:
+    stacks = {}
+    with WriterGroup() as writers:
         for role, r in roles.items():
             values = np.asarray(r["values"], dtype=np.float32)
             path, mask_path = stack_paths(manifest_path, role)
@@ -288,11 +285,5 @@ def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
                 valid = np.all(np.isfinite(values[t]), axis=0)
                 w.write(t, np.nan_to_num(values[t], nan=NODATA), valid)
             stacks[role] = stack
-        for w in writers:
-            w.commit()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
     write_manifest(manifest_path, grid, stacks)
     return MDD.open(manifest_path)

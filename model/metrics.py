@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from .geotiff import write_text_atomic
+
 METRICS = ("CC", "SAM", "PSNR", "SSIM", "ERGAS", "RMSE")
 BAND_METRICS = ("CC", "PSNR", "SSIM", "RMSE")
 SSIM_SIGMA = 1.5
@@ -337,12 +339,4 @@ def _write_atomic(path: str, text: str):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise MetricsError(f"The folder {folder} does not exist: choose an output in an existing folder.")
-    tmp = path + ".part"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text_atomic(path, text)

@@ -16,6 +16,8 @@ import math
 import os
 import time
 
+from .geotiff import write_text_atomic
+
 
 class ReportError(ValueError):
     """The report cannot be written as asked; the message says what is wrong and how to fix it."""
@@ -40,15 +42,7 @@ def write_training_report(path: str, history: list, info: dict) -> str:
     if not os.path.isdir(folder):
         raise ReportError(f"The report folder {folder} does not exist: choose a report path in an "
                           "existing folder.")
-    tmp = path + ".part"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(document)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text_atomic(path, document)
     return path
 
 

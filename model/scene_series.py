@@ -29,11 +29,10 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from osgeo import gdal
 from scipy import ndimage
 
 from .degrade import degrade
-from .geotiff import spectral_band_metadata, write_geotiff
+from .geotiff import spectral_band_metadata, write_geotiff, write_text_atomic
 from .mdd import Grid
 from .srf import SRFError, SpectralResponse, resample_weights, sensor_preset, spectral_resample
 from .synthetic_scene import library_spectrum, parcel_layout, smooth_field
@@ -495,27 +494,16 @@ def coarse_grid(grid: Grid, factor: int) -> Grid:
 def write_reflectance(path: str, values: np.ndarray, grid: Grid, date: str, wavelengths, fwhm,
                       descriptions, metadata: dict, extra_band_md=None):
     """int16 reflectance x 1e4 (band scale 0.0001, nodata -32768), the date in GDAL metadata
-    (ACQUISITION_DATE) and wavelengths/FWHM in band metadata. Written under a temporary name,
-    scaled, then renamed, so a failure leaves no file behind."""
+    (ACQUISITION_DATE) and wavelengths/FWHM in band metadata; written atomically."""
     q = np.where(np.isfinite(values), np.clip(np.round(values / SCALE), -32767, 32767), INT_NODATA)
     band_md = spectral_band_metadata(wavelengths, fwhm)
     for b, md in enumerate(band_md):
         md["date"] = date
         if extra_band_md:
             md.update(extra_band_md[b])
-    tmp = path + ".tmp.tif"
-    try:
-        write_geotiff(tmp, q.astype(np.int16), grid, nodata=INT_NODATA, descriptions=descriptions,
-                      band_metadata=band_md, metadata={"ACQUISITION_DATE": date, **metadata})
-        ds = gdal.Open(tmp, gdal.GA_Update)
-        for b in range(ds.RasterCount):
-            ds.GetRasterBand(b + 1).SetScale(SCALE)
-            ds.GetRasterBand(b + 1).SetOffset(0.0)
-        ds = None
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_geotiff(path, q.astype(np.int16), grid, nodata=INT_NODATA, descriptions=descriptions,
+                  band_metadata=band_md, metadata={"ACQUISITION_DATE": date, **metadata},
+                  scale=SCALE, offset=0.0)
 
 
 def write_inputs(folder: str, images: list, grid: Grid, metadata: dict | None = None) -> dict:
@@ -567,7 +555,4 @@ def series_summary(design: SeriesDesign, images: list, files: dict, grid: Grid, 
 
 
 def write_json(path: str, obj: dict):
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))

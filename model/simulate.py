@@ -21,7 +21,7 @@ import numpy as np
 from osgeo import gdal
 
 from .degrade import degrade_strips
-from .geotiff import GeoTiffWriter, spectral_band_metadata
+from .geotiff import GeoTiffWriter, WriterGroup, spectral_band_metadata
 from .mdd import NODATA, Grid
 from .raster_io import RasterInputError, inspect_layer, parse_date_text
 from .srf import (SRFError, SpectralResponse, list_presets, load_srf_file, preset_info,
@@ -173,8 +173,8 @@ def simulate_sensors(hs_paths, output_folder, fine_ms_sensor="zy1_02d_vnic", den
     os.makedirs(output_folder, exist_ok=True)
     jobs = [(info, role) for info in infos for role in ("fine_ms", "dense_ms", "hs")
             if info.date in role_dates[role]]
-    written, writers = {r: [] for r in ROLE_FILES}, []
-    try:
+    written = {r: [] for r in ROLE_FILES}
+    with WriterGroup() as writers:  # renamed only when every file is complete
         for k, (info, role) in enumerate(jobs):
             if is_canceled():
                 raise SimulateCanceled("Simulation canceled: no file was written.")
@@ -191,12 +191,6 @@ def simulate_sensors(hs_paths, output_folder, fine_ms_sensor="zy1_02d_vnic", den
             writers.append(w)
             written[role].append(w.path)
             progress((k + 1) / len(jobs), f"{role} {info.date}")
-        for w in writers:  # rename only when every file is complete
-            w.commit()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
     return written
 
 

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv python3-matplotlib zip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv plugin-link test demo package clean
+.PHONY: setup system-packages venv plugin-link lint format test test-fast demo package clean
 
 setup: system-packages venv plugin-link
 
@@ -35,8 +35,21 @@ plugin-link:
 	@mkdir -p .build/plugins && ln -sfn ../.. .build/plugins/stsfusion
 	@source scripts/env.sh && qgis_process.bin plugins enable stsfusion >/dev/null 2>&1 || true
 
+# ruff: lint rules and formatting (pyproject.toml); `make format` rewrites the files.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 test: setup
 	source scripts/env.sh && $(PY) -m pytest -q tests
+
+# The unit tests without QGIS and without the slow ones: seconds, for the edit-test loop.
+test-fast: venv plugin-link
+	source scripts/env.sh && $(PY) -m pytest -q -m "not slow and not qgis" tests/unit
 
 demo: setup
 	source scripts/env.sh && bash scripts/demo.sh

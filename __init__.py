@@ -5,7 +5,7 @@ Nothing here imports QGIS, Qt or torch at import time, so `model/` stays importa
 """
 
 
-def classFactory(iface):  # noqa: N802 (QGIS entry point name)
+def classFactory(iface):
     from .plugin import STSFusionPlugin
 
     return STSFusionPlugin(iface)

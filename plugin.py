@@ -13,7 +13,7 @@ class STSFusionPlugin:
         self.provider = None
         self.gui = None
 
-    def initProcessing(self):  # noqa: N802 (QGIS API)
+    def initProcessing(self):
         # Idempotent: QGIS calls it by itself where there is no GUI, initGui calls it otherwise.
         if self.provider is None:
             from .algorithms.provider import STSFusionProvider
@@ -21,7 +21,7 @@ class STSFusionPlugin:
             self.provider = STSFusionProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def initGui(self):  # noqa: N802 (QGIS API)
+    def initGui(self):
         self.initProcessing()
         if self.iface is not None and self.gui is None:
             from .ui.actions import ProfileGui

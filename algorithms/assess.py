@@ -1,36 +1,28 @@
 """Assess fusion accuracy (`stsfusion:assess`): CC, SAM, PSNR, SSIM, ERGAS, RMSE of a fused raster
 against a reference, per band and overall, as a CSV table and an HTML report."""
 
-from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer)
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+)
 
-from ..model.metrics import METRICS, AssessCanceled, MetricsError, assess_rasters
+from ..model.evaluation.metrics import METRICS, assess_rasters
+from .base import STSFusionAlgorithm, feedback_callbacks
 
 
-class AssessAccuracyAlgorithm(QgsProcessingAlgorithm):
+class AssessAccuracyAlgorithm(STSFusionAlgorithm):
+    NAME = "assess"
+    DISPLAY_NAME = "Assess fusion accuracy"
     FUSED = "FUSED"
     REFERENCE = "REFERENCE"
     RATIO = "RATIO"
     OUTPUT_TABLE = "OUTPUT_TABLE"
     OUTPUT_REPORT = "OUTPUT_REPORT"
 
-    def name(self):
-        return "assess"
-
-    def displayName(self):  # noqa: N802 (QGIS API)
-        return "Assess fusion accuracy"
-
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802 (QGIS API)
-        return ""
-
-    def createInstance(self):  # noqa: N802 (QGIS API)
-        return AssessAccuracyAlgorithm()
-
-    def shortHelpString(self):  # noqa: N802 (QGIS API)
+    def shortHelpString(self):
         return (
             "Measures how close a fused (or any predicted) raster is to a reference raster of the "
             "same bands, e.g. a withheld true image of the same date. Only pixels valid (not "
@@ -58,21 +50,28 @@ class AssessAccuracyAlgorithm(QgsProcessingAlgorithm):
             "modeler and qgis_process --json."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+    def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.FUSED, "Fused raster"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference raster"))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RATIO, "ERGAS resolution ratio (coarse / fine pixel size)",
-            QgsProcessingParameterNumber.Double, 3.0, minValue=1e-6))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_TABLE, "Output table", "CSV files (*.csv)"))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_REPORT, "Output report", "HTML files (*.html)", optional=True,
-            createByDefault=True))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.RATIO,
+                "ERGAS resolution ratio (coarse / fine pixel size)",
+                QgsProcessingParameterNumber.Double,
+                3.0,
+                minValue=1e-6,
+            )
+        )
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_TABLE, "Output table", "CSV files (*.csv)"))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_REPORT, "Output report", "HTML files (*.html)", optional=True, createByDefault=True
+            )
+        )
         for m in METRICS:
             self.addOutput(QgsProcessingOutputNumber(m, m))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+    def process(self, parameters, context, feedback):
         fused = self.parameterAsRasterLayer(parameters, self.FUSED, context)
         reference = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
         if fused is None or reference is None:
@@ -80,21 +79,15 @@ class AssessAccuracyAlgorithm(QgsProcessingAlgorithm):
         ratio = self.parameterAsDouble(parameters, self.RATIO, context)
         table = self.parameterAsFileOutput(parameters, self.OUTPUT_TABLE, context)
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
-        feedback.pushInfo(f"Fused: {fused.source()}\nReference: {reference.source()}\n"
-                          f"ERGAS ratio: {ratio:g}")
-        try:
-            result = assess_rasters(
-                fused.source(), reference.source(), ratio, table, report,
-                progress=lambda fraction, message: feedback.setProgress(100.0 * fraction),
-                is_canceled=feedback.isCanceled, log=feedback.pushInfo)
-        except AssessCanceled as e:
-            feedback.pushInfo(str(e))
-            return {}
-        except MetricsError as e:
-            raise QgsProcessingException(str(e))
+        feedback.pushInfo(f"Fused: {fused.source()}\nReference: {reference.source()}\nERGAS ratio: {ratio:g}")
+        result = assess_rasters(
+            fused.source(), reference.source(), ratio, table, report, callbacks=feedback_callbacks(feedback)
+        )
         o = result["overall"]
-        feedback.pushInfo(f"{result['valid_pixels']} valid pixels, {len(result['bands'])} bands: "
-                          + ", ".join(f"{m} {o[m]:.4g}" for m in METRICS))
+        feedback.pushInfo(
+            f"{result['valid_pixels']} valid pixels, {len(result['bands'])} bands: "
+            + ", ".join(f"{m} {o[m]:.4g}" for m in METRICS)
+        )
         if result["skipped_bands"]:
             feedback.pushInfo(f"Skipped bands (no valid pixel): {result['skipped_bands']}")
         out = {self.OUTPUT_TABLE: table, self.OUTPUT_REPORT: report}

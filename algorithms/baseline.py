@@ -3,16 +3,26 @@ run like the fusion (an MDD in, one fine HS GeoTIFF per date out)."""
 
 import os
 
-from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
-                       QgsProcessingOutputMultipleLayers, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFile,
-                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
-                       QgsProcessingParameterString, QgsProcessingUtils)
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingOutputMultipleLayers,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsProcessingUtils,
+)
 
-from ..model.baselines import METHODS, BaselineCanceled, run_baseline
+from ..model.fusion.baselines import METHODS, run_baseline
+from .base import STSFusionAlgorithm, feedback_callbacks
 
 
-class BaselineFusionAlgorithm(QgsProcessingAlgorithm):
+class BaselineFusionAlgorithm(STSFusionAlgorithm):
+    NAME = "baseline"
+    DISPLAY_NAME = "Baseline fusion (for comparison)"
     MDD = "MDD"
     METHOD = "METHOD"
     DATES = "DATES"
@@ -20,22 +30,7 @@ class BaselineFusionAlgorithm(QgsProcessingAlgorithm):
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT_LAYERS = "OUTPUT_LAYERS"
 
-    def name(self):
-        return "baseline"
-
-    def displayName(self):  # noqa: N802 (QGIS API)
-        return "Baseline fusion (for comparison)"
-
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802 (QGIS API)
-        return ""
-
-    def createInstance(self):  # noqa: N802 (QGIS API)
-        return BaselineFusionAlgorithm()
-
-    def shortHelpString(self):  # noqa: N802 (QGIS API)
+    def shortHelpString(self):
         return (
             "Baselines, not the STS Fusion method: simple ways to get fine hyperspectral (HS) "
             "images on every date, to compare the fusion network with ('Assess fusion accuracy'). "
@@ -63,46 +58,53 @@ class BaselineFusionAlgorithm(QgsProcessingAlgorithm):
             "Output: the list of written files (for the graphical modeler), loaded into the project."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.addParameter(QgsProcessingParameterFile(
-            self.MDD, "MDD (manifest .json from 'Build MDD stack')", extension="json"))
-        method = QgsProcessingParameterEnum(self.METHOD, "Method", list(METHODS),
-                                            defaultValue="two_stage")
+    def initAlgorithm(self, config=None):
+        self.addParameter(
+            QgsProcessingParameterFile(self.MDD, "MDD (manifest .json from 'Build MDD stack')", extension="json")
+        )
+        method = QgsProcessingParameterEnum(self.METHOD, "Method", list(METHODS), defaultValue="two_stage")
         method.setUsesStaticStrings(True)  # METHOD=interpolation on the command line
         self.addParameter(method)
-        self.addParameter(QgsProcessingParameterString(
-            self.DATES, "Dates (YYYY-MM-DD, comma separated; empty = every date)", optional=True))
-        tile = QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)",
-                                            QgsProcessingParameterNumber.Integer, 128,
-                                            minValue=16, maxValue=8192)
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.DATES, "Dates (YYYY-MM-DD, comma separated; empty = every date)", optional=True
+            )
+        )
+        tile = QgsProcessingParameterNumber(
+            self.TILE_SIZE, "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 128, minValue=16, maxValue=8192
+        )
         tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(tile)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, "Baseline GeoTIFFs"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+    def canceled_outputs(self, parameters, context):
+        return {
+            self.OUTPUT_LAYERS: [],
+            self.OUTPUT_FOLDER: self.parameterAsString(parameters, self.OUTPUT_FOLDER, context),
+        }
+
+    def process(self, parameters, context, feedback):
         mdd_path = self.parameterAsFile(parameters, self.MDD, context)
         method = self.parameterAsEnumString(parameters, self.METHOD, context) or "two_stage"
         dates = self.parameterAsString(parameters, self.DATES, context) or None
         tile_size = self.parameterAsInt(parameters, self.TILE_SIZE, context)
         folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
         if not mdd_path or not os.path.isfile(mdd_path):
-            raise QgsProcessingException(f"MDD '{mdd_path}' does not exist: choose the .json written "
-                                         "by 'Build MDD stack'.")
+            raise QgsProcessingException(
+                f"MDD '{mdd_path}' does not exist: choose the .json written by 'Build MDD stack'."
+            )
         feedback.pushInfo(f"MDD: {mdd_path}\nBaseline: {method}\nOutput folder: {folder}")
-        try:
-            paths = run_baseline(mdd_path, method, folder, dates=dates, tile_size=tile_size,
-                                 progress=lambda fraction, message: feedback.setProgress(100.0 * fraction),
-                                 is_canceled=feedback.isCanceled, log=feedback.pushInfo)
-        except BaselineCanceled as e:
-            feedback.pushInfo(str(e))
-            return {self.OUTPUT_LAYERS: [], self.OUTPUT_FOLDER: folder}
-        except ValueError as e:  # BaselineError, MDDError, FusionError: messages for the user
-            raise QgsProcessingException(str(e))
+        paths = run_baseline(
+            mdd_path, method, folder, dates=dates, tile_size=tile_size, callbacks=feedback_callbacks(feedback)
+        )
         for path in paths:
             feedback.pushInfo(f"Written: {path}")
             details = QgsProcessingContext.LayerDetails(
-                os.path.splitext(os.path.basename(path))[0].replace("_", " "), context.project(),
-                self.OUTPUT_LAYERS, QgsProcessingUtils.LayerHint.Raster)
+                os.path.splitext(os.path.basename(path))[0].replace("_", " "),
+                context.project(),
+                self.OUTPUT_LAYERS,
+                QgsProcessingUtils.LayerHint.Raster,
+            )
             context.addLayerToLoadOnCompletion(path, details)
         return {self.OUTPUT_LAYERS: paths, self.OUTPUT_FOLDER: folder}

@@ -1,14 +1,24 @@
 """Build MDD stack (stsfusion:buildmdd): parse the parameters, call model.build_mdd.build_mdd_stack."""
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingAlgorithm,
-                       QgsProcessingException, QgsProcessingParameterCrs, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFileDestination, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterNumber, QgsProcessingParameterString)
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
 
-from ..model.build_mdd import (BuildMddCanceled, BuildMddError, build_mdd_stack, empty_role_message)
+from ..model.mdd.build import build_mdd_stack, empty_role_message
+from .base import STSFusionAlgorithm, feedback_callbacks
 
 
-class BuildMddAlgorithm(QgsProcessingAlgorithm):
+class BuildMddAlgorithm(STSFusionAlgorithm):
+    NAME = "buildmdd"
+    DISPLAY_NAME = "Build MDD stack"
     FINE_MS = "FINE_MS"
     DENSE_MS = "DENSE_MS"
     HS = "HS"
@@ -19,22 +29,7 @@ class BuildMddAlgorithm(QgsProcessingAlgorithm):
     OUTPUT = "OUTPUT"
     _ROLES = (("fine_ms", FINE_MS), ("dense_ms", DENSE_MS), ("hs", HS))
 
-    def name(self):
-        return "buildmdd"
-
-    def displayName(self):  # noqa: N802 (QGIS API)
-        return "Build MDD stack"
-
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802 (QGIS API)
-        return ""
-
-    def createInstance(self):  # noqa: N802 (QGIS API)
-        return BuildMddAlgorithm()
-
-    def shortHelpString(self):  # noqa: N802 (QGIS API)
+    def shortHelpString(self):
         return (
             "Warps fine multispectral (MS), dense MS and hyperspectral (HS) layers onto one common grid "
             "and writes them as an MDD: a JSON manifest plus, beside it, one tiled compressed GeoTIFF "
@@ -57,33 +52,45 @@ class BuildMddAlgorithm(QgsProcessingAlgorithm):
             "TARGET_EXTENT (optional): area of the grid, snapped outward to whole pixels; default the "
             "overlap of all inputs, snapped inward to the fine MS pixel grid.\n"
             "OUTPUT: the MDD manifest (.json); the stacks <name>_<role>.tif and masks "
-            "<name>_<role>_mask.tif are written beside it.")
+            "<name>_<role>_mask.tif are written beside it."
+        )
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        for key, label in ((self.FINE_MS, "Fine multispectral layers (one per date)"),
-                           (self.DENSE_MS, "Dense multispectral layers (one per date)"),
-                           (self.HS, "Hyperspectral layers (one per date, with wavelengths)")):
+    def initAlgorithm(self, config=None):
+        for key, label in (
+            (self.FINE_MS, "Fine multispectral layers (one per date)"),
+            (self.DENSE_MS, "Dense multispectral layers (one per date)"),
+            (self.HS, "Hyperspectral layers (one per date, with wavelengths)"),
+        ):
             self.addParameter(QgsProcessingParameterMultipleLayers(key, label, QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterString(
-            self.DATES, "Dates override (layer_name=YYYY-MM-DD;...)", optional=True))
-        self.addParameter(QgsProcessingParameterCrs(
-            self.TARGET_CRS, "Target CRS [default: fine MS CRS]", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.PIXEL_SIZE, "Pixel size in target CRS units [default: fine MS pixel size]",
-            QgsProcessingParameterNumber.Double, optional=True))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.TARGET_EXTENT, "Target extent [default: overlap of all inputs]", optional=True))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, "MDD manifest", "MDD manifest (*.json)"))
+        self.addParameter(
+            QgsProcessingParameterString(self.DATES, "Dates override (layer_name=YYYY-MM-DD;...)", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS [default: fine MS CRS]", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.PIXEL_SIZE,
+                "Pixel size in target CRS units [default: fine MS pixel size]",
+                QgsProcessingParameterNumber.Double,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterExtent(
+                self.TARGET_EXTENT, "Target extent [default: overlap of all inputs]", optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "MDD manifest", "MDD manifest (*.json)"))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
+    def checkParameterValues(self, parameters, context):
         # Before QGIS's own check, whose "Incorrect parameter value" does not say what to do.
         for role, key in self._ROLES:
             if not self.parameterAsLayerList(parameters, key, context):
                 return False, empty_role_message(role)
         return super().checkParameterValues(parameters, context)
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+    def process(self, parameters, context, feedback):
         layers = {}
         for role, key in self._ROLES:
             layers[role] = []
@@ -91,7 +98,8 @@ class BuildMddAlgorithm(QgsProcessingAlgorithm):
                 if layer.providerType() != "gdal":
                     raise QgsProcessingException(
                         f"{key} layer '{layer.name()}' is not a file raster ({layer.providerType()}): "
-                        "save it as a GeoTIFF (Raster > Conversion > Translate) and use that.")
+                        "save it as a GeoTIFF (Raster > Conversion > Translate) and use that."
+                    )
                 layers[role].append((layer.name(), layer.source()))
         crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
         extent, extent_crs = None, None
@@ -106,22 +114,21 @@ class BuildMddAlgorithm(QgsProcessingAlgorithm):
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if not output.lower().endswith(".json"):
             output += ".json"
-        feedback.pushInfo("Layers: " + "; ".join(f"{key}: {', '.join(n for n, _ in layers[role])}"
-                                                  for role, key in self._ROLES))
-
-        def progress(fraction, message):
-            feedback.setProgress(100.0 * fraction)
-            if message:
-                feedback.pushInfo(message)
-
-        try:
-            build_mdd_stack(output, layers["fine_ms"], layers["dense_ms"], layers["hs"],
-                            dates=self.parameterAsString(parameters, self.DATES, context) or None,
-                            target_crs=_wkt(crs) if crs.isValid() else None, pixel_size=pixel_size,
-                            target_extent=extent, extent_crs=extent_crs, progress=progress,
-                            is_canceled=feedback.isCanceled)
-        except (BuildMddError, BuildMddCanceled) as e:
-            raise QgsProcessingException(str(e))
+        feedback.pushInfo(
+            "Layers: " + "; ".join(f"{key}: {', '.join(n for n, _ in layers[role])}" for role, key in self._ROLES)
+        )
+        build_mdd_stack(
+            output,
+            layers["fine_ms"],
+            layers["dense_ms"],
+            layers["hs"],
+            dates=self.parameterAsString(parameters, self.DATES, context) or None,
+            target_crs=_wkt(crs) if crs.isValid() else None,
+            pixel_size=pixel_size,
+            target_extent=extent,
+            extent_crs=extent_crs,
+            callbacks=feedback_callbacks(feedback, log_progress_messages=True),
+        )
         return {self.OUTPUT: output}
 
 

@@ -2,15 +2,27 @@
 
 import os
 
-from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer,
-                       QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
-                       QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputMultipleLayers,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
-                       QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber, QgsProcessingParameterString,
-                       QgsProcessingUtils, QgsRasterLayer, QgsRasterMinMaxOrigin, QgsRectangle)
+from qgis.core import (
+    QgsContrastEnhancement,
+    QgsMultiBandColorRenderer,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputMultipleLayers,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsProcessingUtils,
+    QgsRasterLayer,
+    QgsRasterMinMaxOrigin,
+    QgsRectangle,
+)
 
-from ..model.device import DEVICES  # no torch import at module level
+from ..model.nn.options import DEVICES  # no torch import at module level
+from .base import STSFusionAlgorithm, feedback_callbacks, require_torch
 
 # The registry does not own post-processors: keep them alive until the GUI has loaded the layers.
 # One per output path, so repeated runs replace rather than accumulate them.
@@ -24,16 +36,19 @@ class RgbRendering(QgsProcessingLayerPostProcessorInterface):
         super().__init__()
         self.bands = (red, green, blue)
 
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API)
+    def postProcessLayer(self, layer, context, feedback):
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             return
         layer.setRenderer(QgsMultiBandColorRenderer(layer.dataProvider(), *self.bands))
-        layer.setContrastEnhancement(QgsContrastEnhancement.StretchToMinimumMaximum,
-                                     QgsRasterMinMaxOrigin.CumulativeCut, QgsRectangle(), 250000)
+        layer.setContrastEnhancement(
+            QgsContrastEnhancement.StretchToMinimumMaximum, QgsRasterMinMaxOrigin.CumulativeCut, QgsRectangle(), 250000
+        )
         layer.triggerRepaint()
 
 
-class FuseTimeSeriesAlgorithm(QgsProcessingAlgorithm):
+class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
+    NAME = "fuse"
+    DISPLAY_NAME = "Fuse time series"
     MDD = "MDD"
     MODEL = "MODEL"
     DATES = "DATES"
@@ -42,22 +57,7 @@ class FuseTimeSeriesAlgorithm(QgsProcessingAlgorithm):
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT_LAYERS = "OUTPUT_LAYERS"
 
-    def name(self):
-        return "fuse"
-
-    def displayName(self):  # noqa: N802 (QGIS API)
-        return "Fuse time series"
-
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802 (QGIS API)
-        return ""
-
-    def createInstance(self):  # noqa: N802 (QGIS API)
-        return FuseTimeSeriesAlgorithm()
-
-    def shortHelpString(self):  # noqa: N802 (QGIS API)
+    def shortHelpString(self):
         return (
             "Applies a model made by 'Train fusion model' to an MDD made by 'Build MDD stack' and "
             "writes one fine-resolution hyperspectral GeoTIFF per date, fused_YYYY-MM-DD.tif: the "
@@ -83,18 +83,25 @@ class FuseTimeSeriesAlgorithm(QgsProcessingAlgorithm):
             "the output folder."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.addParameter(QgsProcessingParameterFile(
-            self.MDD, "MDD (manifest .json from 'Build MDD stack')", extension="json"))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model file (from 'Train fusion model')",
-            fileFilter="STS Fusion model (*.pt);;All files (*.*)"))
-        self.addParameter(QgsProcessingParameterString(
-            self.DATES, "Dates to fuse (YYYY-MM-DD, comma separated; empty = every date)",
-            optional=True))
-        tile = QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)",
-                                            QgsProcessingParameterNumber.Integer, 256,
-                                            minValue=16, maxValue=8192)
+    def initAlgorithm(self, config=None):
+        self.addParameter(
+            QgsProcessingParameterFile(self.MDD, "MDD (manifest .json from 'Build MDD stack')", extension="json")
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL,
+                "Model file (from 'Train fusion model')",
+                fileFilter="STS Fusion model (*.pt);;All files (*.*)",
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.DATES, "Dates to fuse (YYYY-MM-DD, comma separated; empty = every date)", optional=True
+            )
+        )
+        tile = QgsProcessingParameterNumber(
+            self.TILE_SIZE, "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 256, minValue=16, maxValue=8192
+        )
         tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(tile)
         device = QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue="auto")
@@ -103,7 +110,13 @@ class FuseTimeSeriesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, "Fused GeoTIFFs"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+    def canceled_outputs(self, parameters, context):
+        return {
+            self.OUTPUT_LAYERS: [],
+            self.OUTPUT_FOLDER: self.parameterAsString(parameters, self.OUTPUT_FOLDER, context),
+        }
+
+    def process(self, parameters, context, feedback):
         mdd_path = self.parameterAsFile(parameters, self.MDD, context)
         model_path = self.parameterAsFile(parameters, self.MODEL, context)
         dates = self.parameterAsString(parameters, self.DATES, context)
@@ -113,40 +126,32 @@ class FuseTimeSeriesAlgorithm(QgsProcessingAlgorithm):
         for label, path in (("MDD", mdd_path), ("Model file", model_path)):
             if not path or not os.path.isfile(path):
                 raise QgsProcessingException(f"{label} '{path}' does not exist: choose an existing file.")
-        try:
-            import torch  # noqa: F401 (only to say how to install it when it is missing)
-        except ImportError:
-            raise QgsProcessingException(
-                "PyTorch is not installed for the Python that QGIS uses: install torch and "
-                "scikit-learn into it (e.g. `python3 -m pip install torch scikit-learn` with QGIS's "
-                "python3), then restart QGIS.")
-        from ..model.device import DeviceError, select_device
-        from ..model.fusion import FusionCanceled, FusionError, fuse_time_series, rgb_band_indices_of_file
-        from ..model.mdd import MDDError
-        from ..model.predictor import ModelError
+        require_torch(self.DISPLAY_NAME)
+        from ..model.fusion.fuse import fuse_time_series, rgb_band_indices_of_file
+        from ..model.nn.device import select_device
 
-        try:
-            device = select_device(device)
-        except DeviceError as e:
-            raise QgsProcessingException(str(e))
-        feedback.pushInfo(f"MDD: {mdd_path}\nModel: {model_path}\nOutput folder: {folder}\n"
-                          f"Device: {device}; tile size {tile_size} px")
-        try:
-            paths = fuse_time_series(
-                mdd_path, model_path, folder, dates=dates or None, tile_size=tile_size, device=device,
-                progress=lambda fraction, message: feedback.setProgress(100.0 * fraction),
-                is_canceled=feedback.isCanceled, log=feedback.pushInfo)
-        except FusionCanceled as e:
-            feedback.pushInfo(str(e))
-            return {self.OUTPUT_LAYERS: [], self.OUTPUT_FOLDER: folder}
-        except (FusionError, MDDError, ModelError) as e:
-            raise QgsProcessingException(str(e))
+        device = select_device(device)
+        feedback.pushInfo(
+            f"MDD: {mdd_path}\nModel: {model_path}\nOutput folder: {folder}\nDevice: {device}; tile size {tile_size} px"
+        )
+        paths = fuse_time_series(
+            mdd_path,
+            model_path,
+            folder,
+            dates=dates or None,
+            tile_size=tile_size,
+            device=device,
+            callbacks=feedback_callbacks(feedback),
+        )
 
         for path in paths:
             feedback.pushInfo(f"Written: {path}")
             details = QgsProcessingContext.LayerDetails(
-                os.path.splitext(os.path.basename(path))[0].replace("_", " "), context.project(),
-                self.OUTPUT_LAYERS, QgsProcessingUtils.LayerHint.Raster)
+                os.path.splitext(os.path.basename(path))[0].replace("_", " "),
+                context.project(),
+                self.OUTPUT_LAYERS,
+                QgsProcessingUtils.LayerHint.Raster,
+            )
             _POST_PROCESSORS[path] = RgbRendering(*rgb_band_indices_of_file(path))
             details.setPostProcessor(_POST_PROCESSORS[path])
             context.addLayerToLoadOnCompletion(path, details)

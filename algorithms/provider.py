@@ -27,16 +27,16 @@ class STSFusionProvider(QgsProcessingProvider):
     def name(self):
         return "STS Fusion"
 
-    def longName(self):  # noqa: N802 (QGIS API)
+    def longName(self):
         return "STS Fusion: spatio-temporal-spectral fusion of satellite time series"
 
     def icon(self):
         return QIcon(ICON_PATH)
 
-    def svgIconPath(self):  # noqa: N802 (QGIS API)
+    def svgIconPath(self):
         return ICON_PATH
 
-    def loadAlgorithms(self):  # noqa: N802 (QGIS API)
+    def loadAlgorithms(self):
         for module_name, class_name in ALGORITHMS:
             module = importlib.import_module(f"{__package__}.{module_name}")
             self.addAlgorithm(getattr(module, class_name)())

@@ -4,14 +4,22 @@
 import os
 import re
 
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingOutputMultipleLayers, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFile,
-                       QgsProcessingParameterFolderDestination, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterNumber, QgsProcessingParameterString)
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputMultipleLayers,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
 
-from ..model.simulate import SimulateCanceled, SimulateError, simulate_sensors
-from ..model.srf import SRFError, list_presets
+from ..model.simulation.simulate import simulate_sensors
+from ..model.simulation.srf import list_presets
+from .base import STSFusionAlgorithm, feedback_callbacks
 
 
 def _dates(text):
@@ -24,7 +32,9 @@ def _dates(text):
     return [t for t in re.split(r"[,;\s]+", text) if t]
 
 
-class SimulateSensorsAlgorithm(QgsProcessingAlgorithm):
+class SimulateSensorsAlgorithm(STSFusionAlgorithm):
+    NAME = "simulate"
+    DISPLAY_NAME = "Simulate sensors"
     INPUT = "INPUT"
     DATES = "DATES"
     FINE_MS_SENSOR = "FINE_MS_SENSOR"
@@ -43,22 +53,7 @@ class SimulateSensorsAlgorithm(QgsProcessingAlgorithm):
     HS_LAYERS = "HS_LAYERS"
     OUTPUT_LAYERS = "OUTPUT_LAYERS"
 
-    def name(self):
-        return "simulate"
-
-    def displayName(self):  # noqa: N802 (QGIS API)
-        return "Simulate sensors"
-
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802 (QGIS API)
-        return ""
-
-    def createInstance(self):  # noqa: N802 (QGIS API)
-        return SimulateSensorsAlgorithm()
-
-    def shortHelpString(self):  # noqa: N802 (QGIS API)
+    def shortHelpString(self):
         presets = ", ".join(list_presets())
         return (
             "Makes the three inputs of the fusion from fine-resolution hyperspectral (HS) images, "
@@ -101,44 +96,84 @@ class SimulateSensorsAlgorithm(QgsProcessingAlgorithm):
             "Outputs: the lists of fine MS, dense MS and HS files, and all of them together."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
-        self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUT, "Fine HS layers (one per date)", QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterString(
-            self.DATES, "Dates of the layers (YYYY-MM-DD, in layer order; empty = from metadata/name)",
-            optional=True))
+    def initAlgorithm(self, config=None):
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers(self.INPUT, "Fine HS layers (one per date)", QgsProcessing.TypeRaster)
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.DATES,
+                "Dates of the layers (YYYY-MM-DD, in layer order; empty = from metadata/name)",
+                optional=True,
+            )
+        )
         presets = list_presets()
-        for key, label, default in ((self.FINE_MS_SENSOR, "Fine MS sensor", "zy1_02d_vnic"),
-                                    (self.DENSE_MS_SENSOR, "Dense MS sensor", "gf6_wfv")):
+        for key, label, default in (
+            (self.FINE_MS_SENSOR, "Fine MS sensor", "zy1_02d_vnic"),
+            (self.DENSE_MS_SENSOR, "Dense MS sensor", "gf6_wfv"),
+        ):
             p = QgsProcessingParameterEnum(key, label, presets, defaultValue=default)
             p.setUsesStaticStrings(True)  # FINE_MS_SENSOR=sentinel2_msi on the command line
             self.addParameter(p)
-        for key, label in ((self.FINE_MS_SRF, "Fine MS spectral response file (replaces the preset)"),
-                           (self.DENSE_MS_SRF, "Dense MS spectral response file (replaces the preset)")):
-            self.addParameter(QgsProcessingParameterFile(
-                key, label, optional=True, fileFilter="Text files (*.txt *.csv);;All files (*.*)"))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.DENSE_FACTOR, "Dense MS degradation factor", QgsProcessingParameterNumber.Integer, 2,
-            minValue=1, maxValue=100))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.HS_FACTOR, "HS degradation factor", QgsProcessingParameterNumber.Integer, 3,
-            minValue=1, maxValue=100))
-        sigma = QgsProcessingParameterNumber(self.PSF_SIGMA, "PSF sigma (input pixels; empty = FWHM of "
-                                             "one coarse pixel)", QgsProcessingParameterNumber.Double,
-                                             None, optional=True, minValue=0.0)
+        for key, label in (
+            (self.FINE_MS_SRF, "Fine MS spectral response file (replaces the preset)"),
+            (self.DENSE_MS_SRF, "Dense MS spectral response file (replaces the preset)"),
+        ):
+            self.addParameter(
+                QgsProcessingParameterFile(
+                    key, label, optional=True, fileFilter="Text files (*.txt *.csv);;All files (*.*)"
+                )
+            )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.DENSE_FACTOR,
+                "Dense MS degradation factor",
+                QgsProcessingParameterNumber.Integer,
+                2,
+                minValue=1,
+                maxValue=100,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.HS_FACTOR,
+                "HS degradation factor",
+                QgsProcessingParameterNumber.Integer,
+                3,
+                minValue=1,
+                maxValue=100,
+            )
+        )
+        sigma = QgsProcessingParameterNumber(
+            self.PSF_SIGMA,
+            "PSF sigma (input pixels; empty = FWHM of one coarse pixel)",
+            QgsProcessingParameterNumber.Double,
+            None,
+            optional=True,
+            minValue=0.0,
+        )
         sigma.setFlags(sigma.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(sigma)
-        for key, label in ((self.FINE_MS_DATES, "Fine MS dates"), (self.DENSE_MS_DATES, "Dense MS dates"),
-                           (self.HS_DATES, "HS dates")):
-            self.addParameter(QgsProcessingParameterString(
-                key, f"{label} (YYYY-MM-DD, comma separated; empty = every date; 'none' = none)",
-                optional=True))
+        for key, label in (
+            (self.FINE_MS_DATES, "Fine MS dates"),
+            (self.DENSE_MS_DATES, "Dense MS dates"),
+            (self.HS_DATES, "HS dates"),
+        ):
+            self.addParameter(
+                QgsProcessingParameterString(
+                    key, f"{label} (YYYY-MM-DD, comma separated; empty = every date; 'none' = none)", optional=True
+                )
+            )
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
-        for key, label in ((self.FINE_MS_LAYERS, "Fine MS files"), (self.DENSE_MS_LAYERS, "Dense MS files"),
-                           (self.HS_LAYERS, "HS files"), (self.OUTPUT_LAYERS, "All simulated files")):
+        for key, label in (
+            (self.FINE_MS_LAYERS, "Fine MS files"),
+            (self.DENSE_MS_LAYERS, "Dense MS files"),
+            (self.HS_LAYERS, "HS files"),
+            (self.OUTPUT_LAYERS, "All simulated files"),
+        ):
             self.addOutput(QgsProcessingOutputMultipleLayers(key, label))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+    def process(self, parameters, context, feedback):
         layers = self.parameterAsLayerList(parameters, self.INPUT, context)
         if not layers:
             raise QgsProcessingException("Choose at least one fine HS layer.")
@@ -147,36 +182,44 @@ class SimulateSensorsAlgorithm(QgsProcessingAlgorithm):
         if dates is not None and len(dates) != len(sources):
             raise QgsProcessingException(
                 f"Give one date per layer: {len(sources)} layer(s) but {len(dates)} date(s); or leave "
-                "Dates empty to read them from the layers.")
-        fine = (self.parameterAsFile(parameters, self.FINE_MS_SRF, context)
-                or self.parameterAsEnumString(parameters, self.FINE_MS_SENSOR, context) or "zy1_02d_vnic")
-        dense = (self.parameterAsFile(parameters, self.DENSE_MS_SRF, context)
-                 or self.parameterAsEnumString(parameters, self.DENSE_MS_SENSOR, context) or "gf6_wfv")
+                "Dates empty to read them from the layers."
+            )
+        fine = (
+            self.parameterAsFile(parameters, self.FINE_MS_SRF, context)
+            or self.parameterAsEnumString(parameters, self.FINE_MS_SENSOR, context)
+            or "zy1_02d_vnic"
+        )
+        dense = (
+            self.parameterAsFile(parameters, self.DENSE_MS_SRF, context)
+            or self.parameterAsEnumString(parameters, self.DENSE_MS_SENSOR, context)
+            or "gf6_wfv"
+        )
         sigma = None
         if parameters.get(self.PSF_SIGMA) not in (None, ""):
             sigma = self.parameterAsDouble(parameters, self.PSF_SIGMA, context)
         folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
-        feedback.pushInfo(f"{len(sources)} HS layer(s); fine MS: {fine}; dense MS: {dense}; "
-                          f"output folder: {folder}")
-        try:
-            files = simulate_sensors(
-                sources, folder, fine_ms_sensor=fine, dense_ms_sensor=dense,
-                dense_factor=self.parameterAsInt(parameters, self.DENSE_FACTOR, context),
-                hs_factor=self.parameterAsInt(parameters, self.HS_FACTOR, context), psf_sigma=sigma,
-                dates=dates,
-                fine_ms_dates=_dates(self.parameterAsString(parameters, self.FINE_MS_DATES, context)),
-                dense_ms_dates=_dates(self.parameterAsString(parameters, self.DENSE_MS_DATES, context)),
-                hs_dates=_dates(self.parameterAsString(parameters, self.HS_DATES, context)),
-                progress=lambda fraction, message: feedback.setProgress(100.0 * fraction),
-                is_canceled=feedback.isCanceled, log=feedback.pushInfo)
-        except SimulateCanceled as e:
-            feedback.pushInfo(str(e))
-            return {}
-        except (SimulateError, SRFError) as e:
-            raise QgsProcessingException(str(e))
+        feedback.pushInfo(f"{len(sources)} HS layer(s); fine MS: {fine}; dense MS: {dense}; output folder: {folder}")
+        files = simulate_sensors(
+            sources,
+            folder,
+            fine_ms_sensor=fine,
+            dense_ms_sensor=dense,
+            dense_factor=self.parameterAsInt(parameters, self.DENSE_FACTOR, context),
+            hs_factor=self.parameterAsInt(parameters, self.HS_FACTOR, context),
+            psf_sigma=sigma,
+            dates=dates,
+            fine_ms_dates=_dates(self.parameterAsString(parameters, self.FINE_MS_DATES, context)),
+            dense_ms_dates=_dates(self.parameterAsString(parameters, self.DENSE_MS_DATES, context)),
+            hs_dates=_dates(self.parameterAsString(parameters, self.HS_DATES, context)),
+            callbacks=feedback_callbacks(feedback),
+        )
         everything = files["fine_ms"] + files["dense_ms"] + files["hs"]
         for path in everything:
             feedback.pushInfo(f"Written: {os.path.basename(path)}")
-        return {self.FINE_MS_LAYERS: files["fine_ms"], self.DENSE_MS_LAYERS: files["dense_ms"],
-                self.HS_LAYERS: files["hs"], self.OUTPUT_LAYERS: everything,
-                self.OUTPUT_FOLDER: folder}
+        return {
+            self.FINE_MS_LAYERS: files["fine_ms"],
+            self.DENSE_MS_LAYERS: files["dense_ms"],
+            self.HS_LAYERS: files["hs"],
+            self.OUTPUT_LAYERS: everything,
+            self.OUTPUT_FOLDER: folder,
+        }

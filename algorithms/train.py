@@ -1,17 +1,21 @@
 """stsfusion:train - Train fusion model: the three-branch multi-task network on an MDD."""
 
-from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFile,
-                       QgsProcessingParameterFileDestination, QgsProcessingParameterNumber)
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
 
-KERNEL_OPTIONS = ["1", "1/3", "1/3/5"]
-DEVICE_OPTIONS = ["auto", "cpu", "cuda"]
-INSTALL_HINT = ("Install them for the Python that QGIS uses, e.g. `python3 -m pip install torch "
-                "scikit-learn` from the OSGeo4W shell on Windows, or `pip3 install --user torch "
-                "scikit-learn` (or your distribution's packages) on Linux and macOS, then restart QGIS.")
+from ..model.nn.options import DEVICES, KERNEL_SETS  # no torch import at module level
+from .base import STSFusionAlgorithm, feedback_callbacks, require_torch
 
 
-class TrainFusionModelAlgorithm(QgsProcessingAlgorithm):
+class TrainFusionModelAlgorithm(STSFusionAlgorithm):
+    NAME = "train"
+    DISPLAY_NAME = "Train fusion model"
     MDD = "MDD"
     KERNELS = "KERNELS"
     PCA_COMPONENTS = "PCA_COMPONENTS"
@@ -24,22 +28,7 @@ class TrainFusionModelAlgorithm(QgsProcessingAlgorithm):
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_REPORT = "OUTPUT_REPORT"
 
-    def name(self):
-        return "train"
-
-    def displayName(self):  # noqa: N802 (QGIS API)
-        return "Train fusion model"
-
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802 (QGIS API)
-        return ""
-
-    def createInstance(self):  # noqa: N802 (QGIS API)
-        return TrainFusionModelAlgorithm()
-
-    def shortHelpString(self):  # noqa: N802 (QGIS API)
+    def shortHelpString(self):
         return (
             "Trains the spatio-temporal-spectral fusion network on an MDD built by 'Build MDD stack'. "
             "Three branches of multi-scale residual blocks learn the spatial detail of the fine MS, the "
@@ -61,49 +50,79 @@ class TrainFusionModelAlgorithm(QgsProcessingAlgorithm):
             "OUTPUT_MODEL: the model file (.pt) with weights, normalisation, PCA and band lists.\n"
             "OUTPUT_REPORT: optional HTML training report (losses and learned task weights per epoch).\n\n"
             "The log shows each task's loss and its learned weight c per epoch, the time and the peak "
-            "memory. Cancel stops within a step and writes no model file.")
+            "memory. Cancel stops within a step and writes no model file."
+        )
 
-    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+    def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile(self.MDD, "MDD manifest", extension="json"))
         # Static strings: qgis_process users write KERNELS=1/3 and DEVICE=cpu, not option indices.
-        self.addParameter(QgsProcessingParameterEnum(self.KERNELS, "Kernel set (cardinality)",
-                                                     options=KERNEL_OPTIONS, defaultValue="1",
-                                                     usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterNumber(self.PCA_COMPONENTS, "HS principal components",
-                                                       QgsProcessingParameterNumber.Integer, 12,
-                                                       minValue=1, maxValue=256))
-        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, "Epochs",
-                                                       QgsProcessingParameterNumber.Integer, 30,
-                                                       minValue=1, maxValue=100000))
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.KERNELS,
+                "Kernel set (cardinality)",
+                options=list(KERNEL_SETS),
+                defaultValue="1",
+                usesStaticStrings=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.PCA_COMPONENTS,
+                "HS principal components",
+                QgsProcessingParameterNumber.Integer,
+                12,
+                minValue=1,
+                maxValue=256,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.EPOCHS, "Epochs", QgsProcessingParameterNumber.Integer, 30, minValue=1, maxValue=100000
+            )
+        )
         advanced = [
-            QgsProcessingParameterNumber(self.PATCH_SIZE, "Patch size (pixels)",
-                                         QgsProcessingParameterNumber.Integer, 32, minValue=4, maxValue=4096),
-            QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size",
-                                         QgsProcessingParameterNumber.Integer, 8, minValue=1, maxValue=4096),
-            QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate",
-                                         QgsProcessingParameterNumber.Double, 0.002, minValue=1e-7, maxValue=1.0),
-            QgsProcessingParameterNumber(self.SEED, "Random seed",
-                                         QgsProcessingParameterNumber.Integer, 0, minValue=0),
+            QgsProcessingParameterNumber(
+                self.PATCH_SIZE,
+                "Patch size (pixels)",
+                QgsProcessingParameterNumber.Integer,
+                32,
+                minValue=4,
+                maxValue=4096,
+            ),
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE, "Batch size", QgsProcessingParameterNumber.Integer, 8, minValue=1, maxValue=4096
+            ),
+            QgsProcessingParameterNumber(
+                self.LEARNING_RATE,
+                "Learning rate",
+                QgsProcessingParameterNumber.Double,
+                0.002,
+                minValue=1e-7,
+                maxValue=1.0,
+            ),
+            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
         ]
-        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=DEVICE_OPTIONS,
-                                                     defaultValue="auto", usesStaticStrings=True))
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.DEVICE, "Device", options=list(DEVICES), defaultValue="auto", usesStaticStrings=True
+            )
+        )
         for p in advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Model file",
-                                                                "STS Fusion model (*.pt)"))
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report",
-                                                                "HTML files (*.html)", optional=True,
-                                                                createByDefault=False))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Model file", "STS Fusion model (*.pt)")
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_REPORT, "Training report", "HTML files (*.html)", optional=True, createByDefault=False
+            )
+        )
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
-        try:
-            import sklearn  # noqa: F401
-            import torch  # noqa: F401
-        except ImportError as e:
-            raise QgsProcessingException(f"'Train fusion model' needs PyTorch and scikit-learn ({e}). "
-                                         + INSTALL_HINT)
-        from ..model.training import train_fusion_model
+    def process(self, parameters, context, feedback):
+        require_torch(self.DISPLAY_NAME)
+        from ..model.core.memory import format_mb
+        from ..model.nn.training import train_fusion_model
 
         mdd = self.parameterAsFile(parameters, self.MDD, context)
         if not mdd:
@@ -112,34 +131,27 @@ class TrainFusionModelAlgorithm(QgsProcessingAlgorithm):
         device = self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto"
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
-        args = dict(kernels=kernels,
-                    pca_components=self.parameterAsInt(parameters, self.PCA_COMPONENTS, context),
-                    epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-                    patch_size=self.parameterAsInt(parameters, self.PATCH_SIZE, context),
-                    batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                    learning_rate=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
-                    device=device, seed=self.parameterAsInt(parameters, self.SEED, context))
+        args = dict(
+            kernels=kernels,
+            pca_components=self.parameterAsInt(parameters, self.PCA_COMPONENTS, context),
+            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            patch_size=self.parameterAsInt(parameters, self.PATCH_SIZE, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            learning_rate=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            device=device,
+            seed=self.parameterAsInt(parameters, self.SEED, context),
+        )
         feedback.pushInfo(f"Training on {mdd}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
-        try:
-            summary = train_fusion_model(
-                mdd, model_path, progress=lambda f, m: feedback.setProgress(100.0 * f),
-                is_canceled=feedback.isCanceled, log=feedback.pushInfo, **args)
-        except ValueError as e:  # the model/ errors carry a message for the user
-            raise QgsProcessingException(str(e))
-        if summary["canceled"]:
-            feedback.reportError("Training was cancelled: no model file was written.")
-            return {}
+        summary = train_fusion_model(mdd, model_path, callbacks=feedback_callbacks(feedback), **args)
         info = summary["info"]
-        feedback.pushInfo(f"Training took {info['time_s']:.1f} s on {info['device']}; peak memory "
-                          f"{info['peak_memory_mb']:.0f} MB.")
+        feedback.pushInfo(
+            f"Training took {info['time_s']:.1f} s on {info['device']}; peak memory "
+            f"{format_mb(info['peak_memory_mb'])}."
+        )
         results = {self.OUTPUT_MODEL: model_path}
         if report:
-            try:
-                from ..model.report import write_training_report
-            except ImportError:
-                feedback.reportError("The training report module is not available in this version: "
-                                     "no report written.", fatalError=False)
-            else:
-                write_training_report(report, summary["history"], info)
-                results[self.OUTPUT_REPORT] = report
+            from ..model.evaluation.report import write_training_report
+
+            write_training_report(report, summary["history"], info)
+            results[self.OUTPUT_REPORT] = report
         return results

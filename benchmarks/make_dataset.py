@@ -38,16 +38,19 @@ if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
     os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
 sys.path.insert(0, PLUGINS)
 
-from osgeo import gdal  # noqa: E402
+from osgeo import gdal
 
-from stsfusion.model import scene_series as ss  # noqa: E402
-from stsfusion.model.mdd import Grid  # noqa: E402
-from stsfusion.model.srf import load_srf_file  # noqa: E402
+from stsfusion.model.core.grid import Grid
+from stsfusion.model.simulation import sensors as sim_sensors
+from stsfusion.model.simulation import srf
+from stsfusion.model.simulation import truth as sim_truth
+from stsfusion.model.simulation import writing as sim_writing
+from stsfusion.model.simulation.srf import load_srf_file
 
 gdal.UseExceptions()
 
 SEED = 724
-DATES = ss.season_dates("2022-04-10", 7, 25)
+DATES = sim_truth.season_dates("2022-04-10", 7, 25)
 HS_INDICES = (0, 2, 3, 6)  # fine MS and HS dates; uneven gaps, like real acquisitions
 HELD_OUT = (DATES[1], DATES[5])  # never used for any tuning decision: the evaluation dates
 TUNING = (DATES[4],)  # the one date without HS that tuning may look at
@@ -91,65 +94,88 @@ def build_mosaic(tile_dir: str, vrt_path: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data"),
-                    help="folder holding enmap_potsdam/ and srf/ (default ../shared/data)")
+    ap.add_argument(
+        "--data",
+        default=os.path.join(os.path.dirname(ROOT), "shared", "data"),
+        help="folder holding enmap_potsdam/ and srf/ (default ../shared/data)",
+    )
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "output", "dataset"))
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
-    hs, wl, fwhm, grid, n_tiles, acquired = build_mosaic(os.path.join(args.data, "enmap_potsdam"),
-                                                         os.path.join(args.out, "enmap_mosaic.vrt"))
+    hs, wl, fwhm, grid, n_tiles, acquired = build_mosaic(
+        os.path.join(args.data, "enmap_potsdam"), os.path.join(args.out, "enmap_mosaic.vrt")
+    )
     t_mosaic = time.time() - t0
-    truth = ss.simulate_truth(hs, wl, DATES, seed=args.seed, mean_parcel_area_px=MEAN_PARCEL_AREA_PX)
+    truth = sim_truth.simulate_truth(hs, wl, DATES, seed=args.seed, mean_parcel_area_px=MEAN_PARCEL_AREA_PX)
     t_truth = time.time() - t0 - t_mosaic
     gf6_file = os.path.join(args.data, "srf", "GF6_WFV.txt")
     measured = load_srf_file(gf6_file) if os.path.exists(gf6_file) else None
-    dense_source = ("measured GF-6 WFV responses (srf/GF6_WFV.txt, from acolite)" if measured
-                    else "resources/sensors/gf6_wfv.json (Gaussian bands)")
-    sensors = ss.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, dense_response=measured)
-    dropped = [n for n in (measured or ss.sensor_preset("gf6_wfv")).names
-               if n not in sensors["dense_ms"].response.names]
-    design = ss.SeriesDesign.paper(DATES, HS_INDICES)
-    images = ss.simulate_inputs(truth, wl, fwhm, design, sensors, seed=args.seed)
+    dense_source = (
+        "measured GF-6 WFV responses (srf/GF6_WFV.txt, from acolite)"
+        if measured
+        else "resources/sensors/gf6_wfv.json (Gaussian bands)"
+    )
+    sensors = sim_sensors.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, dense_response=measured)
+    dropped = [
+        n for n in (measured or srf.sensor_preset("gf6_wfv")).names if n not in sensors["dense_ms"].response.names
+    ]
+    design = sim_sensors.SeriesDesign.paper(DATES, HS_INDICES)
+    images = sim_sensors.simulate_inputs(truth, wl, fwhm, design, sensors, seed=args.seed)
     t_inputs = time.time() - t0 - t_mosaic - t_truth
-    source = ("simulated from the real EnMAP L2A image of Potsdam (2022-07-24) by STS Fusion "
-              "benchmarks/make_dataset.py")
-    files = ss.write_inputs(args.out, images, grid, {"SOURCE": source})
-    truth_files = ss.write_truth(os.path.join(args.out, "truth"), truth, grid, wl, fwhm, {"SOURCE": source})
+    source = "simulated from the real EnMAP L2A image of Potsdam (2022-07-24) by STS Fusion benchmarks/make_dataset.py"
+    files = sim_writing.write_inputs(args.out, images, grid, {"SOURCE": source})
+    truth_files = sim_writing.write_truth(os.path.join(args.out, "truth"), truth, grid, wl, fwhm, {"SOURCE": source})
     no_hs = [d for d in DATES if d not in design.role_dates["hs"]]
-    summary = ss.series_summary(design, images, files, grid, wl)
-    kinds = np.bincount(truth.schedule_kind, minlength=len(ss.SCHEDULES))
-    summary.update({
-        "description": "Development benchmark, SIMULATED from one real EnMAP image (no public "
-                       "multi-date hyperspectral series exists): see benchmarks/make_dataset.py.",
-        "source": {"tiles": n_tiles, "folder": "../shared/data/enmap_potsdam", "acquired": acquired,
-                   "bands_kept": int(len(wl)), "bands_dropped": "6 with bbl=0 (1331-1391 nm)"},
-        "responses": {"fine_ms": "resources/sensors/zy1_02d_vnic.json (Gaussian bands)",
-                      "dense_ms": f"{dense_source}; left out (outside the EnMAP range): "
-                                  f"{', '.join(dropped) or 'none'}"},
-        "seed": args.seed, "command": "python benchmarks/make_dataset.py",
-        "truth_dir": "truth", "truth_files": truth_files,
-        "hs_dates": design.role_dates["hs"], "fine_ms_dates": design.role_dates["fine_ms"],
-        "dense_ms_dates": design.role_dates["dense_ms"], "no_hs_dates": no_hs,
-        "held_out_dates": list(HELD_OUT), "tuning_dates": list(TUNING),
-        "held_out_rule": "The held-out dates are for the final evaluation only: no parameter, "
-                         "architecture or stopping decision may look at their results.",
-        "valid_fraction_fine_grid": round(float(np.isfinite(hs[0]).mean()), 4),
-        "parcels": int(truth.parcels.max()) + 1,
-        "parcel_schedules": {k: int(n) for k, n in zip(ss.SCHEDULES, kinds)},
-        "endmember_roles": {k: [int(i) for i in v] for k, v in truth.unmixing.roles.items()},
-        "n_endmembers": int(truth.unmixing.endmembers.shape[0]),
-    })
-    ss.write_json(os.path.join(args.out, "dataset.json"), summary)
+    summary = sim_writing.series_summary(design, images, files, grid, wl)
+    kinds = np.bincount(truth.schedule_kind, minlength=len(sim_truth.SCHEDULES))
+    summary.update(
+        {
+            "description": "Development benchmark, SIMULATED from one real EnMAP image (no public "
+            "multi-date hyperspectral series exists): see benchmarks/make_dataset.py.",
+            "source": {
+                "tiles": n_tiles,
+                "folder": "../shared/data/enmap_potsdam",
+                "acquired": acquired,
+                "bands_kept": int(len(wl)),
+                "bands_dropped": "6 with bbl=0 (1331-1391 nm)",
+            },
+            "responses": {
+                "fine_ms": "resources/sensors/zy1_02d_vnic.json (Gaussian bands)",
+                "dense_ms": f"{dense_source}; left out (outside the EnMAP range): {', '.join(dropped) or 'none'}",
+            },
+            "seed": args.seed,
+            "command": "python benchmarks/make_dataset.py",
+            "truth_dir": "truth",
+            "truth_files": truth_files,
+            "hs_dates": design.role_dates["hs"],
+            "fine_ms_dates": design.role_dates["fine_ms"],
+            "dense_ms_dates": design.role_dates["dense_ms"],
+            "no_hs_dates": no_hs,
+            "held_out_dates": list(HELD_OUT),
+            "tuning_dates": list(TUNING),
+            "held_out_rule": "The held-out dates are for the final evaluation only: no parameter, "
+            "architecture or stopping decision may look at their results.",
+            "valid_fraction_fine_grid": round(float(np.isfinite(hs[0]).mean()), 4),
+            "parcels": int(truth.parcels.max()) + 1,
+            "parcel_schedules": {k: int(n) for k, n in zip(sim_truth.SCHEDULES, kinds)},
+            "endmember_roles": {k: [int(i) for i in v] for k, v in truth.unmixing.roles.items()},
+            "n_endmembers": int(truth.unmixing.endmembers.shape[0]),
+        }
+    )
+    sim_writing.write_json(os.path.join(args.out, "dataset.json"), summary)
     total = time.time() - t0
     size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(args.out, "**", "*.tif"), recursive=True))
-    print(f"benchmark dataset in {args.out}: {sum(len(v) for v in files.values())} inputs + "
-          f"{len(truth_files)} truth GeoTIFFs, {size / 1e6:.1f} MB")
-    print(f"fine grid {grid.width}x{grid.height} px at {grid.pixel_size:g} m, {len(wl)} HS bands; "
-          f"held out: {', '.join(HELD_OUT)}; tuning: {', '.join(TUNING)}")
-    print(f"time: mosaic {t_mosaic:.1f} s, truth {t_truth:.1f} s, inputs {t_inputs:.1f} s, "
-          f"total {total:.1f} s")
+    print(
+        f"benchmark dataset in {args.out}: {sum(len(v) for v in files.values())} inputs + "
+        f"{len(truth_files)} truth GeoTIFFs, {size / 1e6:.1f} MB"
+    )
+    print(
+        f"fine grid {grid.width}x{grid.height} px at {grid.pixel_size:g} m, {len(wl)} HS bands; "
+        f"held out: {', '.join(HELD_OUT)}; tuning: {', '.join(TUNING)}"
+    )
+    print(f"time: mosaic {t_mosaic:.1f} s, truth {t_truth:.1f} s, inputs {t_inputs:.1f} s, total {total:.1f} s")
     return 0
 
 

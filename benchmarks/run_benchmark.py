@@ -31,13 +31,15 @@ if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
     os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
 sys.path.insert(0, PLUGINS)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from stsfusion.model.metrics import assess_rasters  # noqa: E402
+from stsfusion.model.evaluation.metrics import assess_rasters
 
 KERNEL_SETS = ("1", "1/3", "1/3/5")
-BASELINES = (("interpolation", "Interpolation (nearest HS date, bicubic)"),
-             ("two_stage", "Two-stage (STARFM-style + ridge MS→HS)"))
+BASELINES = (
+    ("interpolation", "Interpolation (nearest HS date, bicubic)"),
+    ("two_stage", "Two-stage (STARFM-style + ridge MS→HS)"),
+)
 METRICS = ("cc", "sam", "psnr", "ssim", "ergas", "rmse")
 
 
@@ -84,15 +86,17 @@ def mean_over(per_date: dict, dates: list) -> dict:
 
 
 def fmt_row(name: str, m: dict, extra: str = "") -> str:
-    return (f"| {name} | {m['cc']:.4f} | {m['sam']:.3f} | {m['psnr']:.2f} | {m['ssim']:.4f} | "
-            f"{m['ergas']:.3f} | {m['rmse']:.5f} |{extra}")
+    return (
+        f"| {name} | {m['cc']:.4f} | {m['sam']:.3f} | {m['psnr']:.2f} | {m['ssim']:.4f} | "
+        f"{m['ergas']:.3f} | {m['rmse']:.5f} |{extra}"
+    )
 
 
 HEADER = "| {} | CC | SAM (°) | PSNR (dB) | SSIM | ERGAS | RMSE |{}\n|---|---|---|---|---|---|---|{}"
 
 
 def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -101,9 +105,11 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, no GPU; "
-            f"Debian {platform.freedesktop_os_release().get('VERSION_ID', '?')}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, no GPU; "
+        f"Debian {platform.freedesktop_os_release().get('VERSION_ID', '?')}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def main(argv=None) -> int:
@@ -117,14 +123,23 @@ def main(argv=None) -> int:
         raise SystemExit("qgis_process.bin not found: run `make setup` first.")
     dataset_dir = os.path.join(args.work, "dataset")
     if not os.path.exists(os.path.join(dataset_dir, "dataset.json")):
-        subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "make_dataset.py"),
-                        "--data", args.data, "--out", dataset_dir], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "benchmarks", "make_dataset.py"),
+                "--data",
+                args.data,
+                "--out",
+                dataset_dir,
+            ],
+            check=True,
+        )
     with open(os.path.join(dataset_dir, "dataset.json")) as f:
         dataset = json.load(f)
-    dataset.setdefault("hs_factor", round(dataset["roles"]["hs"]["pixel_size_m"]
-                                         / dataset["fine_grid"]["pixel_size_m"]))
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "stsfusion"], env=qgis_env(),
-                   capture_output=True)
+    dataset.setdefault(
+        "hs_factor", round(dataset["roles"]["hs"]["pixel_size_m"] / dataset["fine_grid"]["pixel_size_m"])
+    )
+    subprocess.run(["qgis_process.bin", "plugins", "enable", "stsfusion"], env=qgis_env(), capture_output=True)
     logs = os.path.join(args.work, "logs")
     os.makedirs(logs, exist_ok=True)
     runs = {}
@@ -132,11 +147,14 @@ def main(argv=None) -> int:
     print("Build MDD stack", flush=True)
     mdd = os.path.join(args.work, "mdd", "benchmark_mdd.json")
     os.makedirs(os.path.dirname(mdd), exist_ok=True)
-    params = [f"{key}={os.path.join(dataset_dir, name)}"
-              for key, role in (("FINE_MS", "fine_ms"), ("DENSE_MS", "dense_ms"), ("HS", "hs"))
-              for name in dataset["roles"][role]["files"]]
-    runs["buildmdd"] = qgis_process("stsfusion:buildmdd", params + [f"OUTPUT={mdd}"],
-                                    os.path.join(logs, "buildmdd.log"))
+    params = [
+        f"{key}={os.path.join(dataset_dir, name)}"
+        for key, role in (("FINE_MS", "fine_ms"), ("DENSE_MS", "dense_ms"), ("HS", "hs"))
+        for name in dataset["roles"][role]["files"]
+    ]
+    runs["buildmdd"] = qgis_process(
+        "stsfusion:buildmdd", params + [f"OUTPUT={mdd}"], os.path.join(logs, "buildmdd.log")
+    )
 
     results = {}
     for kernels in args.kernels.split(","):
@@ -144,25 +162,41 @@ def main(argv=None) -> int:
         print(f"Network, kernel set {kernels}", flush=True)
         model = os.path.join(args.work, f"model_{tag}.pt")
         folder = os.path.join(args.work, f"fused_{tag}")
-        train = qgis_process("stsfusion:train", [f"MDD={mdd}", f"KERNELS={kernels}",
-                                                 f"OUTPUT_MODEL={model}",
-                                                 f"OUTPUT_REPORT={os.path.join(args.work, f'report_{tag}.html')}"],
-                             os.path.join(logs, f"train_{tag}.log"))
-        fuse = qgis_process("stsfusion:fuse", [f"MDD={mdd}", f"MODEL={model}", f"OUTPUT_FOLDER={folder}"],
-                            os.path.join(logs, f"fuse_{tag}.log"))
+        train = qgis_process(
+            "stsfusion:train",
+            [
+                f"MDD={mdd}",
+                f"KERNELS={kernels}",
+                f"OUTPUT_MODEL={model}",
+                f"OUTPUT_REPORT={os.path.join(args.work, f'report_{tag}.html')}",
+            ],
+            os.path.join(logs, f"train_{tag}.log"),
+        )
+        fuse = qgis_process(
+            "stsfusion:fuse",
+            [f"MDD={mdd}", f"MODEL={model}", f"OUTPUT_FOLDER={folder}"],
+            os.path.join(logs, f"fuse_{tag}.log"),
+        )
         runs[f"train_{tag}"], runs[f"fuse_{tag}"] = train, fuse
         results[f"STS Fusion, kernels {kernels}"] = {
             "per_date": assess_folder(folder, "fused", dataset, dataset_dir, args.work),
-            "time_s": train["time_s"] + fuse["time_s"], "peak_mb": max(train["peak_mb"], fuse["peak_mb"])}
+            "time_s": train["time_s"] + fuse["time_s"],
+            "peak_mb": max(train["peak_mb"], fuse["peak_mb"]),
+        }
     for method, label in BASELINES:
         print(f"Baseline {method}", flush=True)
         folder = os.path.join(args.work, f"baseline_{method}")
-        run = qgis_process("stsfusion:baseline", [f"MDD={mdd}", f"METHOD={method}",
-                                                  f"OUTPUT_FOLDER={folder}"],
-                           os.path.join(logs, f"baseline_{method}.log"))
+        run = qgis_process(
+            "stsfusion:baseline",
+            [f"MDD={mdd}", f"METHOD={method}", f"OUTPUT_FOLDER={folder}"],
+            os.path.join(logs, f"baseline_{method}.log"),
+        )
         runs[f"baseline_{method}"] = run
-        results[label] = {"per_date": assess_folder(folder, method, dataset, dataset_dir, args.work),
-                          "time_s": run["time_s"], "peak_mb": run["peak_mb"]}
+        results[label] = {
+            "per_date": assess_folder(folder, method, dataset, dataset_dir, args.work),
+            "time_s": run["time_s"],
+            "peak_mb": run["peak_mb"],
+        }
 
     with open(os.path.join(args.work, "results.json"), "w") as f:
         json.dump({"results": results, "runs": runs}, f, indent=1)
@@ -196,20 +230,35 @@ def write_report(path: str, dataset: dict, results: dict, runs: dict):
         "peak memory = the largest max RSS among them. All methods read the same MDD.",
         "",
     ]
-    for title, dates in ((f"Dates without an HS image ({', '.join(no_hs)})", no_hs),
-                         (f"Held-out dates only ({', '.join(held)})", held),
-                         (f"Dates with an HS image ({', '.join(hs_dates)})", hs_dates)):
-        lines += [f"## {title}", "", "Kernel sets (layout of the paper's Table 2):", "",
-                  HEADER.format("Size", " Time (s) | Peak memory (MB) |", "---|---|")]
+    for title, dates in (
+        (f"Dates without an HS image ({', '.join(no_hs)})", no_hs),
+        (f"Held-out dates only ({', '.join(held)})", held),
+        (f"Dates with an HS image ({', '.join(hs_dates)})", hs_dates),
+    ):
+        lines += [
+            f"## {title}",
+            "",
+            "Kernel sets (layout of the paper's Table 2):",
+            "",
+            HEADER.format("Size", " Time (s) | Peak memory (MB) |", "---|---|"),
+        ]
         for name, r in results.items():
             if name.startswith("STS Fusion"):
-                lines.append(fmt_row(name.split("kernels ")[1], mean_over(r["per_date"], dates),
-                                     f" {r['time_s']:.0f} | {r['peak_mb']:.0f} |"))
-        lines += ["", "Methods (layout of the paper's Table 4):", "",
-                  HEADER.format("Method", " Time (s) | Peak memory (MB) |", "---|---|")]
+                lines.append(
+                    fmt_row(
+                        name.split("kernels ")[1],
+                        mean_over(r["per_date"], dates),
+                        f" {r['time_s']:.0f} | {r['peak_mb']:.0f} |",
+                    )
+                )
+        lines += [
+            "",
+            "Methods (layout of the paper's Table 4):",
+            "",
+            HEADER.format("Method", " Time (s) | Peak memory (MB) |", "---|---|"),
+        ]
         for name, r in results.items():
-            lines.append(fmt_row(name, mean_over(r["per_date"], dates),
-                                 f" {r['time_s']:.0f} | {r['peak_mb']:.0f} |"))
+            lines.append(fmt_row(name, mean_over(r["per_date"], dates), f" {r['time_s']:.0f} | {r['peak_mb']:.0f} |"))
         lines.append("")
     lines += ["## Per date", "", HEADER.format("Method / date", "", "")]
     for name, r in results.items():

@@ -56,8 +56,8 @@ ls -1 "$ROOT/$OUT"/fused/fused_*.tif
 "$PY" - "$OUT" <<'EOF'
 import os, sys
 sys.path.insert(0, os.path.join(os.getcwd(), ".build", "plugins"))
-from stsfusion.model.mdd import MDD
-from stsfusion.model.metrics import assess_rasters
+from stsfusion.model.mdd.format import MDD
+from stsfusion.model.evaluation.metrics import assess_rasters
 
 out = sys.argv[1]
 mdd = MDD.open(os.path.join(out, "sample_mdd.json"))

@@ -20,11 +20,18 @@ sys.path.insert(0, "/usr/share/qgis/python/plugins")
 sys.path.insert(0, os.path.join(ROOT, ".build", "plugins"))  # the package `stsfusion` (make setup)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from qgis.core import (QgsApplication, QgsProcessing, QgsProcessingModelAlgorithm,  # noqa: E402
-                       QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource,
-                       QgsProcessingModelOutput, QgsProcessingModelParameter,
-                       QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber)
-from qgis.PyQt.QtCore import QPointF  # noqa: E402
+from qgis.core import (
+    QgsApplication,
+    QgsProcessing,
+    QgsProcessingModelAlgorithm,
+    QgsProcessingModelChildAlgorithm,
+    QgsProcessingModelChildParameterSource,
+    QgsProcessingModelOutput,
+    QgsProcessingModelParameter,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+)
+from qgis.PyQt.QtCore import QPointF
 
 
 def _input(model, definition, x, y):
@@ -62,35 +69,65 @@ def _child(model, alg_id, child_id, description, x, y, sources, statics=None, ou
 
 def build_model(epochs_default: int) -> QgsProcessingModelAlgorithm:
     model = QgsProcessingModelAlgorithm("STS Fusion chain", "STS Fusion")
-    model.setHelpContent({
-        "ALG_DESC": "Fine multispectral, dense multispectral and coarse hyperspectral layers in, "
-                    "one fine hyperspectral GeoTIFF per date out: Build MDD stack, Train fusion "
-                    "model and Fuse time series with their defaults.",
-        "FINE_MS": "Fine multispectral layers, one a date.",
-        "DENSE_MS": "Dense (frequent, coarser) multispectral layers, one a date.",
-        "HS": "Coarse hyperspectral layers with band wavelengths, one a date.",
-        "EPOCHS": f"Training epochs (default {epochs_default}, as in Train fusion model).",
-    })
+    model.setHelpContent(
+        {
+            "ALG_DESC": "Fine multispectral, dense multispectral and coarse hyperspectral layers in, "
+            "one fine hyperspectral GeoTIFF per date out: Build MDD stack, Train fusion "
+            "model and Fuse time series with their defaults.",
+            "FINE_MS": "Fine multispectral layers, one a date.",
+            "DENSE_MS": "Dense (frequent, coarser) multispectral layers, one a date.",
+            "HS": "Coarse hyperspectral layers with band wavelengths, one a date.",
+            "EPOCHS": f"Training epochs (default {epochs_default}, as in Train fusion model).",
+        }
+    )
     src = QgsProcessingModelChildParameterSource
-    for i, (name, label) in enumerate((("FINE_MS", "Fine MS layers"), ("DENSE_MS", "Dense MS layers"),
-                                       ("HS", "HS layers"))):
-        _input(model, QgsProcessingParameterMultipleLayers(name, label, QgsProcessing.TypeRaster),
-               120, 60 + 80 * i)
-    _input(model, QgsProcessingParameterNumber(name="EPOCHS", description="Training epochs",
-                                               type=QgsProcessingParameterNumber.Integer,
-                                               defaultValue=epochs_default, minValue=1),
-           120, 300)
+    for i, (name, label) in enumerate(
+        (("FINE_MS", "Fine MS layers"), ("DENSE_MS", "Dense MS layers"), ("HS", "HS layers"))
+    ):
+        _input(model, QgsProcessingParameterMultipleLayers(name, label, QgsProcessing.TypeRaster), 120, 60 + 80 * i)
+    _input(
+        model,
+        QgsProcessingParameterNumber(
+            name="EPOCHS",
+            description="Training epochs",
+            type=QgsProcessingParameterNumber.Integer,
+            defaultValue=epochs_default,
+            minValue=1,
+        ),
+        120,
+        300,
+    )
 
-    _child(model, "stsfusion:buildmdd", "buildmdd", "Build MDD stack", 420, 120,
-           {name: src.fromModelParameter(name) for name in ("FINE_MS", "DENSE_MS", "HS")},
-           outputs={"OUTPUT": ("MDD", "MDD manifest", 60)})
-    _child(model, "stsfusion:train", "train", "Train fusion model", 420, 260,
-           {"MDD": src.fromChildOutput("buildmdd", "OUTPUT"), "EPOCHS": src.fromModelParameter("EPOCHS")},
-           outputs={"OUTPUT_MODEL": ("MODEL", "Model file", 60)})
-    _child(model, "stsfusion:fuse", "fuse", "Fuse time series", 420, 400,
-           {"MDD": src.fromChildOutput("buildmdd", "OUTPUT"),
-            "MODEL": src.fromChildOutput("train", "OUTPUT_MODEL")},
-           outputs={"OUTPUT_FOLDER": ("FUSED_FOLDER", "Fused GeoTIFFs folder", 60)})
+    _child(
+        model,
+        "stsfusion:buildmdd",
+        "buildmdd",
+        "Build MDD stack",
+        420,
+        120,
+        {name: src.fromModelParameter(name) for name in ("FINE_MS", "DENSE_MS", "HS")},
+        outputs={"OUTPUT": ("MDD", "MDD manifest", 60)},
+    )
+    _child(
+        model,
+        "stsfusion:train",
+        "train",
+        "Train fusion model",
+        420,
+        260,
+        {"MDD": src.fromChildOutput("buildmdd", "OUTPUT"), "EPOCHS": src.fromModelParameter("EPOCHS")},
+        outputs={"OUTPUT_MODEL": ("MODEL", "Model file", 60)},
+    )
+    _child(
+        model,
+        "stsfusion:fuse",
+        "fuse",
+        "Fuse time series",
+        420,
+        400,
+        {"MDD": src.fromChildOutput("buildmdd", "OUTPUT"), "MODEL": src.fromChildOutput("train", "OUTPUT_MODEL")},
+        outputs={"OUTPUT_FOLDER": ("FUSED_FOLDER", "Fused GeoTIFFs folder", 60)},
+    )
     return model
 
 

@@ -26,9 +26,11 @@ if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
     os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
 sys.path.insert(0, PLUGINS)
 
-from stsfusion.model.mdd import Grid  # noqa: E402
-from stsfusion.model import scene_series as ss  # noqa: E402
-from stsfusion.model.synthetic_scene import synthetic_scene  # noqa: E402
+from stsfusion.model.core.grid import Grid
+from stsfusion.model.simulation import sensors as sim_sensors
+from stsfusion.model.simulation import truth as sim_truth
+from stsfusion.model.simulation import writing as sim_writing
+from stsfusion.model.simulation.synthetic_scene import synthetic_scene
 
 SEED = 2022
 SIZE = 96  # fine grid, pixels
@@ -43,6 +45,7 @@ DEFAULT_OUT = os.path.join(ROOT, "resources", "sample")
 
 def sample_grid() -> Grid:
     from osgeo import osr
+
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(EPSG)
     return Grid(srs.ExportToWkt(), (ORIGIN[0], PIXEL_M, 0.0, ORIGIN[1], 0.0, -PIXEL_M), SIZE, SIZE)
@@ -51,12 +54,18 @@ def sample_grid() -> Grid:
 def simulate(seed: int = SEED):
     """(scene, truth, design, images): everything the sample is made of, deterministic."""
     scene = synthetic_scene(SIZE, SIZE, seed=seed)
-    dates = ss.season_dates(START, 7, STEP_DAYS)
-    truth = ss.simulate_truth(scene.hs, scene.wavelengths, dates, seed=seed, parcels=scene.parcels,
-                              unmixing=ss.unmixing_from_scene(scene))
-    design = ss.SeriesDesign.paper(dates, HS_INDICES)
-    sensors = ss.default_sensors(scene.wavelengths, scene.fwhm)
-    images = ss.simulate_inputs(truth, scene.wavelengths, scene.fwhm, design, sensors, seed=seed)
+    dates = sim_truth.season_dates(START, 7, STEP_DAYS)
+    truth = sim_truth.simulate_truth(
+        scene.hs,
+        scene.wavelengths,
+        dates,
+        seed=seed,
+        parcels=scene.parcels,
+        unmixing=sim_truth.unmixing_from_scene(scene),
+    )
+    design = sim_sensors.SeriesDesign.paper(dates, HS_INDICES)
+    sensors = sim_sensors.default_sensors(scene.wavelengths, scene.fwhm)
+    images = sim_sensors.simulate_inputs(truth, scene.wavelengths, scene.fwhm, design, sensors, seed=seed)
     bbl = [{"bbl": "0" if bad else "1"} for bad in scene.bad_bands]
     for im in images:
         if im.role == "hs":
@@ -68,15 +77,14 @@ def truth_stats(truth) -> dict:
     """Per-date mean and std of the truth as stored (int16 DN), to check a regenerated truth."""
     out = {}
     for t, date in enumerate(truth.dates):
-        dn = np.round(truth.values[t] / ss.SCALE)
+        dn = np.round(truth.values[t] / sim_writing.SCALE)
         out[date] = [round(float(dn.mean()), 3), round(float(dn.std()), 3)]
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", help=f"folder for the inputs (default {DEFAULT_OUT} unless --truth is "
-                                  "given alone)")
+    ap.add_argument("--out", help=f"folder for the inputs (default {DEFAULT_OUT} unless --truth is given alone)")
     ap.add_argument("--truth", help="folder for the withheld fine HS truth (truth_hs_<date>.tif)")
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)
@@ -85,31 +93,44 @@ def main(argv=None) -> int:
     scene, truth, design, images = simulate(args.seed)
     grid = sample_grid()
     if out:
-        files = ss.write_inputs(out, images, grid, {"SAMPLE": "STS Fusion demo sample (synthetic)"})
-        summary = ss.series_summary(design, images, files, grid, scene.wavelengths)
-        summary.update(seed=args.seed, crs=f"EPSG:{EPSG}", generator="scripts/make_sample.py",
-                       truth_command="python scripts/make_sample.py --truth DIR",
-                       truth_files=[f"truth_hs_{d}.tif" for d in design.dates],
-                       truth_stats_dn=truth_stats(truth),
-                       no_hs_dates=[d for d in design.dates if d not in design.role_dates["hs"]])
-        ss.write_json(os.path.join(out, "sample.json"), summary)
+        files = sim_writing.write_inputs(out, images, grid, {"SAMPLE": "STS Fusion demo sample (synthetic)"})
+        summary = sim_writing.series_summary(design, images, files, grid, scene.wavelengths)
+        summary.update(
+            seed=args.seed,
+            crs=f"EPSG:{EPSG}",
+            generator="scripts/make_sample.py",
+            truth_command="python scripts/make_sample.py --truth DIR",
+            truth_files=[f"truth_hs_{d}.tif" for d in design.dates],
+            truth_stats_dn=truth_stats(truth),
+            no_hs_dates=[d for d in design.dates if d not in design.role_dates["hs"]],
+        )
+        sim_writing.write_json(os.path.join(out, "sample.json"), summary)
         size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-        print(f"sample inputs: {sum(len(v) for v in files.values())} GeoTIFFs in {out} "
-              f"({size / 1e6:.2f} MB with sample.json and README)")
+        print(
+            f"sample inputs: {sum(len(v) for v in files.values())} GeoTIFFs in {out} "
+            f"({size / 1e6:.2f} MB with sample.json and README)"
+        )
     if args.truth:
-        names = ss.write_truth(args.truth, truth, grid, scene.wavelengths, scene.fwhm,
-                               {"SAMPLE": "STS Fusion demo sample (synthetic): withheld truth"},
-                               [{"bbl": "0" if b else "1"} for b in scene.bad_bands])
+        names = sim_writing.write_truth(
+            args.truth,
+            truth,
+            grid,
+            scene.wavelengths,
+            scene.fwhm,
+            {"SAMPLE": "STS Fusion demo sample (synthetic): withheld truth"},
+            [{"bbl": "0" if b else "1"} for b in scene.bad_bands],
+        )
         print(f"sample truth: {len(names)} GeoTIFFs in {args.truth}")
         recorded = _recorded_stats(out or DEFAULT_OUT)
         if recorded:
             now = truth_stats(truth)
-            bad = [d for d in now if d not in recorded or
-                   not np.allclose(now[d], recorded[d], rtol=1e-3, atol=0.5)]
+            bad = [d for d in now if d not in recorded or not np.allclose(now[d], recorded[d], rtol=1e-3, atol=0.5)]
             if bad:
-                print(f"WARNING: the regenerated truth differs from the one the sample was made with on "
-                      f"{', '.join(bad)}: regenerate the sample (python scripts/make_sample.py).",
-                      file=sys.stderr)
+                print(
+                    f"WARNING: the regenerated truth differs from the one the sample was made with on "
+                    f"{', '.join(bad)}: regenerate the sample (python scripts/make_sample.py).",
+                    file=sys.stderr,
+                )
                 return 1
     print(f"done in {time.time() - t0:.1f} s")
     return 0
@@ -117,6 +138,7 @@ def main(argv=None) -> int:
 
 def _recorded_stats(folder):
     import json
+
     path = os.path.join(folder, "sample.json")
     if not os.path.exists(path):
         return None

@@ -33,7 +33,7 @@ def pick_pixel(paths, wavelength):
     """(col, row) of a pixel whose value at ``wavelength`` changes much over time, typical of the scene."""
     from osgeo import gdal
 
-    from stsfusion.model.geotiff import read_band_wavelengths
+    from stsfusion.model.mdd.geotiff import read_band_wavelengths
 
     stack = []
     for p in paths:
@@ -104,8 +104,10 @@ def main(argv=None):
     if not dock.save_png(tmp):
         raise SystemExit(f"Could not write {args.out}.")
     os.replace(tmp, args.out)
-    print(f"{args.out}: pixel (col {col}, row {row}) of {len(paths)} {args.prefix} date(s), "
-          f"{len(profile.observed)} observed input image(s), {nm(dock.current_wavelength())} nm over time")
+    print(
+        f"{args.out}: pixel (col {col}, row {row}) of {len(paths)} {args.prefix} date(s), "
+        f"{len(profile.observed)} observed input image(s), {nm(dock.current_wavelength())} nm over time"
+    )
     dock.close()
     del dock
     QgsProject.instance().removeAllMapLayers()

@@ -1,31 +1,38 @@
 """Shared test set-up.
 
 The plugin is imported as the package `stsfusion` (as QGIS imports it), through the link
-`.build/plugins/stsfusion` -> repository root that `make setup` creates. QGIS is started once,
-headless, for the tests that need it (`qgis_app` fixture); `tests/unit` never needs it.
+`.build/plugins/stsfusion` -> repository root that `make setup` creates. The import path comes
+from pytest.ini (`pythonpath`: the plugin folder, `tests` for the `helpers` package, and QGIS's own
+plugins for `processing`); nothing here edits sys.path. QGIS is started once, headless, for the
+tests that need it (`qgis_app` fixture); `tests/unit` never needs it.
+
+Markers (registered in pytest.ini): every test under tests/qgis and tests/cli is marked `qgis`
+here; tests that train a model (or need one trained) or run a whole chain, seconds each and
+minutes on busy cores, are marked `slow` in their modules. The fast subset, well under a minute:
+`pytest -m "not slow and not qgis" tests/unit` (`make test-fast`).
 """
 
-import json
+import importlib
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
+from helpers.paths import PLUGINS, SHARED_DATA
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLUGINS = os.path.join(ROOT, ".build", "plugins")
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
-
-os.makedirs(PLUGINS, exist_ok=True)
-if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
+if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):  # `make setup` makes it; a bare checkout may not
+    os.makedirs(PLUGINS, exist_ok=True)
     os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
-if PLUGINS not in sys.path:
-    sys.path.insert(0, PLUGINS)
-QGIS_PLUGINS = "/usr/share/qgis/python/plugins"  # QGIS's own plugins: `processing`
-if os.path.isdir(QGIS_PLUGINS) and QGIS_PLUGINS not in sys.path:
-    sys.path.append(QGIS_PLUGINS)
+    importlib.invalidate_caches()  # the folder was on the path (pytest.ini) before it existed
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+_QGIS_DIRS = ("qgis", "cli")  # tests/<dir>/...: need QGIS (qgis_app or qgis_process.bin)
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        rel = os.path.relpath(str(item.path), tests_dir)
+        if rel.split(os.sep, 1)[0] in _QGIS_DIRS:
+            item.add_marker(pytest.mark.qgis)
 
 
 _PROVIDERS = []
@@ -50,41 +57,6 @@ def qgis_app():
         _PROVIDERS.append(STSFusionProvider())
         registry.addProvider(_PROVIDERS[-1])
     return app
-
-
-def qgis_process_env() -> dict:
-    """The environment the README gives for qgis_process.bin: plugin path, venv, headless Qt."""
-    env = dict(os.environ)
-    env["QT_QPA_PLATFORM"] = "offscreen"
-    env["QGIS_PLUGINPATH"] = PLUGINS
-    site = [p for p in sys.path if p.endswith("site-packages") and ".venv" in p]
-    env["PYTHONPATH"] = os.pathsep.join(site + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
-    return env
-
-
-_enabled = False
-
-
-def run_qgis_process(*args, timeout=900) -> subprocess.CompletedProcess:
-    """Runs `qgis_process.bin ARGS...` with the plugin enabled; returns the completed process."""
-    global _enabled
-    exe = shutil.which("qgis_process.bin")
-    if exe is None:
-        pytest.fail("qgis_process.bin is not installed: run `make setup`.")
-    env = qgis_process_env()
-    if not _enabled:
-        subprocess.run([exe, "plugins", "enable", "stsfusion"], env=env, capture_output=True,
-                       text=True, timeout=120)
-        _enabled = True
-    return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def run_qgis_process_json(algorithm: str, params: list, timeout=900) -> dict:
-    """Runs an algorithm with `--json` and returns the parsed result (fails the test on error)."""
-    proc = run_qgis_process("--json", "run", algorithm, "--", *params, timeout=timeout)
-    assert proc.returncode == 0, f"qgis_process failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    start = proc.stdout.find("{")
-    return json.loads(proc.stdout[start:])
 
 
 @pytest.fixture

@@ -28,8 +28,10 @@ class ProfileGui:
         self.action = QAction(QIcon(ICON_PATH), ACTION_TEXT, self.iface.mainWindow())
         self.action.setObjectName("STSFusionProfileAction")
         self.action.setCheckable(True)  # checked while the map tool is the canvas's tool
-        self.action.setToolTip("Click a pixel of a fused layer, an MDD stack or any raster with band "
-                               "wavelengths: its spectrum on every date, and one wavelength over time.")
+        self.action.setToolTip(
+            "Click a pixel of a fused layer, an MDD stack or any raster with band "
+            "wavelengths: its spectrum on every date, and one wavelength over time."
+        )
         self.action.triggered.connect(lambda: self.open())  # not open(checked)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
@@ -48,8 +50,10 @@ class ProfileGui:
             except ImportError as e:  # matplotlib is a separate package on some systems
                 self.action.setChecked(False)
                 self.iface.messageBar().pushCritical(
-                    "STS Fusion", f"The profile needs matplotlib ({e}): install python3-matplotlib "
-                    "(Debian/Ubuntu) or matplotlib for the Python that QGIS uses, then restart QGIS.")
+                    "STS Fusion",
+                    f"The profile needs matplotlib ({e}): install python3-matplotlib "
+                    "(Debian/Ubuntu) or matplotlib for the Python that QGIS uses, then restart QGIS.",
+                )
                 return
             from .profile_tool import ProfileMapTool
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal
 
-from ..model.geotiff import read_band_wavelengths
-from ..model.mdd import MDD, ROLE_LABELS, ROLES, MDDError
+from ..model.core.vocabulary import ROLE_LABELS, ROLES, iso_date
+from ..model.mdd.format import MDD, MDDError
+from ..model.mdd.geotiff import read_band_wavelengths
 
 gdal.UseExceptions()
 
@@ -128,9 +129,9 @@ def date_from_text(text: str):
     text = str(text or "").replace(":", "-")
     for pattern in (_ISO_DATE, _COMPACT_DATE):
         for m in pattern.finditer(text):
-            y, mo, d = (int(g) for g in m.groups())
-            if 1950 <= y <= 2200 and 1 <= mo <= 12 and 1 <= d <= 31:
-                return f"{y:04d}-{mo:02d}-{d:02d}"
+            date = iso_date(*m.groups())
+            if date:
+                return date
     return None
 
 
@@ -158,11 +159,13 @@ class ProfileSource:
 
     # ---- discovery -------------------------------------------------------------------------
     @classmethod
-    def from_path(cls, path: str, manifest: str | None = None) -> "ProfileSource":
+    def from_path(cls, path: str, manifest: str | None = None) -> ProfileSource:
         path = os.path.abspath(path.split("|")[0])
         if not os.path.isfile(path):
-            raise ProfileError(f"{path} is not a file on disk: the profile reads GDAL rasters saved "
-                               "as files (fused GeoTIFFs, MDD stacks, rasters with band wavelengths).")
+            raise ProfileError(
+                f"{path} is not a file on disk: the profile reads GDAL rasters saved "
+                "as files (fused GeoTIFFs, MDD stacks, rasters with band wavelengths)."
+            )
         name = os.path.basename(path)
         stack = _STACK_FILE.match(name)
         if stack:
@@ -296,8 +299,10 @@ def _raster_items(path: str) -> list:
         groups = {}
         for b, d in enumerate(band_dates):
             groups.setdefault(date_from_text(d) or d, []).append(b)
-        return [_Item(path, d, bands, [wl[b] for b in bands], [fwhm[b] for b in bands] if fwhm else None)
-                for d, bands in groups.items()]
+        return [
+            _Item(path, d, bands, [wl[b] for b in bands], [fwhm[b] for b in bands] if fwhm else None)
+            for d, bands in groups.items()
+        ]
     md = ds.GetMetadata() or {}
     date = next((date_from_text(md[k]) for k in _DATE_KEYS if md.get(k) and date_from_text(md[k])), None)
     date = date or date_from_text(os.path.basename(path))
@@ -318,9 +323,11 @@ def _manifest_named_by(path: str):
 
 
 def _no_wavelengths(path: str) -> ProfileError:
-    return ProfileError(f"{os.path.basename(path)} has no band wavelengths (GDAL band metadata "
-                        "'wavelength' or an ENVI header): the profile needs band centres. Click a "
-                        "fused output, an MDD stack or a raster whose bands say their wavelength.")
+    return ProfileError(
+        f"{os.path.basename(path)} has no band wavelengths (GDAL band metadata "
+        "'wavelength' or an ENVI header): the profile needs band centres. Click a "
+        "fused output, an MDD stack or a raster whose bands say their wavelength."
+    )
 
 
 def pixel_of(ds: gdal.Dataset, x: float, y: float):
@@ -368,19 +375,19 @@ class _PointTransformer:
             return x, y
         t = self._cache.get(raster_wkt)
         if t is None:
-            from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform,
-                                   QgsProject)
+            from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject
 
             src = self.crs if hasattr(self.crs, "authid") else QgsCoordinateReferenceSystem(str(self.crs))
             dst = QgsCoordinateReferenceSystem.fromWkt(raster_wkt)
             if not src.isValid() or not dst.isValid():
-                raise ProfileError(f"Cannot relate the clicked point's CRS ({_crs_text(self.crs)}) to "
-                                   "the raster's: give both layers a valid CRS.")
+                raise ProfileError(
+                    f"Cannot relate the clicked point's CRS ({_crs_text(self.crs)}) to "
+                    "the raster's: give both layers a valid CRS."
+                )
             if src == dst:
                 t = self._cache[raster_wkt] = False
             else:
-                t = self._cache[raster_wkt] = QgsCoordinateTransform(
-                    src, dst, QgsProject.instance().transformContext())
+                t = self._cache[raster_wkt] = QgsCoordinateTransform(src, dst, QgsProject.instance().transformContext())
         if t is False:
             return x, y
         from qgis.core import QgsCsException, QgsPointXY
@@ -388,8 +395,9 @@ class _PointTransformer:
         try:
             p = t.transform(QgsPointXY(x, y))
         except QgsCsException:
-            raise ProfileError("The clicked point cannot be brought into the raster's CRS: click "
-                               "inside the raster's area.") from None
+            raise ProfileError(
+                "The clicked point cannot be brought into the raster's CRS: click inside the raster's area."
+            ) from None
         return p.x(), p.y()
 
 
@@ -403,8 +411,18 @@ def write_csv(path: str, profile: Profile):
             for s in profile.spectra + profile.observed:
                 kind = "observed" if s.observed else "series"
                 for wl, v in zip(s.wavelengths, s.values):
-                    w.writerow([f"{profile.x:.6f}", f"{profile.y:.6f}", profile.crs, s.series, kind,
-                                s.date or "", f"{float(wl):g}", "" if np.isnan(v) else f"{float(v):.6g}"])
+                    w.writerow(
+                        [
+                            f"{profile.x:.6f}",
+                            f"{profile.y:.6f}",
+                            profile.crs,
+                            s.series,
+                            kind,
+                            s.date or "",
+                            f"{float(wl):g}",
+                            "" if np.isnan(v) else f"{float(v):.6g}",
+                        ]
+                    )
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -8,7 +8,6 @@ that wavelength as markers. Plots are matplotlib figures on Qt canvases (the Qt5
 
 from __future__ import annotations
 
-import datetime
 import os
 
 import numpy as np
@@ -19,10 +18,20 @@ from matplotlib.lines import Line2D
 from qgis.core import QgsMapLayerProxyModel
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QGridLayout,
-                                 QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..model.mdd import ROLE_LABELS, ROLES
+from ..model.core.vocabulary import ROLE_LABELS, ROLES, as_date
 from .profile_data import ProfileError, ProfileSource, write_csv
 
 TITLE = "STS Fusion spectral-temporal profile"
@@ -73,20 +82,25 @@ def draw_spectra(ax, profile, wavelength=None):
     roles = []
     for s in profile.observed:
         if np.isfinite(s.values).any():
-            ax.plot(*with_gaps(s.wavelengths, s.values), color=colours.get(s.date, "black"),
-                    **ROLE_STYLE[s.series])
+            ax.plot(*with_gaps(s.wavelengths, s.values), color=colours.get(s.date, "black"), **ROLE_STYLE[s.series])
             if s.series not in roles:
                 roles.append(s.series)
     if wavelength is not None:
         ax.axvline(wavelength, color="0.5", linestyle="--", linewidth=0.8)
     handles = [Line2D([], [], color=colours[d], linewidth=2, label=d) for d in profile.dates]
-    handles += [Line2D([], [], color="black", linewidth=2, label=f"{s.series} (no date)")
-                for s in profile.spectra if not s.date]
-    handles += [Line2D([], [], color="0.3", label=f"{ROLE_LABELS[r]} (observed)", **ROLE_STYLE[r])
-                for r in roles]
+    handles += [
+        Line2D([], [], color="black", linewidth=2, label=f"{s.series} (no date)") for s in profile.spectra if not s.date
+    ]
+    handles += [Line2D([], [], color="0.3", label=f"{ROLE_LABELS[r]} (observed)", **ROLE_STYLE[r]) for r in roles]
     if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
-                  frameon=False, ncol=1 if len(handles) <= 16 else 2)
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=7,
+            frameon=False,
+            ncol=1 if len(handles) <= 16 else 2,
+        )
     ax.set_xlabel("wavelength (nm)")
     ax.set_ylabel("value")
     ax.set_title("Spectrum per date", fontsize=10)
@@ -99,23 +113,37 @@ def draw_time(ax, profile, wavelength):
         ax.text(0.5, 0.5, "no wavelength to follow", ha="center", va="center", transform=ax.transAxes)
         return
     series, observed = profile.at_wavelength(wavelength)
-    dated = [(d, v) for d, v in series if _day(d)]
+    dated = [(d, v) for d, v in series if as_date(d)]
     if dated:
-        xs = [_day(d) for d, _ in dated]
+        xs = [as_date(d) for d, _ in dated]
         name = profile.spectra[0].series if profile.spectra else "series"
-        ax.plot(xs, [v for _, v in dated], "o-", color="0.15", markersize=4, linewidth=1.4,
-                label=f"{name} {nm(wavelength)} nm")
+        ax.plot(
+            xs,
+            [v for _, v in dated],
+            "o-",
+            color="0.15",
+            markersize=4,
+            linewidth=1.4,
+            label=f"{name} {nm(wavelength)} nm",
+        )
     for role in ROLES:
-        pts = [(d, wl, v) for r, d, wl, v in observed if r == role and _day(d) and np.isfinite(v)]
+        pts = [(d, wl, v) for r, d, wl, v in observed if r == role and as_date(d) and np.isfinite(v)]
         if pts:
             centres = sorted({wl for _, wl, _ in pts})
             label = f"{ROLE_LABELS[role]} {', '.join(nm(c) for c in centres)} nm"
-            ax.plot([_day(d) for d, _, _ in pts], [v for _, _, v in pts], linestyle="none",
-                    markersize=8, markerfacecolor="none", mew=1.5, label=label, **ROLE_TIME_STYLE[role])
+            ax.plot(
+                [as_date(d) for d, _, _ in pts],
+                [v for _, _, v in pts],
+                linestyle="none",
+                markersize=8,
+                markerfacecolor="none",
+                mew=1.5,
+                label=label,
+                **ROLE_TIME_STYLE[role],
+            )
     ax.set_title(f"{nm(wavelength)} nm over time", fontsize=10)
     if not ax.get_lines():  # an undated raster, or nothing valid here
-        ax.text(0.5, 0.5, "no dated value at this wavelength", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no dated value at this wavelength", ha="center", va="center", transform=ax.transAxes)
         return
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     ax.set_xlabel("date")
@@ -124,14 +152,6 @@ def draw_time(ax, profile, wavelength):
     locator = AutoDateLocator(maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-
-
-def _day(date):
-    """The date of an ISO string; None for no date or a label that is not one (it is not plotted)."""
-    try:
-        return datetime.date.fromisoformat(date)
-    except (TypeError, ValueError):
-        return None
 
 
 class _PlotCanvas(FigureCanvasQTAgg):
@@ -164,12 +184,16 @@ class ProfileDock(QDockWidget):
         self.layer_combo = QgsMapLayerComboBox(body)
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.layer_combo.setAllowEmptyLayer(True)
-        self.layer_combo.setToolTip("The raster to sample: a fused output (its whole series is read), "
-                                    "an MDD stack, or any raster with band wavelengths.")
+        self.layer_combo.setToolTip(
+            "The raster to sample: a fused output (its whole series is read), "
+            "an MDD stack, or any raster with band wavelengths."
+        )
         self.manifest_widget = QgsFileWidget(body)
         self.manifest_widget.setFilter("STS Fusion MDD manifest (*.json)")
-        self.manifest_widget.setToolTip("Optional: the MDD whose inputs (fine MS, dense MS, HS) are "
-                                        "shown as markers. Found by itself when the fused files name it.")
+        self.manifest_widget.setToolTip(
+            "Optional: the MDD whose inputs (fine MS, dense MS, HS) are "
+            "shown as markers. Found by itself when the fused files name it."
+        )
         self.wavelength_combo = QComboBox(body)
         self.wavelength_combo.setToolTip("The wavelength followed over time in the lower plot.")
         self.export_button = QPushButton("Export CSV…", body)
@@ -252,7 +276,8 @@ class ProfileDock(QDockWidget):
             self._source = ProfileSource.from_path(self._source_path, manifest)
             found = self._source.mdd.path if self._source.mdd is not None and not manifest else None
             self.manifest_widget.lineEdit().setPlaceholderText(
-                f"found: {found}" if found else "optional: an MDD manifest (.json)")
+                f"found: {found}" if found else "optional: an MDD manifest (.json)"
+            )
         return self._source
 
     # ---- sampling and drawing --------------------------------------------------------------
@@ -325,8 +350,7 @@ class ProfileDock(QDockWidget):
         if self.profile is None:
             return None
         if not path:
-            path, _ = QFileDialog.getSaveFileName(self, "Export profile values", "profile.csv",
-                                                  "CSV (*.csv)")
+            path, _ = QFileDialog.getSaveFileName(self, "Export profile values", "profile.csv", "CSV (*.csv)")
             if not path:
                 return None
         try:
@@ -344,7 +368,7 @@ class ProfileDock(QDockWidget):
         QApplication.processEvents()
         return self.grab().save(path, "PNG")
 
-    def closeEvent(self, event):  # noqa: N802 (Qt API)
+    def closeEvent(self, event):
         if self._source is not None:
             self._source.close()  # release the GDAL datasets (file locks on Windows)
             self._source = None

@@ -17,16 +17,16 @@ class ProfileMapTool(QgsMapTool):
         self.setCursor(Qt.CrossCursor)
         self._pressed = False
 
-    def canvasPressEvent(self, event):  # noqa: N802 (Qt API)
+    def canvasPressEvent(self, event):
         if event.button() == Qt.LeftButton:
             self._pressed = True
             self._emit(event)
 
-    def canvasMoveEvent(self, event):  # noqa: N802 (Qt API)
+    def canvasMoveEvent(self, event):
         if self._pressed:
             self._emit(event)
 
-    def canvasReleaseEvent(self, event):  # noqa: N802 (Qt API)
+    def canvasReleaseEvent(self, event):
         self._pressed = False
 
     def deactivate(self):

@@ -3,10 +3,9 @@
 import os
 
 import pytest
+from helpers.predictor import trained_tiny_model
+from helpers.qgis_process import run_qgis_process, run_qgis_process_json
 from osgeo import gdal
-
-from conftest import run_qgis_process, run_qgis_process_json
-from fixtures_predictor import trained_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +20,14 @@ def test_help_lists_every_parameter():
         assert key in proc.stdout
 
 
+@pytest.mark.slow
 def test_run_writes_the_requested_dates(real, tmp_path):
     manifest, model = real
     out = tmp_path / "fused"
-    result = run_qgis_process_json("stsfusion:fuse", [
-        f"MDD={manifest}", f"MODEL={model}", "DATES=2022-05-15", "TILE_SIZE=32", "DEVICE=cpu",
-        f"OUTPUT_FOLDER={out}"])
+    result = run_qgis_process_json(
+        "stsfusion:fuse",
+        [f"MDD={manifest}", f"MODEL={model}", "DATES=2022-05-15", "TILE_SIZE=32", "DEVICE=cpu", f"OUTPUT_FOLDER={out}"],
+    )
     path = str(out / "fused_2022-05-15.tif")
     assert result["results"]["OUTPUT_LAYERS"] == [path]
     assert result["results"]["OUTPUT_FOLDER"] == str(out)
@@ -36,11 +37,20 @@ def test_run_writes_the_requested_dates(real, tmp_path):
     assert os.listdir(out) == ["fused_2022-05-15.tif"]
 
 
+@pytest.mark.slow
 def test_an_unknown_date_fails_with_the_fix_and_writes_nothing(real, tmp_path):
     manifest, model = real
     out = tmp_path / "fused"
-    proc = run_qgis_process("run", "stsfusion:fuse", "--", f"MDD={manifest}", f"MODEL={model}",
-                            "DATES=2021-01-01", "DEVICE=cpu", f"OUTPUT_FOLDER={out}")
+    proc = run_qgis_process(
+        "run",
+        "stsfusion:fuse",
+        "--",
+        f"MDD={manifest}",
+        f"MODEL={model}",
+        "DATES=2021-01-01",
+        "DEVICE=cpu",
+        f"OUTPUT_FOLDER={out}",
+    )
     assert proc.returncode != 0
     assert "The MDD has no date 2021-01-01" in proc.stdout + proc.stderr
     assert not out.exists() or os.listdir(out) == []

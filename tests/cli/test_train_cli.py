@@ -2,21 +2,28 @@
 
 import os
 
-from conftest import run_qgis_process, run_qgis_process_json
-from fixtures_mdd import make_tiny_mdd
-
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "qgis"))
-from test_train_alg import load_in_fresh_process  # noqa: E402
+import pytest
+from helpers.mdd import make_tiny_mdd
+from helpers.qgis_process import load_in_fresh_process, run_qgis_process, run_qgis_process_json
 
 
+@pytest.mark.slow
 def test_qgis_process_trains_a_loadable_model(tmp_path):
     mdd = make_tiny_mdd(tmp_path, size=24)
     out = str(tmp_path / "cli_model.pt")
-    res = run_qgis_process_json("stsfusion:train", [f"MDD={mdd}", "KERNELS=1", "EPOCHS=2", "PATCH_SIZE=12",
-                                                    "BATCH_SIZE=2", "DEVICE=cpu", "SEED=1",
-                                                    f"OUTPUT_MODEL={out}"])
+    res = run_qgis_process_json(
+        "stsfusion:train",
+        [
+            f"MDD={mdd}",
+            "KERNELS=1",
+            "EPOCHS=2",
+            "PATCH_SIZE=12",
+            "BATCH_SIZE=2",
+            "DEVICE=cpu",
+            "SEED=1",
+            f"OUTPUT_MODEL={out}",
+        ],
+    )
     assert res["results"]["OUTPUT_MODEL"] == out
     assert "LOADED 1 40" in load_in_fresh_process(out)
 

@@ -5,9 +5,8 @@ import os
 
 import numpy as np
 import pytest
+from helpers.rasters import FINE_ORIGIN, WL_MS, make_raster, make_three_role_inputs, ramp
 from osgeo import gdal
-
-from fixtures_rasters import WL_MS, FINE_ORIGIN, make_raster, make_three_role_inputs, ramp
 
 ALG = "stsfusion:buildmdd"
 
@@ -33,7 +32,7 @@ def dirs(tmp_path):
 
 
 def test_processing_run_three_crs(qgis_app, dirs):
-    from stsfusion.model.mdd import MDD
+    from stsfusion.model.mdd.format import MDD
 
     d, out = dirs
     result = run(qgis_app, params_for(d, out, DATES="hs_1=2022-08-02", PIXEL_SIZE=20.0))
@@ -48,8 +47,9 @@ def test_processing_run_three_crs(qgis_app, dirs):
     assert mdd.roles["hs"].wavelengths == pytest.approx([500, 600, 700, 800, 900])
     # Fine MS 10 m -> 20 m by area average: the ramp at the 20 m pixel centres.
     rows, cols = np.mgrid[0:16, 0:16]
-    np.testing.assert_allclose(mdd.read("fine_ms")[0, 0], 1 + 0.5 * (2 * cols + 0.5) + 0.25 * (2 * rows + 0.5),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        mdd.read("fine_ms")[0, 0], 1 + 0.5 * (2 * cols + 0.5) + 0.25 * (2 * rows + 0.5), atol=1e-4
+    )
     dm = mdd.read_mask("dense_ms")
     assert 0 < dm.mean() < 1
     np.testing.assert_allclose(mdd.read("dense_ms")[2, 1][dm[2]], 0.312, atol=1e-6)
@@ -71,16 +71,25 @@ def expect_failure(qgis_app, params, out, *fragments):
 def test_no_overlap(qgis_app, dirs):
     d, out = dirs
     p = params_for(d, out)
-    p["DENSE_MS"] = p["DENSE_MS"] + [make_raster(d / "far_20220720.tif", np.ones((3, 8, 8), np.float32),
-                                                 32633, (600000, 5900000), 30)]
+    p["DENSE_MS"] = p["DENSE_MS"] + [
+        make_raster(d / "far_20220720.tif", np.ones((3, 8, 8), np.float32), 32633, (600000, 5900000), 30)
+    ]
     expect_failure(qgis_app, p, out, "dense MS layer 'far_20220720' does not overlap", "same area")
 
 
 def test_layer_without_crs(qgis_app, dirs):
     d, out = dirs
     p = params_for(d, out)
-    p["HS"] = p["HS"] + [make_raster(d / "nocrs_20220901.tif", np.ones((5, 8, 8), np.float32), None,
-                                     FINE_ORIGIN, 30, wavelengths=[500, 600, 700, 800, 900])]
+    p["HS"] = p["HS"] + [
+        make_raster(
+            d / "nocrs_20220901.tif",
+            np.ones((5, 8, 8), np.float32),
+            None,
+            FINE_ORIGIN,
+            30,
+            wavelengths=[500, 600, 700, 800, 900],
+        )
+    ]
     expect_failure(qgis_app, p, out, "HS layer 'nocrs_20220901' has no CRS", "Assign Projection")
 
 
@@ -94,16 +103,16 @@ def test_role_without_layer(qgis_app, dirs):
 def test_different_band_counts(qgis_app, dirs):
     d, out = dirs
     p = params_for(d, out)
-    p["FINE_MS"] = p["FINE_MS"] + [make_raster(d / "fine3_20220901.tif", ramp(32, 32, 3), 32633,
-                                               FINE_ORIGIN, 10)]
+    p["FINE_MS"] = p["FINE_MS"] + [make_raster(d / "fine3_20220901.tif", ramp(32, 32, 3), 32633, FINE_ORIGIN, 10)]
     expect_failure(qgis_app, p, out, "'fine3_20220901' has 3 bands", "4", "same bands")
 
 
 def test_same_date_twice(qgis_app, dirs):
     d, out = dirs
     p = params_for(d, out)
-    p["DENSE_MS"] = p["DENSE_MS"] + [make_raster(d / "again_2022_07_15.tif", np.ones((3, 8, 8), np.float32),
-                                                 32633, FINE_ORIGIN, 40)]
+    p["DENSE_MS"] = p["DENSE_MS"] + [
+        make_raster(d / "again_2022_07_15.tif", np.ones((3, 8, 8), np.float32), 32633, FINE_ORIGIN, 40)
+    ]
     expect_failure(qgis_app, p, out, "'again_2022_07_15'", "same date 2022-07-15", "DATES")
 
 
@@ -117,8 +126,12 @@ def test_hs_without_wavelengths(qgis_app, dirs):
 @pytest.mark.parametrize("size", [0, -10])
 def test_pixel_size_not_positive(qgis_app, dirs, size):
     d, out = dirs
-    expect_failure(qgis_app, params_for(d, out, PIXEL_SIZE=size), out,
-                   f"PIXEL_SIZE must be a positive number in target CRS units, not {float(size)}")
+    expect_failure(
+        qgis_app,
+        params_for(d, out, PIXEL_SIZE=size),
+        out,
+        f"PIXEL_SIZE must be a positive number in target CRS units, not {float(size)}",
+    )
 
 
 def test_extent_without_valid_pixel(qgis_app, dirs):
@@ -151,7 +164,7 @@ def test_real_enmap_tiles(qgis_app, shared_data, tmp_path):
     """Two real EnMAP L2A tiles (224 bands, scale 1e-4, nodata -32768, one date): HS as a 2x2-tile
     mosaic with holes on one date and a single tile on another (DATES), fine and dense MS made
     from the tiles (S2-like bands at 10 m in UTM, at 0.0005 deg in EPSG:4326)."""
-    from stsfusion.model.mdd import MDD
+    from stsfusion.model.mdd.format import MDD
 
     tiles = os.path.join(shared_data, "enmap_potsdam")
     a, b = (os.path.join(tiles, f"enmap_potsdam_tile_{n}.tif") for n in ("96_0", "128_32"))
@@ -163,13 +176,24 @@ def test_real_enmap_tiles(qgis_app, shared_data, tmp_path):
     fine = str(tmp_path / "fine_20220724.tif")
     gdal.Translate(fine, mosaic, bandList=bands, xRes=10, yRes=10, resampleAlg="near")
     dense = str(tmp_path / "dense_20220724.tif")
-    gdal.Warp(dense, gdal.Translate("", mosaic, format="VRT", bandList=bands),
-              options=gdal.WarpOptions(dstSRS="EPSG:4326", xRes=0.0005, yRes=0.0005))
+    gdal.Warp(
+        dense,
+        gdal.Translate("", mosaic, format="VRT", bandList=bands),
+        options=gdal.WarpOptions(dstSRS="EPSG:4326", xRes=0.0005, yRes=0.0005),
+    )
     out = tmp_path / "out"
     out.mkdir()
-    result = run(qgis_app, {"FINE_MS": [fine], "DENSE_MS": [dense],
-                            "HS": [a, mosaic], "DATES": "enmap_mosaic=2022-08-10",
-                            "PIXEL_SIZE": 30, "OUTPUT": str(out / "potsdam.json")})
+    result = run(
+        qgis_app,
+        {
+            "FINE_MS": [fine],
+            "DENSE_MS": [dense],
+            "HS": [a, mosaic],
+            "DATES": "enmap_mosaic=2022-08-10",
+            "PIXEL_SIZE": 30,
+            "OUTPUT": str(out / "potsdam.json"),
+        },
+    )
     mdd = MDD.open(result["OUTPUT"])
     hs = mdd.roles["hs"]
     assert hs.dates == ["2022-07-24", "2022-08-10"]  # start_time metadata; DATES override
@@ -190,7 +214,7 @@ def test_real_enmap_tiles(qgis_app, shared_data, tmp_path):
 def test_real_enmap_nodata_becomes_mask_zero(qgis_app, shared_data, tmp_path):
     """The mosaic's holes are EnMAP nodata (-32768): on a user extent over the whole mosaic they
     are mask 0 on the mosaic date, while the tiles' pixels are valid."""
-    from stsfusion.model.mdd import MDD
+    from stsfusion.model.mdd.format import MDD
 
     tiles = os.path.join(shared_data, "enmap_potsdam")
     a, b = (os.path.join(tiles, f"enmap_potsdam_tile_{n}.tif") for n in ("96_0", "128_32"))
@@ -201,10 +225,17 @@ def test_real_enmap_nodata_becomes_mask_zero(qgis_app, shared_data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     x0, y0 = 365055.0, 5809965.0  # tile 96_0's upper-left corner; the mosaic is 64 x 64 px of 30 m
-    result = run(qgis_app, {"FINE_MS": [ms], "DENSE_MS": [ms], "HS": [mosaic],
-                            "DATES": "mosaic=2022-07-24",
-                            "TARGET_EXTENT": f"{x0},{x0 + 1920},{y0 - 1920},{y0} [EPSG:32633]",
-                            "OUTPUT": str(out / "m.json")})
+    result = run(
+        qgis_app,
+        {
+            "FINE_MS": [ms],
+            "DENSE_MS": [ms],
+            "HS": [mosaic],
+            "DATES": "mosaic=2022-07-24",
+            "TARGET_EXTENT": f"{x0},{x0 + 1920},{y0 - 1920},{y0} [EPSG:32633]",
+            "OUTPUT": str(out / "m.json"),
+        },
+    )
     mdd = MDD.open(result["OUTPUT"])
     assert (mdd.grid.width, mdd.grid.height) == (64, 64)
     m = mdd.read_mask("hs")[0]
@@ -215,5 +246,6 @@ def test_real_enmap_nodata_becomes_mask_zero(qgis_app, shared_data, tmp_path):
     assert ds.GetRasterBand(1).ReadAsArray()[0, 40] == -9999.0
     assert ds.GetRasterBand(224).GetDescription() == "2022-07-24 2445.53 nm"
     assert sorted(glob.glob(str(out / "*"))) == sorted(
-        str(out / f) for f in ["m.json"] + [f"m_{r}{s}.tif" for r in ("fine_ms", "dense_ms", "hs")
-                                             for s in ("", "_mask")])
+        str(out / f)
+        for f in ["m.json"] + [f"m_{r}{s}.tif" for r in ("fine_ms", "dense_ms", "hs") for s in ("", "_mask")]
+    )

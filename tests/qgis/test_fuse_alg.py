@@ -5,11 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from helpers.predictor import tampered_model, trained_tiny_model
 from osgeo import gdal
 
-from fixtures_predictor import tampered_model, trained_tiny_model
-
-pytestmark = pytest.mark.usefixtures("qgis_app")
+pytestmark = [
+    pytest.mark.usefixtures("qgis_app"),
+    pytest.mark.slow,
+]  # every test fuses with a trained model (trained afresh when the model code changed)
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +34,31 @@ def _error(params):
 
 
 def test_date_subset_layers_to_load_and_rgb_rendering(real, tmp_path):
-    from qgis.core import (QgsMultiBandColorRenderer, QgsProcessingContext, QgsProcessingFeedback,
-                           QgsProject, QgsRasterLayer)
+    from qgis.core import (
+        QgsMultiBandColorRenderer,
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProject,
+        QgsRasterLayer,
+    )
 
     manifest, model = real
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     feedback = QgsProcessingFeedback()
     out = tmp_path / "fused"
-    res = _run({"MDD": manifest, "MODEL": model, "DATES": "2022-05-15; 2022-03-01", "TILE_SIZE": 32,
-                "DEVICE": "cpu", "OUTPUT_FOLDER": str(out)}, context, feedback)
+    res = _run(
+        {
+            "MDD": manifest,
+            "MODEL": model,
+            "DATES": "2022-05-15; 2022-03-01",
+            "TILE_SIZE": 32,
+            "DEVICE": "cpu",
+            "OUTPUT_FOLDER": str(out),
+        },
+        context,
+        feedback,
+    )
     expected = [str(out / "fused_2022-03-01.tif"), str(out / "fused_2022-05-15.tif")]
     assert res["OUTPUT_LAYERS"] == expected and res["OUTPUT_FOLDER"] == str(out)
     assert sorted(os.listdir(out)) == ["fused_2022-03-01.tif", "fused_2022-05-15.tif"]
@@ -81,7 +98,7 @@ def test_unknown_date_and_missing_files_are_clear_errors(real, tmp_path):
 
 
 def test_model_and_mdd_must_match(real, tmp_path):
-    from fixtures_mdd import make_tiny_mdd
+    from helpers.mdd import make_tiny_mdd
 
     manifest, model = real
     out = tmp_path / "out"
@@ -102,7 +119,10 @@ def test_cancel_leaves_no_geotiff(real, tmp_path):
     feedback = QgsProcessingFeedback()
     feedback.progressChanged.connect(lambda p: feedback.cancel() if p > 0 else None)
     out = tmp_path / "out"
-    res = _run({"MDD": manifest, "MODEL": model, "TILE_SIZE": 16, "DEVICE": "cpu",
-                "OUTPUT_FOLDER": str(out)}, QgsProcessingContext(), feedback)
+    res = _run(
+        {"MDD": manifest, "MODEL": model, "TILE_SIZE": 16, "DEVICE": "cpu", "OUTPUT_FOLDER": str(out)},
+        QgsProcessingContext(),
+        feedback,
+    )
     assert res["OUTPUT_LAYERS"] == []
     assert os.listdir(out) == []

@@ -1,18 +1,16 @@
 """The plugin's GUI life cycle: initGui adds the profile action, the tool samples a canvas click,
 unload leaves no action, dock or map tool behind, and headless use never imports ui/."""
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers.paths import subprocess_env
 from osgeo import osr
 
-from stsfusion.model.geotiff import spectral_band_metadata, write_geotiff
-from stsfusion.model.mdd import Grid
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stsfusion.model.core.grid import Grid
+from stsfusion.model.mdd.geotiff import spectral_band_metadata, write_geotiff
 
 
 class FakeIface:
@@ -29,46 +27,46 @@ class FakeIface:
         self.toolbar, self.menus, self.docks, self.layer_actions, self.active_layer = [], [], [], [], None
         self.messages = []
 
-    def mainWindow(self):  # noqa: N802 (QgisInterface API)
+    def mainWindow(self):
         return self.window
 
-    def mapCanvas(self):  # noqa: N802
+    def mapCanvas(self):
         return self.canvas
 
-    def activeLayer(self):  # noqa: N802
+    def activeLayer(self):
         return self.active_layer
 
-    def messageBar(self):  # noqa: N802
+    def messageBar(self):
         return self
 
-    def pushCritical(self, title, text):  # noqa: N802 (QgsMessageBar API)
+    def pushCritical(self, title, text):
         self.messages.append((title, text))
 
-    def addToolBarIcon(self, action):  # noqa: N802
+    def addToolBarIcon(self, action):
         self.toolbar.append(action)
 
-    def removeToolBarIcon(self, action):  # noqa: N802
+    def removeToolBarIcon(self, action):
         self.toolbar.remove(action)
 
-    def addPluginToRasterMenu(self, menu, action):  # noqa: N802
+    def addPluginToRasterMenu(self, menu, action):
         self.menus.append((menu, action))
 
-    def removePluginRasterMenu(self, menu, action):  # noqa: N802
+    def removePluginRasterMenu(self, menu, action):
         self.menus.remove((menu, action))
 
-    def addCustomActionForLayerType(self, action, menu, layer_type, all_layers):  # noqa: N802
+    def addCustomActionForLayerType(self, action, menu, layer_type, all_layers):
         self.layer_actions.append((action, layer_type, all_layers))
 
-    def removeCustomActionForLayerType(self, action):  # noqa: N802
+    def removeCustomActionForLayerType(self, action):
         before = len(self.layer_actions)
         self.layer_actions = [e for e in self.layer_actions if e[0] is not action]
         return len(self.layer_actions) < before
 
-    def addDockWidget(self, area, dock):  # noqa: N802
+    def addDockWidget(self, area, dock):
         self.window.addDockWidget(area, dock)
         self.docks.append(dock)
 
-    def removeDockWidget(self, dock):  # noqa: N802
+    def removeDockWidget(self, dock):
         self.window.removeDockWidget(dock)
         self.docks.remove(dock)
 
@@ -90,8 +88,13 @@ def fused_layer(qgis_app, tmp_path):
     wl = [480.0, 560.0, 660.0, 860.0]
     for t, date in enumerate(["2022-05-01", "2022-06-01"]):
         b, r, c = np.meshgrid(np.arange(4), np.arange(6), np.arange(8), indexing="ij")
-        write_geotiff(str(tmp_path / f"fused_{date}.tif"), (1000 * t + 100 * b + 10 * r + c).astype(np.float32),
-                      grid, nodata=-9999.0, band_metadata=spectral_band_metadata(wl))
+        write_geotiff(
+            str(tmp_path / f"fused_{date}.tif"),
+            (1000 * t + 100 * b + 10 * r + c).astype(np.float32),
+            grid,
+            nodata=-9999.0,
+            band_metadata=spectral_band_metadata(wl),
+        )
     layer = QgsRasterLayer(str(tmp_path / "fused_2022-06-01.tif"), "fused 2022-06-01")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
@@ -100,8 +103,14 @@ def fused_layer(qgis_app, tmp_path):
 
 
 def test_load_click_unload_leaves_nothing_behind(qgis_app, fused_layer):
-    from qgis.core import QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform, \
-        QgsMapLayerType, QgsPointXY, QgsProject
+    from qgis.core import (
+        QgsApplication,
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsMapLayerType,
+        QgsPointXY,
+        QgsProject,
+    )
     from qgis.gui import QgsMapMouseEvent
     from qgis.PyQt.QtCore import QEvent, QPoint, Qt
     from qgis.PyQt.QtWidgets import QAction, QDockWidget
@@ -117,7 +126,8 @@ def test_load_click_unload_leaves_nothing_behind(qgis_app, fused_layer):
     assert [a.text() for a in iface.toolbar] == ["STS Fusion spectral-temporal profile"]
     assert [(m, a.text()) for m, a in iface.menus] == [("&STS Fusion", "STS Fusion spectral-temporal profile")]
     assert [(a.text(), t) for a, t, _ in iface.layer_actions] == [
-        ("STS Fusion spectral-temporal profile", QgsMapLayerType.RasterLayer)]
+        ("STS Fusion spectral-temporal profile", QgsMapLayerType.RasterLayer)
+    ]
 
     iface.toolbar[0].trigger()
     dock, tool = plugin.gui.dock, plugin.gui.tool
@@ -200,7 +210,6 @@ def test_without_matplotlib_the_action_says_how_to_install_it(qgis_app, monkeypa
 
 HEADLESS = """
 import sys
-sys.path.insert(0, {plugins!r})
 from qgis.core import QgsApplication
 app = QgsApplication([], False)
 app.initQgis()
@@ -219,8 +228,7 @@ print("HEADLESS OK")
 
 
 def test_headless_use_never_imports_the_gui(qgis_app):
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    code = HEADLESS.format(plugins=os.path.join(ROOT, ".build", "plugins"))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", HEADLESS], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert "HEADLESS OK" in proc.stdout, proc.stdout + proc.stderr

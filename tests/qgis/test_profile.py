@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from osgeo import osr
 
-from stsfusion.model.geotiff import spectral_band_metadata, write_geotiff
-from stsfusion.model.mdd import NODATA, Grid, write_mdd_from_arrays
+from stsfusion.model.mdd.format import NODATA, Grid, write_mdd_from_arrays
+from stsfusion.model.mdd.geotiff import spectral_band_metadata, write_geotiff
 
 W, H = 8, 6
 X0, Y0, PX = 370000.0, 5810000.0, 30.0
@@ -36,8 +36,7 @@ GRID = Grid(_srs_wkt(32633), (X0, PX, 0.0, Y0, 0.0, -PX), W, H)
 
 
 def coded(source, n_dates, n_bands):
-    t, b, r, c = np.meshgrid(np.arange(n_dates), np.arange(n_bands), np.arange(H), np.arange(W),
-                             indexing="ij")
+    t, b, r, c = np.meshgrid(np.arange(n_dates), np.arange(n_bands), np.arange(H), np.arange(W), indexing="ij")
     return (source * 10000 + t * 1000 + b * 100 + r * 10 + c).astype(np.float32)
 
 
@@ -65,11 +64,21 @@ def series(tmp_path):
     fused = coded(1, len(FUSED_DATES), len(HS_WL))
     fused[1, :, 0, 0] = NODATA
     for t, date in enumerate(FUSED_DATES):
-        write_geotiff(str(folder / f"fused_{date}.tif"), fused[t], GRID, nodata=NODATA,
-                      band_metadata=spectral_band_metadata(HS_WL, [10.0] * 5, {"date": date}),
-                      metadata={"STSFUSION_MDD": "mdd.json", "ACQUISITION_DATE": date})
-    write_geotiff(str(folder / "twostage_2022-06-01.tif"), coded(9, 1, 5)[0], GRID, nodata=NODATA,
-                  band_metadata=spectral_band_metadata(HS_WL))
+        write_geotiff(
+            str(folder / f"fused_{date}.tif"),
+            fused[t],
+            GRID,
+            nodata=NODATA,
+            band_metadata=spectral_band_metadata(HS_WL, [10.0] * 5, {"date": date}),
+            metadata={"STSFUSION_MDD": "mdd.json", "ACQUISITION_DATE": date},
+        )
+    write_geotiff(
+        str(folder / "twostage_2022-06-01.tif"),
+        coded(9, 1, 5)[0],
+        GRID,
+        nodata=NODATA,
+        band_metadata=spectral_band_metadata(HS_WL),
+    )
     return tmp_path
 
 
@@ -131,7 +140,8 @@ def test_fused_layer_finds_its_mdd_and_shows_inputs_at_their_band_centres(qgis_a
     assert source.mdd is not None and source.mdd.path == str(series / "mdd.json")
     profile = source.sample(*centre(3, 2))
     assert [(s.series, s.date) for s in profile.observed] == [
-        (role, d) for role, (_, dates, _, _) in ROLES.items() for d in dates]
+        (role, d) for role, (_, dates, _, _) in ROLES.items() for d in dates
+    ]
     hs_cloudy = [s for s in profile.observed if s.series == "hs"][1]
     assert np.isnan(hs_cloudy.values).all()
 
@@ -140,8 +150,10 @@ def test_fused_layer_finds_its_mdd_and_shows_inputs_at_their_band_centres(qgis_a
     by_role = {}
     for role, date, centre_nm, value in observed:
         by_role.setdefault(role, []).append((date, centre_nm, value))
-    assert by_role["fine_ms"] == [("2022-05-01", 865.0, expected(2, 0, 2, 3, 2)),
-                                  ("2022-07-01", 865.0, expected(2, 1, 2, 3, 2))]
+    assert by_role["fine_ms"] == [
+        ("2022-05-01", 865.0, expected(2, 0, 2, 3, 2)),
+        ("2022-07-01", 865.0, expected(2, 1, 2, 3, 2)),
+    ]
     assert [d for d, _, _ in by_role["dense_ms"]] == ROLES["dense_ms"][1]
     assert by_role["hs"][0] == ("2022-05-01", 865.0, expected(4, 0, 4, 3, 2))
     assert np.isnan(by_role["hs"][1][2])
@@ -203,8 +215,12 @@ def test_chosen_manifest_and_csv_export(qgis_app, series, tmp_path_factory):
     rows = list(csv.DictReader(open(path, encoding="utf-8")))
     assert len(rows) == 5 + sum(len(d) * len(wl) for _, d, wl, _ in ROLES.values())
     first = rows[0]
-    assert (first["series"], first["kind"], first["date"], first["wavelength_nm"]) == \
-        ("twostage", "series", "2022-06-01", "450")
+    assert (first["series"], first["kind"], first["date"], first["wavelength_nm"]) == (
+        "twostage",
+        "series",
+        "2022-06-01",
+        "450",
+    )
     assert float(first["value"]) == expected(9, 0, 0, 3, 2)
     cloudy = [r for r in rows if r["series"] == "hs" and r["date"] == "2022-07-01"]
     assert len(cloudy) == 5 and all(r["value"] == "" for r in cloudy)
@@ -236,8 +252,12 @@ def test_dock_renders_both_plots(qgis_app, series, tmp_path):
     assert dock.current_wavelength() == 865.0  # near infrared by default
     assert "3 date(s)" in dock.status.text() and "8 observed" in dock.status.text()
     spectrum_ax, time_ax = dock.spectrum_canvas.ax, dock.time_canvas.ax
-    assert [t.get_text() for t in spectrum_ax.get_legend().get_texts()][:4] == \
-        ["2022-05-01", "2022-05-15", "2022-06-01", "2022-07-01"]
+    assert [t.get_text() for t in spectrum_ax.get_legend().get_texts()][:4] == [
+        "2022-05-01",
+        "2022-05-15",
+        "2022-06-01",
+        "2022-07-01",
+    ]
     series_line = time_ax.get_lines()[0]
     np.testing.assert_array_equal(series_line.get_ydata(), [expected(1, t, 4, 3, 2) for t in range(3)])
     labels = [t.get_text() for t in time_ax.get_legend().get_texts()]
@@ -253,7 +273,7 @@ def test_dock_renders_both_plots(qgis_app, series, tmp_path):
     ptr = image.constBits()
     ptr.setsize(image.sizeInBytes())
     pixels = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine())
-    plots = pixels[image.height() // 3:, : image.width() * 3]
+    plots = pixels[image.height() // 3 :, : image.width() * 3]
     assert plots.std() > 20  # curves, axes and text drawn, not a blank canvas
     assert len(np.unique(plots.reshape(-1, 3), axis=0)) > 50  # many colours: the date curves
 
@@ -299,8 +319,9 @@ def test_dock_on_an_undated_raster_draws_one_spectrum(qgis_app, tmp_path):
     dock.set_source_path(path)
     profile = dock.show_point(centre(4, 3))
     assert [s.date for s in profile.spectra] == [None]
-    np.testing.assert_array_equal(dock.spectrum_canvas.ax.get_lines()[0].get_ydata(),
-                                  [expected(7, 0, b, 4, 3) for b in range(5)])
+    np.testing.assert_array_equal(
+        dock.spectrum_canvas.ax.get_lines()[0].get_ydata(), [expected(7, 0, b, 4, 3) for b in range(5)]
+    )
     assert dock.time_canvas.ax.texts[0].get_text() == "no dated value at this wavelength"
     dock.close()
 
@@ -312,8 +333,13 @@ def test_dock_sees_a_date_added_by_a_new_fusion_run(qgis_app, series):
     dock.set_source_path(_fused(series))
     assert len(dock.show_point(centre(1, 1)).spectra) == 3
     os.utime(series / "fused", ns=(1, 1))  # an mtime surely different from the next write's
-    write_geotiff(str(series / "fused" / "fused_2022-08-01.tif"), coded(1, 4, 5)[3], GRID, nodata=NODATA,
-                  band_metadata=spectral_band_metadata(HS_WL, [10.0] * 5))
+    write_geotiff(
+        str(series / "fused" / "fused_2022-08-01.tif"),
+        coded(1, 4, 5)[3],
+        GRID,
+        nodata=NODATA,
+        band_metadata=spectral_band_metadata(HS_WL, [10.0] * 5),
+    )
     profile = dock.show_point(centre(1, 1))
     assert [s.date for s in profile.spectra] == FUSED_DATES + ["2022-08-01"]
     np.testing.assert_array_equal(profile.spectra[3].values, [expected(1, 3, b, 1, 1) for b in range(5)])
@@ -328,11 +354,24 @@ def test_screenshot_script_renders_the_dock(qgis_app, series):
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = str(series / "profile.png")
-    proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "render_profile_screenshot.py"),
-                           str(series / "fused"), "--mdd", str(series / "mdd.json"), "--out", out,
-                           "--size", "700", "600"],
-                          env=dict(os.environ, QT_QPA_PLATFORM="offscreen"), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "scripts", "render_profile_screenshot.py"),
+            str(series / "fused"),
+            "--mdd",
+            str(series / "mdd.json"),
+            "--out",
+            out,
+            "--size",
+            "700",
+            "600",
+        ],
+        env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "of 3 fused date(s), 8 observed input image(s), 865 nm over time" in proc.stdout
     image = QImage(out)

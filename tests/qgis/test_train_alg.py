@@ -1,23 +1,10 @@
 """stsfusion:train through processing.run: a model file that loads in a fresh process; clear errors."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-
-from fixtures_mdd import make_tiny_mdd
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LOAD = ("import sys; sys.path.insert(0, sys.argv[2]); from stsfusion.model.predictor import load_predictor; "
-        "p = load_predictor(sys.argv[1], 'cpu'); print('LOADED', p.kernels, len(p.hs_wavelengths), p.halo)")
-
-
-def load_in_fresh_process(model_path):
-    proc = subprocess.run([sys.executable, "-c", LOAD, model_path, os.path.join(ROOT, ".build", "plugins")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+from helpers.mdd import make_tiny_mdd
+from helpers.qgis_process import load_in_fresh_process
 
 
 class Feedback:
@@ -32,11 +19,11 @@ class Feedback:
                 self.lines = []
                 self.reports = 0
 
-            def pushInfo(self, info):  # noqa: N802
+            def pushInfo(self, info):
                 self.lines.append(info)
                 super().pushInfo(info)
 
-            def setProgress(self, p):  # noqa: N802
+            def setProgress(self, p):
                 self.reports += 1
                 if cancel_after is not None and self.reports >= cancel_after:
                     self.cancel()
@@ -45,15 +32,29 @@ class Feedback:
         return _F()
 
 
+@pytest.mark.slow
 def test_processing_run_trains_a_loadable_model(qgis_app, tmp_path):
     import processing
 
     mdd = make_tiny_mdd(tmp_path, size=24)
     out = str(tmp_path / "model.pt")
     fb = Feedback()
-    res = processing.run("stsfusion:train", {"MDD": mdd, "KERNELS": "1/3", "PCA_COMPONENTS": 6, "EPOCHS": 2,
-                                             "PATCH_SIZE": 12, "BATCH_SIZE": 2, "LEARNING_RATE": 0.002,
-                                             "DEVICE": "cpu", "SEED": 3, "OUTPUT_MODEL": out}, feedback=fb)
+    res = processing.run(
+        "stsfusion:train",
+        {
+            "MDD": mdd,
+            "KERNELS": "1/3",
+            "PCA_COMPONENTS": 6,
+            "EPOCHS": 2,
+            "PATCH_SIZE": 12,
+            "BATCH_SIZE": 2,
+            "LEARNING_RATE": 0.002,
+            "DEVICE": "cpu",
+            "SEED": 3,
+            "OUTPUT_MODEL": out,
+        },
+        feedback=fb,
+    )
     assert res["OUTPUT_MODEL"] == out and os.path.isfile(out)
     assert "LOADED 1/3 40" in load_in_fresh_process(out)
     log = "\n".join(fb.lines)
@@ -66,18 +67,24 @@ def test_cancel_leaves_no_model(qgis_app, tmp_path):
     mdd = make_tiny_mdd(tmp_path, size=24)
     out = str(tmp_path / "model.pt")
     fb = Feedback(cancel_after=3)
-    res = processing.run("stsfusion:train", {"MDD": mdd, "EPOCHS": 100, "PATCH_SIZE": 12, "DEVICE": "cpu",
-                                             "OUTPUT_MODEL": out}, feedback=fb)
+    res = processing.run(
+        "stsfusion:train",
+        {"MDD": mdd, "EPOCHS": 100, "PATCH_SIZE": 12, "DEVICE": "cpu", "OUTPUT_MODEL": out},
+        feedback=fb,
+    )
     assert res == {} or "OUTPUT_MODEL" not in res or not os.path.exists(out)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".pt") or f.endswith(".part")]
 
 
-@pytest.mark.parametrize("case, pattern", [
-    ("no_hs", "no HS date"),
-    ("patch", "PATCH_SIZE 64 is larger than the MDD grid"),
-    ("missing", "stack file .* is missing"),
-    ("invalid", "has no valid pixel"),
-])
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("no_hs", "no HS date"),
+        ("patch", "PATCH_SIZE 64 is larger than the MDD grid"),
+        ("missing", "stack file .* is missing"),
+        ("invalid", "has no valid pixel"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(qgis_app, tmp_path, case, pattern):
     import processing
     from qgis.core import QgsProcessingException
@@ -88,6 +95,14 @@ def test_bad_inputs_raise_clear_errors(qgis_app, tmp_path, case, pattern):
         os.remove(str(tmp_path / "tiny_hs_mask.tif"))
     out = str(tmp_path / "model.pt")
     with pytest.raises(QgsProcessingException, match=pattern):
-        processing.run("stsfusion:train", {"MDD": mdd, "EPOCHS": 1, "DEVICE": "cpu", "OUTPUT_MODEL": out,
-                                           "PATCH_SIZE": 64 if case == "patch" else 12})
+        processing.run(
+            "stsfusion:train",
+            {
+                "MDD": mdd,
+                "EPOCHS": 1,
+                "DEVICE": "cpu",
+                "OUTPUT_MODEL": out,
+                "PATCH_SIZE": 64 if case == "patch" else 12,
+            },
+        )
     assert not os.path.exists(out)

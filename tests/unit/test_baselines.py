@@ -4,11 +4,12 @@ import os
 
 import numpy as np
 import pytest
+from helpers.assess import utm_grid
 from osgeo import gdal
 
-from fixtures_assess import utm_grid
-from stsfusion.model.baselines import BaselineCanceled, BaselineError, run_baseline
-from stsfusion.model.mdd import NODATA, write_mdd_from_arrays
+from stsfusion.model.core.callbacks import Callbacks, Canceled
+from stsfusion.model.fusion.baselines import BaselineError, run_baseline
+from stsfusion.model.mdd.format import NODATA, write_mdd_from_arrays
 
 DATES = ["2022-05-01", "2022-05-11", "2022-05-31", "2022-06-20"]
 WL = [450.0, 550.0, 650.0, 850.0, 1650.0]
@@ -29,10 +30,16 @@ def test_interpolation_nearest_date_and_fallback(tmp_path):
     grid = utm_grid(24, 24)
     hs = np.stack([np.full((5, 8, 8), 1.0), np.full((5, 8, 8), 3.0)]).astype(np.float32)
     hs[1, :, 2, 2] = np.nan  # cloud on the second HS date: falls back to the first
-    mdd = write_mdd_from_arrays(str(tmp_path / "m.json"), grid, {
-        "hs": dict(dates=[DATES[0], DATES[3]], values=_blocks(hs, 3), wavelengths=WL, native_pixel_size=30.0),
-        "dense_ms": dict(dates=DATES, values=np.ones((4, 2, 24, 24), np.float32), wavelengths=[550, 850],
-                         native_pixel_size=20.0)})
+    mdd = write_mdd_from_arrays(
+        str(tmp_path / "m.json"),
+        grid,
+        {
+            "hs": dict(dates=[DATES[0], DATES[3]], values=_blocks(hs, 3), wavelengths=WL, native_pixel_size=30.0),
+            "dense_ms": dict(
+                dates=DATES, values=np.ones((4, 2, 24, 24), np.float32), wavelengths=[550, 850], native_pixel_size=20.0
+            ),
+        },
+    )
     assert mdd.scale_ratio("hs") == 3
     out = tmp_path / "o"
     paths = run_baseline(mdd.path, "interpolation", str(out), tile_size=16)
@@ -52,10 +59,12 @@ def test_interpolation_is_bicubic_and_tile_independent(tmp_path):
     rng = np.random.default_rng(0)
     grid = utm_grid(30, 30)
     coarse = rng.random((1, 2, 10, 10)).astype(np.float32)
-    mdd = write_mdd_from_arrays(str(tmp_path / "m.json"), grid, {
-        "hs": dict(dates=[DATES[0]], values=_blocks(coarse, 3), wavelengths=[500, 600],
-                   native_pixel_size=30.0)})
-    from stsfusion.model.degrade import upsample
+    mdd = write_mdd_from_arrays(
+        str(tmp_path / "m.json"),
+        grid,
+        {"hs": dict(dates=[DATES[0]], values=_blocks(coarse, 3), wavelengths=[500, 600], native_pixel_size=30.0)},
+    )
+    from stsfusion.model.core.degrade import upsample
 
     a = _read(run_baseline(mdd.path, "interpolation", str(tmp_path / "a"), tile_size=9)[0])
     b = _read(run_baseline(mdd.path, "interpolation", str(tmp_path / "b"), tile_size=256)[0])
@@ -80,11 +89,11 @@ def _two_stage_mdd(tmp_path, seed=0):
         m = v.reshape(v.shape[:-2] + (h, f, h, f)).mean(axis=(-3, -1))
         return _blocks(m, f)
 
-    roles = {"fine_ms": dict(dates=[DATES[0], DATES[3]], values=fine[[0, 3]], wavelengths=[500, 600, 800]),
-             "dense_ms": dict(dates=DATES, values=coarse(fine, 2), wavelengths=[500, 600, 800],
-                              native_pixel_size=20.0),
-             "hs": dict(dates=[DATES[0], DATES[3]], values=coarse(truth[[0, 3]], 3), wavelengths=WL,
-                        native_pixel_size=30.0)}
+    roles = {
+        "fine_ms": dict(dates=[DATES[0], DATES[3]], values=fine[[0, 3]], wavelengths=[500, 600, 800]),
+        "dense_ms": dict(dates=DATES, values=coarse(fine, 2), wavelengths=[500, 600, 800], native_pixel_size=20.0),
+        "hs": dict(dates=[DATES[0], DATES[3]], values=coarse(truth[[0, 3]], 3), wavelengths=WL, native_pixel_size=30.0),
+    }
     return write_mdd_from_arrays(str(tmp_path / "m.json"), grid, roles), truth, fine
 
 
@@ -111,13 +120,35 @@ def test_baseline_errors_and_cancel_leave_nothing(tmp_path):
         run_baseline(mdd.path, "cnmf", str(out))
     with pytest.raises(BaselineError, match="no date 2021-01-01"):
         run_baseline(mdd.path, "interpolation", str(out), dates="2021-01-01")
-    with pytest.raises(BaselineCanceled):
-        run_baseline(mdd.path, "interpolation", str(out), is_canceled=lambda: True)
+    with pytest.raises(Canceled):
+        run_baseline(mdd.path, "interpolation", str(out), callbacks=Callbacks(is_canceled=lambda: True))
+    with pytest.raises(Canceled):
+        run_baseline(mdd.path, "two_stage", str(out), callbacks=Callbacks(is_canceled=lambda: True))
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_two_stage_names_the_missing_role(tmp_path):
+    grid = utm_grid(12, 12)
+    mdd = write_mdd_from_arrays(
+        str(tmp_path / "m.json"),
+        grid,
+        {
+            "hs": dict(
+                dates=[DATES[0]], values=np.ones((1, 5, 12, 12), np.float32), wavelengths=WL, native_pixel_size=30.0
+            ),
+            "dense_ms": dict(
+                dates=DATES, values=np.ones((4, 2, 12, 12), np.float32), wavelengths=[550, 850], native_pixel_size=20.0
+            ),
+        },
+    )
+    out = tmp_path / "o"
+    with pytest.raises(BaselineError, match="the MDD has no fine MS: rebuild it with all three roles"):
+        run_baseline(mdd.path, "two_stage", str(out))
     assert not out.exists() or os.listdir(out) == []
 
 
 def test_two_stage_temporal_stage_is_exact_for_uniform_change(tmp_path):
-    from stsfusion.model.baselines import TwoStage
+    from stsfusion.model.fusion.baselines import TwoStage
 
     mdd, _, fine = _two_stage_mdd(tmp_path)
     model = TwoStage(mdd, 12)
@@ -129,7 +160,7 @@ def test_two_stage_temporal_stage_is_exact_for_uniform_change(tmp_path):
 def test_ridge_matches_scikit_learn():
     from sklearn.linear_model import Ridge
 
-    from stsfusion.model.baselines import _solve
+    from stsfusion.model.fusion.baselines import _solve
 
     rng = np.random.default_rng(3)
     x = rng.random((200, 3))

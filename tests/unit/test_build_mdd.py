@@ -4,13 +4,15 @@ import json
 
 import numpy as np
 import pytest
+from helpers.rasters import FINE_ORIGIN, WL_MS, crs_wkt, make_raster, ramp
+from helpers.rasters import make_three_role_inputs as make_inputs
 from osgeo import gdal, osr
 
-from fixtures_rasters import FINE_ORIGIN, WL_MS, make_raster, ramp
-from fixtures_rasters import make_three_role_inputs as make_inputs
-from stsfusion.model.build_mdd import BuildMddCanceled, BuildMddError, build_mdd_stack, parse_dates_override
-from stsfusion.model.mdd import NODATA
-from stsfusion.model.raster_io import same_crs
+from stsfusion.model.core.callbacks import Callbacks, Canceled
+from stsfusion.model.mdd.build import BuildMddError, build_mdd_stack, parse_dates_override
+from stsfusion.model.mdd.format import NODATA
+from stsfusion.model.mdd.raster_io import same_crs
+
 
 def source_pixel_of_centres(grid, epsg, origin, px):
     """(row, col) of the source pixel (north-up, square px, in EPSG ``epsg``) under each grid
@@ -23,9 +25,8 @@ def source_pixel_of_centres(grid, epsg, origin, px):
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     ct = osr.CoordinateTransformation(src, dst)
     x0, dx, _, y0, _, dy = grid.geotransform
-    rows, cols = np.mgrid[0:grid.height, 0:grid.width]
-    pts = ct.TransformPoints([(x0 + (c + 0.5) * dx, y0 + (r + 0.5) * dy)
-                              for r, c in zip(rows.ravel(), cols.ravel())])
+    rows, cols = np.mgrid[0 : grid.height, 0 : grid.width]
+    pts = ct.TransformPoints([(x0 + (c + 0.5) * dx, y0 + (r + 0.5) * dy) for r, c in zip(rows.ravel(), cols.ravel())])
     xy = np.array(pts)[:, :2].reshape(grid.height, grid.width, 2)
     return np.floor((origin[1] - xy[..., 1]) / px), np.floor((xy[..., 0] - origin[0]) / px)
 
@@ -35,7 +36,7 @@ def test_three_crs_grid_dates_wavelengths_masks_values(tmp_path):
     out = str(tmp_path / "out" / "m.json")
     (tmp_path / "out").mkdir()
     messages = []
-    mdd = build_mdd_stack(out, fine, dense, hs, progress=lambda f, m: messages.append((f, m)))
+    mdd = build_mdd_stack(out, fine, dense, hs, callbacks=Callbacks(progress=lambda f, m: messages.append((f, m))))
     g = mdd.grid
     assert (g.width, g.height) == (32, 32)
     assert g.geotransform == (500000.0, 10.0, 0.0, 5800000.0, 0.0, -10.0)
@@ -94,19 +95,20 @@ def test_three_crs_grid_dates_wavelengths_masks_values(tmp_path):
     assert manifest["inputs"]["fine_ms"][0]["date_source"] == "metadata TIFFTAG_DATETIME"
     assert manifest["inputs"]["fine_ms"][1]["date_source"] == "file name"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["m.json"] + [f"m_{r}{s}.tif" for r in ("fine_ms", "dense_ms", "hs") for s in ("", "_mask")])
+        ["m.json"] + [f"m_{r}{s}.tif" for r in ("fine_ms", "dense_ms", "hs") for s in ("", "_mask")]
+    )
     assert messages[-1][0] == 1.0 and any("bilinear" in m for _, m in messages)
 
 
 def test_ramps_through_average_and_bilinear(tmp_path):
     """A linear ramp survives both resamplings: area average (finer source) gives the ramp at the
     target pixel centre; bilinear (coarser source) interpolates it exactly inside the footprint."""
-    fine = [make_raster(tmp_path / "f_20220701.tif", ramp(30, 30, 2), 32633, FINE_ORIGIN, 10,
-                        wavelengths=[500, 600])]
+    fine = [make_raster(tmp_path / "f_20220701.tif", ramp(30, 30, 2), 32633, FINE_ORIGIN, 10, wavelengths=[500, 600])]
     # Dense MS at 60 m covering the same 300 m: ramp in its own pixel coordinates.
     dense = [make_raster(tmp_path / "d_20220701.tif", ramp(5, 5, 2), 32633, FINE_ORIGIN, 60)]
-    hs = [make_raster(tmp_path / "h_20220701.tif", ramp(10, 10, 3), 32633, FINE_ORIGIN, 30,
-                      wavelengths=[500, 600, 700])]
+    hs = [
+        make_raster(tmp_path / "h_20220701.tif", ramp(10, 10, 3), 32633, FINE_ORIGIN, 30, wavelengths=[500, 600, 700])
+    ]
     mdd = build_mdd_stack(str(tmp_path / "m.json"), fine, dense, hs, pixel_size=20.0, block=4)
     assert (mdd.grid.width, mdd.grid.height, mdd.grid.pixel_size) == (15, 15, 20.0)
     inputs = json.load(open(tmp_path / "m.json"))["inputs"]
@@ -144,8 +146,16 @@ def test_cancel_leaves_nothing(tmp_path):
         calls.append(1)
         return len(calls) > 16  # cancel in the second fine MS layer (16 windows of 8 x 8 each)
 
-    with pytest.raises(BuildMddCanceled):
-        build_mdd_stack(str(out / "m.json"), fine, dense, hs, is_canceled=is_canceled, block=8, block_memory_mb=0)
+    with pytest.raises(Canceled):
+        build_mdd_stack(
+            str(out / "m.json"),
+            fine,
+            dense,
+            hs,
+            callbacks=Callbacks(is_canceled=is_canceled),
+            block=8,
+            block_memory_mb=0,
+        )
     assert len(calls) == 17
     assert list(out.iterdir()) == []
 
@@ -153,11 +163,19 @@ def test_cancel_leaves_nothing(tmp_path):
 def test_target_crs_extent_and_dates_override(tmp_path):
     fine, dense, hs = make_inputs(tmp_path)
     # A user extent in UTM, target grid in Web Mercator at 20 m: snapped outward to whole pixels.
-    mdd = build_mdd_stack(str(tmp_path / "m.json"), fine, dense, hs, target_crs="EPSG:3857",
-                          pixel_size=20.0, target_extent=(500050, 5799750, 500250, 5799950),
-                          extent_crs="EPSG:32633", dates="hs_1=2022-09-01; fine_b=2022-06-30")
+    mdd = build_mdd_stack(
+        str(tmp_path / "m.json"),
+        fine,
+        dense,
+        hs,
+        target_crs="EPSG:3857",
+        pixel_size=20.0,
+        target_extent=(500050, 5799750, 500250, 5799950),
+        extent_crs="EPSG:32633",
+        dates="hs_1=2022-09-01; fine_b=2022-06-30",
+    )
     g = mdd.grid
-    assert same_crs(g.crs_wkt, __import__("fixtures_rasters").crs_wkt(3857))
+    assert same_crs(g.crs_wkt, crs_wkt(3857))
     x0, _, _, y1, _, _ = g.geotransform
     assert x0 % 20 == 0 and y1 % 20 == 0  # aligned to multiples of the pixel size in 3857
     assert 15 <= g.width <= 18 and 15 <= g.height <= 18  # 200 m x 1.64 (Mercator scale) / 20 m
@@ -191,16 +209,29 @@ def test_bad_bands_do_not_blank_the_mask(tmp_path):
     v = np.full((3, 6, 6), 0.2, np.float32)
     v[1] = -32768
     bad = [{"bbl": "1"}, {"bbl": "0"}, {"bbl": "1"}]
-    hs = [make_raster(tmp_path / "h_20220701.tif", v, 32633, FINE_ORIGIN, 30, nodata=-32768,
-                      wavelengths=[500, 1400, 2000], band_metadata=bad)]
+    hs = [
+        make_raster(
+            tmp_path / "h_20220701.tif",
+            v,
+            32633,
+            FINE_ORIGIN,
+            30,
+            nodata=-32768,
+            wavelengths=[500, 1400, 2000],
+            band_metadata=bad,
+        )
+    ]
     mdd = build_mdd_stack(str(tmp_path / "m.json"), fine, fine, hs)
     assert mdd.roles["hs"].bbl == [1, 0, 1] and mdd.read_mask("hs").all()
     h = mdd.read("hs")[0]
     np.testing.assert_allclose(h[0], 0.2)
     np.testing.assert_array_equal(h[1], 0.0)
     assert gdal.Open(mdd.roles["hs"].path).GetRasterBand(2).GetMetadataItem("bbl") == "0"
-    unflagged = [make_raster(tmp_path / "u_20220701.tif", v, 32633, FINE_ORIGIN, 30, nodata=-32768,
-                             wavelengths=[500, 1400, 2000])]
+    unflagged = [
+        make_raster(
+            tmp_path / "u_20220701.tif", v, 32633, FINE_ORIGIN, 30, nodata=-32768, wavelengths=[500, 1400, 2000]
+        )
+    ]
     with pytest.raises(BuildMddError, match=r"bands 2 are nodata everywhere; mark such bands bad"):
         build_mdd_stack(str(tmp_path / "out.json"), fine, fine, unflagged)
     assert not list(tmp_path.glob("out*"))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stsfusion.model.degrade import DegradeError, degrade, gaussian_psf, upsample
+from stsfusion.model.core.degrade import DegradeError, degrade, gaussian_psf, upsample
 
 
 def test_psf_default_fwhm_is_factor():
@@ -52,8 +52,7 @@ def test_degrade_nan_aware():
 
 def test_upsample_nearest_and_linear_ramp():
     c = np.array([[1.0, 2.0], [3.0, 4.0]])
-    np.testing.assert_array_equal(upsample(c, 2, (4, 4), "nearest"),
-                                  np.kron(c, np.ones((2, 2))))
+    np.testing.assert_array_equal(upsample(c, 2, (4, 4), "nearest"), np.kron(c, np.ones((2, 2))))
     f = 3
     centres = np.arange(6) * f + (f - 1) / 2  # coarse pixel centres in fine coordinates
     coarse = np.tile(centres, (6, 1))
@@ -81,7 +80,7 @@ def test_upsample_nan_aware_and_round_trip():
 
 
 def test_degrade_strips_equal_whole_image():
-    from stsfusion.model.degrade import degrade_strips
+    from stsfusion.model.core.degrade import degrade_strips
 
     rng = np.random.default_rng(4)
     img = rng.random((2, 47, 20))

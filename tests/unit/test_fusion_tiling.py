@@ -3,12 +3,14 @@ cancel and failure (no partial GeoTIFF), date selection."""
 
 import numpy as np
 import pytest
+from helpers.predictor import DATES, HS_WAVELENGTHS, ConvPredictor, make_mdd
 from osgeo import gdal
 
-from fixtures_predictor import DATES, HS_WAVELENGTHS, ConvPredictor, make_mdd
-from stsfusion.model.fusion import (FusionCanceled, FusionError, expand_window, fuse_with_predictor,
-                                    parse_dates, rgb_band_indices, select_dates, tile_windows)
-from stsfusion.model.mdd import NODATA
+from stsfusion.model.core.callbacks import Callbacks, Canceled
+from stsfusion.model.core.vocabulary import DateError, parse_date_list
+from stsfusion.model.fusion.fuse import fuse_with_predictor, rgb_band_indices
+from stsfusion.model.fusion.tiling import FusionError, expand_window, requested_dates, select_dates, tile_windows
+from stsfusion.model.mdd.format import NODATA
 
 
 def _read(path):
@@ -21,7 +23,7 @@ def test_tiles_cover_the_grid_once_and_the_last_reach_the_edge():
     assert len(tiles) == 3 * 2
     cover = np.zeros((29, 37), dtype=int)
     for x, y, w, h in tiles:
-        cover[y:y + h, x:x + w] += 1
+        cover[y : y + h, x : x + w] += 1
     assert (cover == 1).all()
     assert tiles[-1] == (32, 16, 5, 13)
     assert tile_windows(32, 32, 16)[-1] == (16, 16, 16, 16)
@@ -36,7 +38,7 @@ def test_halo_is_clipped_to_the_grid_and_the_crop_gives_the_tile_back():
     assert crop == (slice(3, 16), slice(3, 19))
     a = np.arange(29 * 37).reshape(29, 37)
     x, y, w, h = window
-    np.testing.assert_array_equal(a[y:y + h, x:x + w][crop], a[16:29, 16:32])
+    np.testing.assert_array_equal(a[y : y + h, x : x + w][crop], a[16:29, 16:32])
 
 
 def test_seams_tiled_output_equals_one_tile_output(tmp_path):
@@ -83,6 +85,7 @@ def test_reads_and_predictions_are_window_sized(tmp_path, monkeypatch):
             assert window is not None, "a whole-raster read"
             reads.append(window)
             return _original(role, window, dates)
+
         monkeypatch.setattr(mdd, name, recording)
     p = ConvPredictor()
     fuse_with_predictor(mdd, p, str(tmp_path / "out"), DATES[:2], tile_size=16)
@@ -98,9 +101,15 @@ def test_progress_per_tile_and_cancel_leaves_nothing(tmp_path):
     out.mkdir()
     (out / "fused_2022-05-01.tif").write_bytes(b"earlier run")  # must survive a canceled run
     calls = []
-    with pytest.raises(FusionCanceled):
-        fuse_with_predictor(mdd, ConvPredictor(), str(out), DATES, tile_size=16,
-                            progress=lambda f, m: calls.append(f), is_canceled=lambda: len(calls) >= 3)
+    with pytest.raises(Canceled):
+        fuse_with_predictor(
+            mdd,
+            ConvPredictor(),
+            str(out),
+            DATES,
+            tile_size=16,
+            callbacks=Callbacks(progress=lambda f, m: calls.append(f), is_canceled=lambda: len(calls) >= 3),
+        )
     assert calls == pytest.approx([1 / 6, 2 / 6, 3 / 6])
     assert sorted(p.name for p in out.iterdir()) == ["fused_2022-05-01.tif"]
     assert (out / "fused_2022-05-01.tif").read_bytes() == b"earlier run"
@@ -114,6 +123,7 @@ def test_a_failing_model_leaves_no_file(tmp_path):
             if len(self.windows) == 4:
                 raise RuntimeError("CUDA out of memory")
             return super().predict(mdd, window, date)
+
     with pytest.raises(RuntimeError, match="out of memory"):
         fuse_with_predictor(mdd, Broken(), str(tmp_path / "out"), DATES, tile_size=16)
     assert list((tmp_path / "out").iterdir()) == []
@@ -121,14 +131,19 @@ def test_a_failing_model_leaves_no_file(tmp_path):
 
 def test_date_parsing_and_selection(tmp_path):
     mdd = make_mdd(tmp_path / "m.json", width=8, height=8, dead_corner=False)
-    assert parse_dates("") is None and parse_dates(None) is None
-    assert parse_dates(" 2022-07-01; 2022-05-01,2022-07-01 ") == ["2022-07-01", "2022-05-01"]
+    assert parse_date_list("") is None and parse_date_list(None) is None
+    assert parse_date_list(" 2022-07-01; 2022-05-01,2022-07-01 ") == ["2022-07-01", "2022-05-01"]
     assert select_dates(mdd, None) == DATES
     assert select_dates(mdd, ["2022-07-01", "2022-05-01"]) == ["2022-05-01", "2022-07-01"]
     with pytest.raises(FusionError, match="no date 2023-01-01; its dates are 2022-05-01, 2022-06-01"):
         select_dates(mdd, ["2023-01-01"])
+    with pytest.raises(DateError, match="YYYY-MM-DD.*'1/5/2022'"):
+        parse_date_list("1/5/2022")
+    # a fusion run asked for dates: text or list, checked against the MDD; bad text is a FusionError
+    assert requested_dates(mdd, "2022-07-01,2022-05-01") == ["2022-05-01", "2022-07-01"]
+    assert requested_dates(mdd, "") == DATES
     with pytest.raises(FusionError, match="YYYY-MM-DD.*'1/5/2022'"):
-        parse_dates("1/5/2022")
+        requested_dates(mdd, "1/5/2022")
 
 
 def test_rgb_bands_follow_the_wavelengths():
@@ -142,16 +157,18 @@ def test_rgb_bands_follow_the_wavelengths():
 
 # ---- the same checks with a real model trained on the tiny synthetic MDD ----------------------
 
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    from fixtures_predictor import trained_tiny_model
+    from helpers.predictor import trained_tiny_model
 
     return trained_tiny_model(tmp_path_factory.mktemp("real"))
 
 
+@pytest.mark.slow
 def test_real_model_tiles_without_seams_and_window_sized_reads(real, tmp_path, monkeypatch):
-    from stsfusion.model.fusion import fuse_time_series
-    from stsfusion.model import predictor as predictor_module
+    from stsfusion.model.fusion.fuse import fuse_time_series
+    from stsfusion.model.nn import predictor as predictor_module
 
     manifest, model = real
     dates = ["2022-03-26", "2022-05-15"]  # no fine MS, no HS: the model predicts from dense MS
@@ -162,19 +179,21 @@ def test_real_model_tiles_without_seams_and_window_sized_reads(real, tmp_path, m
     def recording(self, mdd, window, date):
         windows.append(window)
         return original(self, mdd, window, date)
+
     monkeypatch.setattr(predictor_module.FusionPredictor, "predict", recording)
-    tiled = fuse_time_series(manifest, model, str(tmp_path / "tiled"), ",".join(dates), tile_size=16,
-                             device="cpu")
+    tiled = fuse_time_series(manifest, model, str(tmp_path / "tiled"), ",".join(dates), tile_size=16, device="cpu")
     for a, b in zip(one, tiled):
         np.testing.assert_allclose(_read(b), _read(a), rtol=0, atol=1e-5)
     halo = predictor_module.load_predictor(model, "cpu").halo
     assert len(windows) == 9 * 2 and max(max(w[2], w[3]) for w in windows) == 16 + 2 * halo
 
 
+@pytest.mark.slow
 def test_real_model_outputs_match_the_mdd_and_approach_the_truth(real, tmp_path):
-    from fixtures_mdd import truth_path
-    from stsfusion.model.fusion import fuse_time_series
-    from stsfusion.model.mdd import MDD
+    from helpers.mdd import truth_path
+
+    from stsfusion.model.fusion.fuse import fuse_time_series
+    from stsfusion.model.mdd.format import MDD
 
     manifest, model = real
     mdd = MDD.open(manifest)
@@ -192,10 +211,12 @@ def test_real_model_outputs_match_the_mdd_and_approach_the_truth(real, tmp_path)
     assert rmse < 0.1 * float(truth.mean())  # measured 0.011 (6 % of the mean) after 1 epoch
 
 
+@pytest.mark.slow
 def test_real_model_refuses_another_mdd_naming_what_differs(real, tmp_path):
-    from fixtures_mdd import make_tiny_mdd
-    from stsfusion.model.fusion import fuse_time_series
-    from stsfusion.model.predictor import ModelError
+    from helpers.mdd import make_tiny_mdd
+
+    from stsfusion.model.fusion.fuse import fuse_time_series
+    from stsfusion.model.nn.predictor import ModelError
 
     other = make_tiny_mdd(tmp_path, n_hs=30, name="other")
     with pytest.raises(ModelError, match="HS has 30 bands, the model was trained on 40"):

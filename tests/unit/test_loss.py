@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from stsfusion.model.loss import MultiTaskLoss
+from stsfusion.model.nn.loss import MultiTaskLoss
 
 torch.set_num_threads(1)
 

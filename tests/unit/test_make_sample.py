@@ -44,8 +44,9 @@ def test_sample_is_small_and_complete(manifest):
     assert len(manifest["no_hs_dates"]) == 3
 
 
-@pytest.mark.parametrize("role,bands,size,pixel", [("fine_ms", 4, 96, 10.0), ("dense_ms", 8, 48, 20.0),
-                                                   ("hs", 80, 32, 30.0)])
+@pytest.mark.parametrize(
+    "role,bands,size,pixel", [("fine_ms", 4, 96, 10.0), ("dense_ms", 8, 48, 20.0), ("hs", 80, 32, 30.0)]
+)
 def test_sample_files_carry_dates_and_wavelengths(manifest, role, bands, size, pixel):
     paths = sorted(glob.glob(os.path.join(SAMPLE, f"{role}_*.tif")))
     assert [re.search(r"(\d{4}-\d\d-\d\d)", p).group(1) for p in paths] == manifest["roles"][role]["dates"]
@@ -62,7 +63,7 @@ def test_sample_files_carry_dates_and_wavelengths(manifest, role, bands, size, p
         assert band.GetScale() == pytest.approx(1e-4) and band.GetNoDataValue() == -32768
         assert band.DataType == gdal.GDT_Int16
     if role == "hs":
-        assert 400 <= wl[0] and wl[-1] <= 2500
+        assert wl[0] >= 400 and wl[-1] <= 2500
         bbl = [ds.GetRasterBand(b + 1).GetMetadataItem("bbl") for b in range(bands)]
         assert bbl.count("0") >= 6  # water-vapour bands kept, flagged
 

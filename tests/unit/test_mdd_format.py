@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from stsfusion.model.mdd import MDD, NODATA, Grid, MDDError, write_mdd_from_arrays
+from stsfusion.model.mdd.format import MDD, NODATA, Grid, MDDError, write_mdd_from_arrays
 
 
 def _grid(w=7, h=5, px=10.0):
@@ -19,9 +19,15 @@ def test_round_trip_window_and_mask(tmp_path):
     rng = np.random.default_rng(0)
     hs = rng.random((2, 3, 5, 7), dtype=np.float32)
     hs[1, :, 2, 3] = np.nan
-    mdd = write_mdd_from_arrays(str(tmp_path / "m.json"), _grid(), {
-        "hs": dict(dates=["2022-01-01", "2022-03-01"], values=hs, wavelengths=[450, 550, 650],
-                   native_pixel_size=30.0)})
+    mdd = write_mdd_from_arrays(
+        str(tmp_path / "m.json"),
+        _grid(),
+        {
+            "hs": dict(
+                dates=["2022-01-01", "2022-03-01"], values=hs, wavelengths=[450, 550, 650], native_pixel_size=30.0
+            )
+        },
+    )
     assert mdd.dates == ["2022-01-01", "2022-03-01"]
     assert mdd.scale_ratio("hs") == pytest.approx(3.0)
     out = mdd.read("hs", window=(2, 1, 4, 3))

@@ -4,7 +4,8 @@ scikit-image where it is importable)."""
 import numpy as np
 import pytest
 
-from stsfusion.model.metrics import MetricsError, assess, ssim_band
+from stsfusion.model.core.callbacks import Callbacks, Canceled
+from stsfusion.model.evaluation.metrics import MetricsError, assess, ssim_band
 
 
 def test_cc_by_hand():
@@ -83,9 +84,14 @@ def test_ssim_matches_scikit_image():
     f = r + rng.normal(0, 80, r.shape)
     res = assess(f, r)
     for b in range(2):
-        sk = metrics.structural_similarity(f[b], r[b], data_range=r[b].max() - r[b].min(),
-                                           gaussian_weights=True, sigma=1.5,
-                                           use_sample_covariance=False)
+        sk = metrics.structural_similarity(
+            f[b],
+            r[b],
+            data_range=r[b].max() - r[b].min(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         assert res["bands"][b]["SSIM"] == pytest.approx(sk, rel=1e-9)
 
 
@@ -102,11 +108,11 @@ def test_band_invalid_everywhere_is_skipped():
 
 
 def test_assess_rasters_scale_alignment_and_outputs(tmp_path):
-    from fixtures_assess import utm_grid
+    from helpers.assess import utm_grid
     from osgeo import gdal
 
-    from stsfusion.model.geotiff import spectral_band_metadata, write_geotiff
-    from stsfusion.model.metrics import assess_rasters
+    from stsfusion.model.evaluation.metrics import assess_rasters
+    from stsfusion.model.mdd.geotiff import spectral_band_metadata, write_geotiff
 
     rng = np.random.default_rng(5)
     ref = (rng.random((3, 16, 16)) * 0.5 + 0.1).astype(np.float32)
@@ -114,8 +120,9 @@ def test_assess_rasters_scale_alignment_and_outputs(tmp_path):
     grid = utm_grid(16, 16)
     md = spectral_band_metadata([500, 600, 700])
     # reference as int16 x 1e4 with scale 1e-4: assessed in reflectance
-    write_geotiff(str(tmp_path / "ref.tif"), np.round(ref * 1e4).astype(np.int16), grid,
-                  nodata=-32768, band_metadata=md)
+    write_geotiff(
+        str(tmp_path / "ref.tif"), np.round(ref * 1e4).astype(np.int16), grid, nodata=-32768, band_metadata=md
+    )
     ds = gdal.Open(str(tmp_path / "ref.tif"), gdal.GA_Update)
     for b in range(3):
         ds.GetRasterBand(b + 1).SetScale(1e-4)
@@ -127,8 +134,14 @@ def test_assess_rasters_scale_alignment_and_outputs(tmp_path):
     big_grid = utm_grid(20, 20, x0=500000.0 - 20, y0=5800000.0 + 20)
     write_geotiff(str(tmp_path / "fused.tif"), big, big_grid, nodata=-9999.0, band_metadata=md)
     logs = []
-    res = assess_rasters(str(tmp_path / "fused.tif"), str(tmp_path / "ref.tif"), 3.0,
-                         str(tmp_path / "t.csv"), str(tmp_path / "r.html"), log=logs.append)
+    res = assess_rasters(
+        str(tmp_path / "fused.tif"),
+        str(tmp_path / "ref.tif"),
+        3.0,
+        str(tmp_path / "t.csv"),
+        str(tmp_path / "r.html"),
+        callbacks=Callbacks(log=logs.append),
+    )
     assert any("warping" in m for m in logs)
     expect = assess(fused, ref_q, ratio=3.0)
     assert res["valid_pixels"] == 256
@@ -144,10 +157,10 @@ def test_assess_rasters_scale_alignment_and_outputs(tmp_path):
 
 
 def test_assess_rasters_errors_leave_nothing(tmp_path):
-    from fixtures_assess import utm_grid
+    from helpers.assess import utm_grid
 
-    from stsfusion.model.geotiff import write_geotiff
-    from stsfusion.model.metrics import assess_rasters
+    from stsfusion.model.evaluation.metrics import assess_rasters
+    from stsfusion.model.mdd.geotiff import write_geotiff
 
     grid = utm_grid(12, 12)
     write_geotiff(str(tmp_path / "a.tif"), np.ones((2, 12, 12), np.float32), grid)
@@ -159,3 +172,35 @@ def test_assess_rasters_errors_leave_nothing(tmp_path):
     with pytest.raises(MetricsError, match="No pixel is valid"):
         assess_rasters(str(tmp_path / "c.tif"), str(tmp_path / "a.tif"), 3, str(tmp_path / "t.csv"))
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_cancel_raises_canceled_and_writes_nothing(tmp_path):
+    from helpers.assess import utm_grid
+
+    from stsfusion.model.evaluation.metrics import assess_bands, assess_rasters
+    from stsfusion.model.mdd.geotiff import write_geotiff
+
+    rng = np.random.default_rng(4)
+    f, r = rng.random((3, 8, 8)), rng.random((3, 8, 8))
+    calls = []
+    with pytest.raises(Canceled):
+        assess_bands(
+            3,
+            lambda b: (f[b], r[b]),
+            3.0,
+            Callbacks(progress=lambda p, m: calls.append(p), is_canceled=lambda: len(calls) >= 2),
+        )
+    assert len(calls) == 2
+    grid = utm_grid(8, 8)
+    write_geotiff(str(tmp_path / "f.tif"), f.astype(np.float32), grid)
+    write_geotiff(str(tmp_path / "r.tif"), r.astype(np.float32), grid)
+    with pytest.raises(Canceled):
+        assess_rasters(
+            str(tmp_path / "f.tif"),
+            str(tmp_path / "r.tif"),
+            3.0,
+            str(tmp_path / "t.csv"),
+            str(tmp_path / "r.html"),
+            callbacks=Callbacks(is_canceled=lambda: True),
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tif", "r.tif"]

@@ -7,11 +7,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers.mdd import make_tiny_mdd, make_tiny_model
 
-from fixtures_mdd import make_tiny_mdd, make_tiny_model
-from stsfusion.model.mdd import MDD
-from stsfusion.model.model_file import FORMAT_VERSION, load_model, save_model
-from stsfusion.model.predictor import ModelError, load_predictor
+from stsfusion.model.mdd.format import MDD
+from stsfusion.model.nn.model_file import FORMAT_VERSION, load_model, save_model
+from stsfusion.model.nn.predictor import ModelError, load_predictor
 
 torch.set_num_threads(1)
 
@@ -21,6 +21,7 @@ def trained(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("model"), epochs=1)
 
 
+@pytest.mark.slow
 def test_round_trip_holds_everything_fusion_needs(trained):
     manifest, path, summary = trained
     meta, arrays, state = load_model(path)
@@ -44,6 +45,7 @@ def _expect(path, pattern):
         load_predictor(str(path), "cpu")
 
 
+@pytest.mark.slow
 def test_missing_corrupt_truncated_and_foreign_files(trained, tmp_path):
     _, path, _ = trained
     _expect(tmp_path / "nope.pt", "does not exist")
@@ -72,6 +74,7 @@ def test_a_pickle_with_code_is_refused_without_running_it(tmp_path):
     assert not os.path.exists(marker)
 
 
+@pytest.mark.slow
 def test_other_version_and_mismatched_weights(trained, tmp_path):
     _, path, _ = trained
     meta, arrays, state = load_model(path)
@@ -88,6 +91,7 @@ def test_other_version_and_mismatched_weights(trained, tmp_path):
     _expect(tmp_path / "k.pt", "do not match the declared kernel set 1/3")
 
 
+@pytest.mark.slow
 def test_check_compatible_names_what_differs(trained, tmp_path):
     _, path, _ = trained
     p = load_predictor(path, "cpu")
@@ -100,13 +104,13 @@ def test_check_compatible_names_what_differs(trained, tmp_path):
 
 
 def test_fill_in_time_interpolates_each_pixel_between_its_nearest_valid_dates():
-    from stsfusion.model.predictor import fill_in_time
+    from stsfusion.model.nn.predictor import fill_in_time
 
     values = np.repeat(np.array([1.0, 2.0, 4.0, 8.0], np.float32).reshape(4, 1, 1, 1), 3, axis=3)
     valid = np.ones((4, 1, 3), bool)
-    valid[1, 0, 0] = False        # pixel 0: gap at day 10 between days 0 (1.0) and 20 (4.0)
-    valid[2:, 0, 1] = False       # pixel 1: nothing after day 10 -> the nearest before
-    valid[:, 0, 2] = False        # pixel 2: never valid
+    valid[1, 0, 0] = False  # pixel 0: gap at day 10 between days 0 (1.0) and 20 (4.0)
+    valid[2:, 0, 1] = False  # pixel 1: nothing after day 10 -> the nearest before
+    valid[:, 0, 2] = False  # pixel 2: never valid
     out, ok = fill_in_time(values, valid, [0, 10, 20, 30], 10)
     np.testing.assert_allclose(out[0, 0, :2], [2.5, 2.0])  # 1 + (4 - 1) * 10 / 20; observed kept
     assert ok[0].tolist() == [True, True, False] and np.isnan(out[0, 0, 2])
@@ -114,20 +118,22 @@ def test_fill_in_time_interpolates_each_pixel_between_its_nearest_valid_dates():
     np.testing.assert_allclose(out[0, 0, :2], [6.0, 2.0])
 
 
+@pytest.mark.slow
 def test_a_cloud_in_the_dense_ms_of_a_date_without_fine_ms_is_filled(trained):
     manifest, path, _ = trained
     mdd = MDD.open(manifest)
-    date = mdd.dates[1]  # no fine MS; its dense MS has a nodata disc (fixtures_mdd)
+    date = mdd.dates[1]  # no fine MS; its dense MS has a nodata disc (helpers.mdd)
     assert date not in mdd.roles["fine_ms"].dates and not mdd.read_mask("dense_ms", dates=[date])[0].all()
     hs = load_predictor(path, "cpu").predict(mdd, (0, 0, mdd.grid.width, mdd.grid.height), date)
     assert np.isfinite(hs).all()  # was NaN under the cloud before gaps were filled in time
-    from fixtures_mdd import truth_path
+    from helpers.mdd import truth_path
 
     truth = np.load(truth_path(manifest))[1]
     cloud = ~mdd.read_mask("dense_ms", dates=[date])[0]
     assert np.sqrt(np.mean((hs[:, cloud] - truth[:, cloud]) ** 2)) < 0.2 * truth.mean()
 
 
+@pytest.mark.slow
 def test_an_hs_date_uses_its_own_hs_first_and_a_date_between_fine_ms_dates_both_sources(trained):
     manifest, path, _ = trained
     mdd = MDD.open(manifest)

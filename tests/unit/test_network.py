@@ -3,16 +3,27 @@
 import pytest
 import torch
 
-from stsfusion.model.network import (KERNEL_SETS, FusionNetwork, MultiScaleResidualBlock, NetworkError,
-                                     SpatialBranch, SpectralBranch, TemporalBranch, parse_kernels)
+from stsfusion.model.nn.network import (
+    KERNEL_SETS,
+    FusionNetwork,
+    MultiScaleResidualBlock,
+    NetworkError,
+    SpatialBranch,
+    SpectralBranch,
+    TemporalBranch,
+    parse_kernels,
+)
 
 torch.set_num_threads(1)
 KERNELS = list(KERNEL_SETS)
 
 
 def _all_params_have_grad(module):
-    return [n for n, p in module.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-            or float(p.grad.abs().sum()) == 0.0]
+    return [
+        n
+        for n, p in module.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or float(p.grad.abs().sum()) == 0.0
+    ]
 
 
 def _randomise(module, seed=0):
@@ -65,12 +76,31 @@ def test_branches_shapes_and_gradients(kernels):
 
 def _inputs(b, nf, nd, k, h, w, seed=0, n_refs=2):
     g = torch.Generator().manual_seed(seed)
-    r = lambda c: torch.randn(b, c, h, w, generator=g)  # noqa: E731
-    v = lambda: (torch.rand(b, 1, h, w, generator=g) > 0.2).float()  # noqa: E731
-    x = {"a": r(nf), "va": v(), "d": r(nd), "vd": v(), "fq": r(nf), "vfq": v(), "dq": r(nd), "vdq": v(),
-         "gap_q": torch.full((b, 1, 1, 1), 0.1)}
-    x["refs"] = [{"ar": r(nf), "var": v(), "dr": r(nd), "vdr": v(), "h": r(k), "vh": v(),
-                  "gap": torch.full((b, 1, 1, 1), 0.2 * (i + 1))} for i in range(n_refs)]
+    r = lambda c: torch.randn(b, c, h, w, generator=g)
+    v = lambda: (torch.rand(b, 1, h, w, generator=g) > 0.2).float()
+    x = {
+        "a": r(nf),
+        "va": v(),
+        "d": r(nd),
+        "vd": v(),
+        "fq": r(nf),
+        "vfq": v(),
+        "dq": r(nd),
+        "vdq": v(),
+        "gap_q": torch.full((b, 1, 1, 1), 0.1),
+    }
+    x["refs"] = [
+        {
+            "ar": r(nf),
+            "var": v(),
+            "dr": r(nd),
+            "vdr": v(),
+            "h": r(k),
+            "vh": v(),
+            "gap": torch.full((b, 1, 1, 1), 0.2 * (i + 1)),
+        }
+        for i in range(n_refs)
+    ]
     return x
 
 
@@ -87,18 +117,26 @@ def test_fusion_network_shapes_gradients_and_halo(kernels):
     halo = net.halo
     assert halo >= net.blur.radius + 2 * 3 * (max(parse_kernels(kernels)) // 2)
     y0, x0, hh, ww = 30, 32, 8, 9
-    sub = {k: (v[..., y0 - halo:y0 + hh + halo, x0 - halo:x0 + ww + halo] if v.shape[-1] > 1 else v)
-           for k, v in x.items() if k != "refs"}
-    sub["refs"] = [{k: (v[..., y0 - halo:y0 + hh + halo, x0 - halo:x0 + ww + halo] if v.shape[-1] > 1 else v)
-                    for k, v in r.items()} for r in x["refs"]]
+    sub = {
+        k: (v[..., y0 - halo : y0 + hh + halo, x0 - halo : x0 + ww + halo] if v.shape[-1] > 1 else v)
+        for k, v in x.items()
+        if k != "refs"
+    }
+    sub["refs"] = [
+        {
+            k: (v[..., y0 - halo : y0 + hh + halo, x0 - halo : x0 + ww + halo] if v.shape[-1] > 1 else v)
+            for k, v in r.items()
+        }
+        for r in x["refs"]
+    ]
     with torch.no_grad():
-        full = net.fuse(x)["scores"][..., y0:y0 + hh, x0:x0 + ww]
-        part = net.fuse(sub)["scores"][..., halo:halo + hh, halo:halo + ww]
+        full = net.fuse(x)["scores"][..., y0 : y0 + hh, x0 : x0 + ww]
+        part = net.fuse(sub)["scores"][..., halo : halo + hh, halo : halo + ww]
     assert torch.allclose(full, part, atol=1e-5)
 
 
 def _crop(x, y0, x0, h, w):
-    c = lambda v: v[..., y0:y0 + h, x0:x0 + w] if v.shape[-1] > 1 else v  # noqa: E731
+    c = lambda v: v[..., y0 : y0 + h, x0 : x0 + w] if v.shape[-1] > 1 else v
     out = {k: c(v) for k, v in x.items() if k != "refs"}
     out["refs"] = [{k: c(v) for k, v in r.items()} for r in x["refs"]]
     return out
@@ -106,17 +144,18 @@ def _crop(x, y0, x0, h, w):
 
 def test_halo_is_needed():
     """One pixel less context than the halo changes the result (single blur, 1x1 kernels: ~1e-3)."""
-    net = FusionNetwork(4, 6, 5, "1", hs_ratio=3.0, width=8, n_blocks=2, reference_smoothing=0.0,
-                        smooth_correction=False)
+    net = FusionNetwork(
+        4, 6, 5, "1", hs_ratio=3.0, width=8, n_blocks=2, reference_smoothing=0.0, smooth_correction=False
+    )
     _randomise(net, 2)
     x = _inputs(1, 4, 6, 5, 40, 40)
     h = net.halo
     assert h == net.blur.radius
     with torch.no_grad():
         full = net.fuse(x)["scores"][..., 15:25, 15:25]
-        ok = net.fuse(_crop(x, 15 - h, 15 - h, 10 + 2 * h, 10 + 2 * h))["scores"][..., h:h + 10, h:h + 10]
+        ok = net.fuse(_crop(x, 15 - h, 15 - h, 10 + 2 * h, 10 + 2 * h))["scores"][..., h : h + 10, h : h + 10]
         # the same 10x10 pixels with one pixel less context on each side
-        less = net.fuse(_crop(x, 16 - h, 16 - h, 8 + 2 * h, 8 + 2 * h))["scores"][..., h - 1:h + 9, h - 1:h + 9]
+        less = net.fuse(_crop(x, 16 - h, 16 - h, 8 + 2 * h, 8 + 2 * h))["scores"][..., h - 1 : h + 9, h - 1 : h + 9]
     assert torch.allclose(full, ok, atol=1e-5)
     assert not torch.allclose(full, less, atol=1e-5)
 

@@ -6,23 +6,32 @@ import re
 
 import pytest
 
-from stsfusion.model.report import ReportError, write_training_report
+from stsfusion.model.evaluation.report import ReportError, write_training_report
 
 TASKS = ["spatial", "temporal", "spectral"]
 
 
 def _history(n_epochs=6):
-    return [{"epoch": e + 1,
-             "loss": {t: 1.0 / (e + 1 + i) for i, t in enumerate(TASKS)},
-             "c": {t: 1.0 + 0.1 * e * (i + 1) for i, t in enumerate(TASKS)},
-             "time_s": 2.5 + e}
-            for e in range(n_epochs)]
+    return [
+        {
+            "epoch": e + 1,
+            "loss": {t: 1.0 / (e + 1 + i) for i, t in enumerate(TASKS)},
+            "c": {t: 1.0 + 0.1 * e * (i + 1) for i, t in enumerate(TASKS)},
+            "time_s": 2.5 + e,
+        }
+        for e in range(n_epochs)
+    ]
 
 
 def _info():
-    return {"parameters": {"epochs": 6, "kernels": "1,3,5", "note": "<b>not markup</b>"},
-            "device": "cpu", "time_s": 42.125, "peak_memory_mb": 512.5,
-            "pca_explained_variance": [0.8, 0.15, 0.04], "tasks": TASKS}
+    return {
+        "parameters": {"epochs": 6, "kernels": "1,3,5", "note": "<b>not markup</b>"},
+        "device": "cpu",
+        "time_s": 42.125,
+        "peak_memory_mb": 512.5,
+        "pca_explained_variance": [0.8, 0.15, 0.04],
+        "tasks": TASKS,
+    }
 
 
 def test_report_has_one_plot_per_task_and_the_run_facts(tmp_path):
@@ -36,7 +45,7 @@ def test_report_has_one_plot_per_task_and_the_run_facts(tmp_path):
         png = base64.b64decode(data)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(png) > 5000  # a drawn plot, not an empty canvas
-    assert len(set(data for _, data in plots)) == 3  # each task its own curves
+    assert len({data for _, data in plots}) == 3  # each task its own curves
 
     assert "cpu" in text and "42.12" in text and "512.5 MB" in text
     assert "80.000 %" in text and "99.000 %" in text  # PCA share and cumulative share

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from stsfusion.model import scene_series as ss
-from stsfusion.model.mdd import Grid
-from stsfusion.model.srf import sensor_preset
-from stsfusion.model.synthetic_scene import library_spectrum, synthetic_scene
+from stsfusion.model.core.grid import Grid
+from stsfusion.model.core.vocabulary import ROLES
+from stsfusion.model.simulation import sensors as sim_sensors
+from stsfusion.model.simulation import truth as sim_truth
+from stsfusion.model.simulation import writing as sim_writing
+from stsfusion.model.simulation.srf import sensor_preset
+from stsfusion.model.simulation.synthetic_scene import library_spectrum, synthetic_scene
 
-DATES = ss.season_dates("2022-04-10", 7, 25)
+DATES = sim_truth.season_dates("2022-04-10", 7, 25)
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +24,13 @@ def scene():
 
 @pytest.fixture(scope="module")
 def truth(scene):
-    return ss.simulate_truth(scene.hs, scene.wavelengths, DATES, seed=3, parcels=scene.parcels,
-                             unmixing=ss.unmixing_from_scene(scene))
+    return sim_truth.simulate_truth(
+        scene.hs, scene.wavelengths, DATES, seed=3, parcels=scene.parcels, unmixing=sim_truth.unmixing_from_scene(scene)
+    )
 
 
 def _sensors(scene, **overrides):
-    sensors = ss.default_sensors(scene.wavelengths, scene.fwhm)
+    sensors = sim_sensors.default_sensors(scene.wavelengths, scene.fwhm)
     for role, kw in overrides.items():
         for k, v in kw.items():
             setattr(sensors[role], k, v)
@@ -46,7 +50,7 @@ def test_unmix_finds_roles_and_explains_the_image():
     A[:, 0, :4] = np.eye(4)  # pure pixels exist, as ATGP assumes
     hs = np.tensordot(E, A, axes=(0, 0)).astype(np.float32)
     hs[:, 20:, 25:] = np.nan  # a hole stays a hole
-    u = ss.unmix(hs, wl, n_endmembers=4)
+    u = sim_truth.unmix(hs, wl, n_endmembers=4)
     assert np.nanmax(np.abs(u.residual)) < 0.01
     assert np.all(np.isnan(u.residual[:, 20:, 25:]))
     green = u.endmembers[u.roles["green"][0]]
@@ -58,11 +62,13 @@ def test_unmix_finds_roles_and_explains_the_image():
 
 
 def test_truth_is_deterministic_and_seed_dependent(scene, truth):
-    again = ss.simulate_truth(scene.hs, scene.wavelengths, DATES, seed=3, parcels=scene.parcels,
-                              unmixing=ss.unmixing_from_scene(scene))
+    again = sim_truth.simulate_truth(
+        scene.hs, scene.wavelengths, DATES, seed=3, parcels=scene.parcels, unmixing=sim_truth.unmixing_from_scene(scene)
+    )
     np.testing.assert_array_equal(truth.values, again.values)
-    other = ss.simulate_truth(scene.hs, scene.wavelengths, DATES, seed=4, parcels=scene.parcels,
-                              unmixing=ss.unmixing_from_scene(scene))
+    other = sim_truth.simulate_truth(
+        scene.hs, scene.wavelengths, DATES, seed=4, parcels=scene.parcels, unmixing=sim_truth.unmixing_from_scene(scene)
+    )
     assert not np.array_equal(truth.values, other.values)
     assert truth.values.shape == (7, scene.wavelengths.size, 48, 48)
     assert np.all(np.isfinite(truth.values))
@@ -93,24 +99,24 @@ def test_change_happens_per_field_not_everywhere(scene, truth):
 
 def test_schedules_follow_a_season():
     n = 200
-    p = ss.draw_schedules(n, np.random.default_rng(1))
-    kind = np.full(n, ss.SCHEDULES.index("winter_crop"))
-    before = ss.schedule_state(kind, p, np.full(n, 90.0))
-    peak = ss.schedule_state(kind, p, p["w_sen"] - 20)
-    after = ss.schedule_state(kind, p, p["w_harvest"] + 5)
+    p = sim_truth.draw_schedules(n, np.random.default_rng(1))
+    kind = np.full(n, sim_truth.SCHEDULES.index("winter_crop"))
+    before = sim_truth.schedule_state(kind, p, np.full(n, 90.0))
+    peak = sim_truth.schedule_state(kind, p, p["w_sen"] - 20)
+    after = sim_truth.schedule_state(kind, p, p["w_harvest"] + 5)
     assert np.all(peak[0] > before[0])  # green-up
     assert np.all(after[0] < 0.1) and np.all(after[2] > 0.7)  # harvested: bare soil
     for state in (before, peak, after):
         np.testing.assert_allclose(sum(state), 1.0, atol=1e-6)
-    kind[:] = ss.SCHEDULES.index("flooding")
-    wet = ss.schedule_state(kind, p, (p["fl_start"] + p["fl_end"]) / 2)
+    kind[:] = sim_truth.SCHEDULES.index("flooding")
+    wet = sim_truth.schedule_state(kind, p, (p["fl_start"] + p["fl_end"]) / 2)
     assert np.all(wet[3] > 0.5)
 
 
 def test_inputs_shapes_dates_wavelengths(scene, truth):
-    design = ss.SeriesDesign.paper(DATES)
-    images = ss.simulate_inputs(truth, scene.wavelengths, scene.fwhm, design, _sensors(scene), seed=1)
-    by_role = {r: [im for im in images if im.role == r] for r in ss.ROLES}
+    design = sim_sensors.SeriesDesign.paper(DATES)
+    images = sim_sensors.simulate_inputs(truth, scene.wavelengths, scene.fwhm, design, _sensors(scene), seed=1)
+    by_role = {r: [im for im in images if im.role == r] for r in ROLES}
     assert [im.date for im in by_role["hs"]] == [DATES[i] for i in (0, 2, 3, 6)]
     assert [im.date for im in by_role["fine_ms"]] == [im.date for im in by_role["hs"]]
     assert [im.date for im in by_role["dense_ms"]] == DATES
@@ -119,7 +125,7 @@ def test_inputs_shapes_dates_wavelengths(scene, truth):
     assert by_role["hs"][0].values.shape == (scene.wavelengths.size, 16, 16)
     np.testing.assert_allclose(by_role["dense_ms"][0].wavelengths, sensor_preset("gf6_wfv").centres())
     np.testing.assert_allclose(by_role["hs"][0].wavelengths, scene.wavelengths)
-    again = ss.simulate_inputs(truth, scene.wavelengths, scene.fwhm, design, _sensors(scene), seed=1)
+    again = sim_sensors.simulate_inputs(truth, scene.wavelengths, scene.fwhm, design, _sensors(scene), seed=1)
     for a, b in zip(images, again):
         np.testing.assert_array_equal(a.values, b.values)
     # A per-date, per-band gain between sensors, and misregistration of the coarse ones only.
@@ -130,10 +136,15 @@ def test_inputs_shapes_dates_wavelengths(scene, truth):
 
 
 def test_hs_noise_larger_in_swir_and_water_vapour_bands(scene):
-    flat = ss.TruthSeries(["2022-06-01"], np.full((1, scene.wavelengths.size, 60, 60), 0.3, np.float32),
-                          np.zeros((60, 60), int), np.zeros(1, int), None)
+    flat = sim_truth.TruthSeries(
+        ["2022-06-01"],
+        np.full((1, scene.wavelengths.size, 60, 60), 0.3, np.float32),
+        np.zeros((60, 60), int),
+        np.zeros(1, int),
+        None,
+    )
     spec = _sensors(scene, hs=dict(cloud_probability=0.0, max_shift=0.0))["hs"]
-    im = ss.observe(flat.values[0], scene.wavelengths, scene.fwhm, spec, np.random.default_rng(0))
+    im = sim_sensors.observe(flat.values[0], scene.wavelengths, scene.fwhm, spec, np.random.default_rng(0))
     noise = np.nanstd(im.values, axis=(1, 2))
     wl = scene.wavelengths
     vnir = noise[(wl >= 500) & (wl <= 800)].mean()
@@ -141,15 +152,17 @@ def test_hs_noise_larger_in_swir_and_water_vapour_bands(scene):
     assert swir > 1.5 * vnir
     assert noise[np.argmin(np.abs(wl - 1390))] > 5 * vnir
     assert noise[0] > 1.5 * vnir  # the blue band edge
-    sigma = ss.hs_noise_sigma(wl)
+    sigma = sim_sensors.hs_noise_sigma(wl)
     assert sigma[wl > 1000].min() > sigma[(wl > 500) & (wl < 800)].max()
 
 
 def test_clouds_are_nodata_in_inputs_only(scene, truth):
-    sensors = _sensors(scene, fine_ms=dict(cloud_probability=1.0), dense_ms=dict(cloud_probability=1.0),
-                       hs=dict(cloud_probability=1.0))
-    images = ss.simulate_inputs(truth, scene.wavelengths, scene.fwhm, ss.SeriesDesign.paper(DATES),
-                                sensors, seed=2)
+    sensors = _sensors(
+        scene, fine_ms=dict(cloud_probability=1.0), dense_ms=dict(cloud_probability=1.0), hs=dict(cloud_probability=1.0)
+    )
+    images = sim_sensors.simulate_inputs(
+        truth, scene.wavelengths, scene.fwhm, sim_sensors.SeriesDesign.paper(DATES), sensors, seed=2
+    )
     for im in images:
         holes = np.isnan(im.values)
         assert 0.02 < holes[0].mean() < 0.5 and im.cloud_fraction == pytest.approx(holes[0].mean())
@@ -159,43 +172,46 @@ def test_clouds_are_nodata_in_inputs_only(scene, truth):
 
 def test_covered_response_drops_bands_outside_the_hs_range():
     wl = np.arange(418.0, 2446.0, 10.0)
-    r = ss.covered_response(sensor_preset("gf6_wfv"), wl, np.full(wl.size, 8.0))
+    r = sim_sensors.covered_response(sensor_preset("gf6_wfv"), wl, np.full(wl.size, 8.0))
     assert r.n_bands == 7 and not any("violet" in n for n in r.names)
 
 
 def test_subpixel_shift_integer_and_nan():
     img = np.random.default_rng(0).random((2, 10, 10)).astype(np.float32)
-    out = ss.subpixel_shift(img, 1.0, -2.0)
+    out = sim_sensors.subpixel_shift(img, 1.0, -2.0)
     np.testing.assert_allclose(out[:, 1:, :-2], img[:, :-1, 2:], atol=1e-6)
     img[:, 5, 5] = np.nan
-    out = ss.subpixel_shift(img, 0.3, 0.0)  # the hole moves with the content
+    out = sim_sensors.subpixel_shift(img, 0.3, 0.0)  # the hole moves with the content
     assert np.isnan(out[0, 5, 5]) and np.isfinite(out[0, 6, 5]) and np.isfinite(out[0, 4, 5])
     assert np.isnan(out).sum() == 2
 
 
 def test_write_reflectance_round_trip(tmp_path):
     from osgeo import osr
+
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32633)
     grid = Grid(srs.ExportToWkt(), (500000.0, 10.0, 0.0, 5800000.0, 0.0, -10.0), 8, 6)
     values = np.random.default_rng(0).uniform(0, 0.5, (3, 6, 8)).astype(np.float32)
     values[:, 0, 0] = np.nan
     path = str(tmp_path / "fine_ms_2022-05-01.tif")
-    ss.write_reflectance(path, values, grid, "2022-05-01", [490, 560, 665], [60, 70, 50],
-                         ["B1", "B2", "B3"], {"SENSOR": "x"})
+    sim_writing.write_reflectance(
+        path, values, grid, "2022-05-01", [490, 560, 665], [60, 70, 50], ["B1", "B2", "B3"], {"SENSOR": "x"}
+    )
     assert sorted(os.listdir(tmp_path)) == ["fine_ms_2022-05-01.tif"]
     ds = gdal.Open(path)
     assert ds.GetMetadataItem("ACQUISITION_DATE") == "2022-05-01"
     b = ds.GetRasterBand(2)
-    assert b.GetScale() == pytest.approx(1e-4) and b.GetNoDataValue() == ss.INT_NODATA
+    assert b.GetScale() == pytest.approx(1e-4) and b.GetNoDataValue() == sim_writing.INT_NODATA
     assert float(b.GetMetadataItem("wavelength")) == 560 and b.GetMetadataItem("wavelength_units") == "nm"
     dn = ds.ReadAsArray()
-    assert dn.dtype == np.int16 and np.all(dn[:, 0, 0] == ss.INT_NODATA)
+    assert dn.dtype == np.int16 and np.all(dn[:, 0, 0] == sim_writing.INT_NODATA)
     np.testing.assert_allclose(dn[:, 1:] * 1e-4, values[:, 1:], atol=0.6e-4)
 
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))), "shared", "data")
+SHARED = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "shared", "data"
+)
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "enmap_potsdam")), reason="needs ../shared/data")
@@ -204,10 +220,10 @@ def test_benchmark_dataset_from_real_tiles(tmp_path):
     import importlib.util
     import json
     import shutil
+
     data = tmp_path / "data"
     (data / "enmap_potsdam").mkdir(parents=True)
-    for name in ("enmap_potsdam_tile_160_128.tif", "enmap_potsdam_tile_192_128.tif",
-                 "enmap_potsdam_tile_192_160.tif"):
+    for name in ("enmap_potsdam_tile_160_128.tif", "enmap_potsdam_tile_192_128.tif", "enmap_potsdam_tile_192_160.tif"):
         os.symlink(os.path.join(SHARED, "enmap_potsdam", name), data / "enmap_potsdam" / name)
     shutil.copytree(os.path.join(SHARED, "srf"), data / "srf")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -227,7 +243,7 @@ def test_benchmark_dataset_from_real_tiles(tmp_path):
     assert truth.RasterCount == 218 and (truth.RasterXSize, truth.RasterYSize) == (66, 66)
     assert truth.GetMetadataItem("ACQUISITION_DATE") == d["dates"][1]
     t = truth.GetRasterBand(1).ReadAsArray()
-    assert (t == ss.INT_NODATA).mean() == pytest.approx(1 - 3 * 32 * 32 / 66 ** 2)  # hole + padding
+    assert (t == sim_writing.INT_NODATA).mean() == pytest.approx(1 - 3 * 32 * 32 / 66**2)  # hole + padding
     hs = gdal.Open(str(out / f"hs_{d['hs_dates'][0]}.tif"))
     assert (hs.RasterCount, hs.RasterXSize, hs.RasterYSize, hs.GetGeoTransform()[1]) == (218, 22, 22, 90.0)
     dense = gdal.Open(str(out / f"dense_ms_{d['dates'][1]}.tif"))

@@ -5,9 +5,18 @@ import os
 import numpy as np
 import pytest
 
-from stsfusion.model.srf import (SRFError, SpectralResponse, gaussian_response, list_presets,
-                                 load_srf_file, preset_info, sensor_preset, spectral_resample,
-                                 subset, uncovered_bands)
+from stsfusion.model.simulation.srf import (
+    SpectralResponse,
+    SRFError,
+    gaussian_response,
+    list_presets,
+    load_srf_file,
+    preset_info,
+    sensor_preset,
+    spectral_resample,
+    subset,
+    uncovered_bands,
+)
 
 SRF_TEXT = """;; TEST/SENSOR RSR
 ;;
@@ -19,7 +28,7 @@ SRF_TEXT = """;; TEST/SENSOR RSR
 0.43\t1.0\t0.1
 0.44\t-0.01\t0
 ;;
-;; BAND B2 
+;; BAND B2\x20
 0.43 0.0
 0.44 2.0
 0.45 4.0

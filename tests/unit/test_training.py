@@ -6,12 +6,14 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers.mdd import make_tiny_mdd, make_tiny_model, truth_path
 
-from fixtures_mdd import make_tiny_mdd, make_tiny_model, truth_path
-from stsfusion.model.mdd import MDD, MDDError
-from stsfusion.model.predictor import load_predictor
-from stsfusion.model.training import train_fusion_model
-from stsfusion.model.training_data import HSPCA, TrainingDataError, day_number
+from stsfusion.model.core.callbacks import Callbacks, Canceled
+from stsfusion.model.core.vocabulary import day_number
+from stsfusion.model.mdd.format import MDD, MDDError
+from stsfusion.model.nn.predictor import load_predictor
+from stsfusion.model.nn.preprocessing import HSPCA, TrainingDataError
+from stsfusion.model.nn.training import train_fusion_model
 
 torch.set_num_threads(1)
 
@@ -21,9 +23,11 @@ def trained(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("train"), epochs=8, size=24)
 
 
+@pytest.mark.slow
 def test_every_task_loss_falls_and_history_is_complete(trained):
     _, path, summary = trained
     history = summary["history"]
+    assert "canceled" not in summary and summary["model_path"] == path  # a cancel raises Canceled instead
     assert [h["epoch"] for h in history] == list(range(1, 9))
     assert summary["info"]["tasks"] == ["spatial", "temporal", "spectral", "fusion"]
     for task in summary["info"]["tasks"]:
@@ -38,19 +42,22 @@ def test_every_task_loss_falls_and_history_is_complete(trained):
     assert os.path.isfile(path)
 
 
+@pytest.mark.slow
 def test_seeded_cpu_runs_are_identical(tmp_path):
     manifest = make_tiny_mdd(tmp_path, size=24)
     runs = []
     for name in ("a.pt", "b.pt"):
-        s = train_fusion_model(manifest, str(tmp_path / name), epochs=1, patch_size=12, batch_size=2,
-                               device="cpu", seed=7)
+        s = train_fusion_model(
+            manifest, str(tmp_path / name), epochs=1, patch_size=12, batch_size=2, device="cpu", seed=7
+        )
         runs.append(s)
     a = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0]["history"][0]["loss"] == runs[1]["history"][0]["loss"]
-    c = train_fusion_model(manifest, str(tmp_path / "c.pt"), epochs=1, patch_size=12, batch_size=2,
-                           device="cpu", seed=8)
+    c = train_fusion_model(
+        manifest, str(tmp_path / "c.pt"), epochs=1, patch_size=12, batch_size=2, device="cpu", seed=8
+    )
     assert c["history"][0]["loss"] != runs[0]["history"][0]["loss"]
 
 
@@ -85,11 +92,15 @@ def test_cancel_stops_and_writes_nothing(tmp_path):
         calls.append(1)
         return len(calls) > 3
 
-    s = train_fusion_model(manifest, str(tmp_path / "m.pt"), epochs=50, patch_size=8, is_canceled=canceled)
-    assert s["canceled"] and s["model_path"] is None and len(calls) == 4
+    with pytest.raises(Canceled):
+        train_fusion_model(
+            manifest, str(tmp_path / "m.pt"), epochs=50, patch_size=8, callbacks=Callbacks(is_canceled=canceled)
+        )
+    assert len(calls) == 4
     assert _no_model(tmp_path)
 
 
+@pytest.mark.slow
 def test_tiles_equal_a_one_tile_run(tmp_path):
     manifest, path, _ = make_tiny_model(tmp_path, kernels="1/3", epochs=1, size=36)
     p = load_predictor(path, "cpu")
@@ -102,7 +113,7 @@ def test_tiles_equal_a_one_tile_run(tmp_path):
         wy0, wx0 = max(0, y0 - h), max(0, x0 - h)
         wy1, wx1 = min(36, y0 + 18 + h), min(36, x0 + 18 + h)
         out = p.predict(mdd, (wx0, wy0, wx1 - wx0, wy1 - wy0), date)
-        tiled[:, y0:y0 + 18, x0:x0 + 18] = out[:, y0 - wy0:y0 - wy0 + 18, x0 - wx0:x0 - wx0 + 18]
+        tiled[:, y0 : y0 + 18, x0 : x0 + 18] = out[:, y0 - wy0 : y0 - wy0 + 18, x0 - wx0 : x0 - wx0 + 18]
     assert full.shape == (40, 36, 36) and full.dtype == np.float32
     np.testing.assert_allclose(tiled, full, atol=2e-5, equal_nan=True)
 
@@ -130,6 +141,7 @@ def _rmse(a, b):
     return float(np.sqrt(np.mean((a[:, ok] - b[:, ok]) ** 2)))
 
 
+@pytest.mark.slow
 def test_model_beats_nearest_hs_date_on_dates_without_hs(tmp_path):
     manifest, path, _ = make_tiny_model(tmp_path, epochs=12, size=36)
     p = load_predictor(path, "cpu")
@@ -150,9 +162,10 @@ def test_model_beats_nearest_hs_date_on_dates_without_hs(tmp_path):
         assert fused < 0.6 * nearest, (date, fused, nearest)
 
 
+@pytest.mark.slow
 def test_hs_bands_without_data_train_and_come_out_nan(tmp_path):
     """EnMAP-like absorption bands: NODATA in every pixel of two bands, the pixels otherwise valid."""
-    from stsfusion.model.mdd import NODATA, write_mdd_from_arrays
+    from stsfusion.model.mdd.format import NODATA, write_mdd_from_arrays
 
     m = MDD.open(make_tiny_mdd(tmp_path / "src", size=24, cloud=False))
     roles = {}
@@ -160,8 +173,9 @@ def test_hs_bands_without_data_train_and_come_out_nan(tmp_path):
         v = m.read(role)
         if role == "hs":
             v[:, 10:12] = NODATA
-        roles[role] = dict(dates=s.dates, values=v, wavelengths=s.wavelengths, fwhm=s.fwhm,
-                           native_pixel_size=s.native_pixel_size)
+        roles[role] = dict(
+            dates=s.dates, values=v, wavelengths=s.wavelengths, fwhm=s.fwhm, native_pixel_size=s.native_pixel_size
+        )
     manifest = str(tmp_path / "bad.json")
     mdd = write_mdd_from_arrays(manifest, m.grid, roles)
     assert mdd.read_mask("hs").all()

@@ -1,0 +1,49 @@
+"""Peak memory of this process, measured portably (no Unix-only import at module level)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident memory in MiB, or None where the platform does not say."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return _peak_rss_windows_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB elsewhere
+
+
+def _peak_rss_windows_mb() -> float | None:
+    try:
+        import ctypes
+        from ctypes import wintypes
+
+        class _Counters(ctypes.Structure):
+            _fields_ = [
+                ("cb", wintypes.DWORD),
+                ("PageFaultCount", wintypes.DWORD),
+                ("PeakWorkingSetSize", ctypes.c_size_t),
+                ("WorkingSetSize", ctypes.c_size_t),
+                ("QuotaPeakPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaNonPagedPoolUsage", ctypes.c_size_t),
+                ("PagefileUsage", ctypes.c_size_t),
+                ("PeakPagefileUsage", ctypes.c_size_t),
+            ]
+
+        counters = _Counters()
+        counters.cb = ctypes.sizeof(counters)
+        process = ctypes.windll.kernel32.GetCurrentProcess()
+        if not ctypes.windll.psapi.GetProcessMemoryInfo(process, ctypes.byref(counters), counters.cb):
+            return None
+        return counters.PeakWorkingSetSize / 2**20
+    except (AttributeError, OSError, ImportError):
+        return None
+
+
+def format_mb(value: float | None) -> str:
+    """'684 MB', or 'n/a' where the platform does not report it."""
+    return "n/a" if value is None else f"{value:.0f} MB"

@@ -1,0 +1,1 @@
+"""Accuracy metrics of fused images against a reference, and the training report."""

@@ -1,0 +1,1 @@
+"""The MDD on disk: raster I/O with GDAL (inputs, GeoTIFF writers), the MDD format, and Build MDD stack."""

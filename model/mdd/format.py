@@ -1,0 +1,305 @@
+"""The MDD: every input on one fine grid, as a 4-D stack (time × band × row × col) per sensor role.
+
+On disk an MDD is a JSON manifest plus, per role, two tiled compressed GeoTIFFs beside it:
+- ``<stem>_<role>.tif``: float32, dates × bands as GeoTIFF bands (band index = date * n_bands + band),
+  band descriptions ``YYYY-MM-DD <wavelength> nm``, physical values (scale/offset applied),
+  ``NODATA`` where the input was invalid;
+- ``<stem>_<role>_mask.tif``: uint8, one band per date, 1 where the input was valid.
+
+Readers use windowed reads only, so an MDD larger than memory can be read tile by tile.
+No QGIS import here: this module is used by the algorithms, the tests and the benchmarks alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal
+
+from ..core.grid import Grid
+from ..core.vocabulary import ROLE_LABELS, ROLES
+from .geotiff import GeoTiffWriter, WriterGroup, write_text_atomic
+
+gdal.UseExceptions()
+
+FORMAT = "sts-fusion-mdd"
+FORMAT_VERSION = 1
+NODATA = -9999.0
+
+
+class MDDError(ValueError):
+    """An MDD that cannot be read or written; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class RoleStack:
+    """One role's stack: its dates, bands and files, plus where its pixels came from."""
+
+    role: str
+    path: str  # absolute path of the data GeoTIFF
+    mask_path: str  # absolute path of the validity GeoTIFF
+    dates: list  # ISO dates, ascending
+    wavelengths: list | None  # band centres in nm, or None when unknown (MS roles only)
+    fwhm: list | None = None
+    native_pixel_size: float = 0.0  # source pixel size, in the grid's CRS units
+    layers: list = field(default_factory=list)  # source layer names, one per date
+    band_names: list | None = None
+    bbl: list | None = None  # bad band list (1 good, 0 bad): bad bands do not count for validity
+
+    @property
+    def n_dates(self) -> int:
+        return len(self.dates)
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.wavelengths) if self.wavelengths else len(self.band_names or [])
+
+    def to_json(self, base: str) -> dict:
+        return {
+            "file": os.path.relpath(self.path, base),
+            "mask_file": os.path.relpath(self.mask_path, base),
+            "dates": self.dates,
+            "wavelengths": self.wavelengths,
+            "fwhm": self.fwhm,
+            "band_count": self.n_bands,
+            "band_names": self.band_names,
+            "native_pixel_size": self.native_pixel_size,
+            "layers": self.layers,
+            "bbl": self.bbl,
+        }
+
+
+def band_description(date: str, wavelength: float | None, band_index: int) -> str:
+    if wavelength is None:
+        return f"{date} band {band_index + 1}"
+    return f"{date} {wavelength:g} nm"
+
+
+class MDD:
+    """A read-only view of an MDD on disk. Open with ``MDD.open(manifest_path)``."""
+
+    def __init__(self, path: str, grid: Grid, roles: dict) -> None:
+        self.path = path
+        self.grid = grid
+        self.roles = roles  # role -> RoleStack, in ROLES order
+
+    @classmethod
+    def open(cls, manifest_path: str) -> MDD:
+        try:
+            with open(manifest_path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise MDDError(f"MDD manifest {manifest_path} does not exist: run 'Build MDD stack' first.") from None
+        except (OSError, ValueError) as e:
+            raise MDDError(
+                f"MDD manifest {manifest_path} is not readable JSON ({e}): rebuild it with 'Build MDD stack'."
+            ) from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise MDDError(
+                f"{manifest_path} is not an STS Fusion MDD manifest: choose the .json written by 'Build MDD stack'."
+            )
+        if d.get("format_version") != FORMAT_VERSION:
+            raise MDDError(
+                f"MDD {manifest_path} has format version {d.get('format_version')}, this "
+                f"plugin reads version {FORMAT_VERSION}: rebuild it with 'Build MDD stack'."
+            )
+        base = os.path.dirname(os.path.abspath(manifest_path))
+        roles = {}
+        for role in ROLES:
+            r = d["roles"].get(role)
+            if r is None:
+                continue
+            stack = RoleStack(
+                role=role,
+                path=os.path.join(base, r["file"]),
+                mask_path=os.path.join(base, r["mask_file"]),
+                dates=list(r["dates"]),
+                wavelengths=r.get("wavelengths"),
+                fwhm=r.get("fwhm"),
+                native_pixel_size=float(r.get("native_pixel_size") or 0.0),
+                layers=list(r.get("layers") or []),
+                band_names=r.get("band_names"),
+                bbl=r.get("bbl"),
+            )
+            for p in (stack.path, stack.mask_path):
+                if not os.path.exists(p):
+                    raise MDDError(
+                        f"The {ROLE_LABELS[role]} stack file {p} named by {manifest_path} is "
+                        "missing: keep the manifest and its stacks together, or rebuild the MDD."
+                    )
+            roles[role] = stack
+        return cls(os.path.abspath(manifest_path), Grid.from_json(d["grid"]), roles)
+
+    @property
+    def dates(self) -> list:
+        """Every date of the series (the union over roles), ascending."""
+        return sorted({d for s in self.roles.values() for d in s.dates})
+
+    def scale_ratio(self, role: str) -> float:
+        """How many fine-grid pixels one source pixel of this role spans (>= 1 for coarse roles)."""
+        s = self.roles[role]
+        return max(1.0, s.native_pixel_size / self.grid.pixel_size) if s.native_pixel_size else 1.0
+
+    def _window(self, window):
+        if window is None:
+            return 0, 0, self.grid.width, self.grid.height
+        xoff, yoff, xsize, ysize = (int(v) for v in window)
+        if xoff < 0 or yoff < 0 or xoff + xsize > self.grid.width or yoff + ysize > self.grid.height:
+            raise MDDError(f"Window {window} lies outside the {self.grid.width}x{self.grid.height} grid.")
+        return xoff, yoff, xsize, ysize
+
+    def _date_indices(self, stack: RoleStack, dates):
+        if dates is None:
+            return list(range(stack.n_dates))
+        missing = [d for d in dates if d not in stack.dates]
+        if missing:
+            raise MDDError(f"{ROLE_LABELS[stack.role]} has no image on {', '.join(missing)}.")
+        return [stack.dates.index(d) for d in dates]
+
+    def read_mask(self, role: str, window: tuple | None = None, dates: list[str] | None = None) -> np.ndarray:
+        """Validity, bool (time, row, col): True where the role's input was valid."""
+        stack = self.roles[role]
+        xoff, yoff, xs, ys = self._window(window)
+        idx = self._date_indices(stack, dates)
+        ds = gdal.Open(stack.mask_path)
+        out = np.empty((len(idx), ys, xs), dtype=bool)
+        for i, t in enumerate(idx):
+            out[i] = ds.GetRasterBand(t + 1).ReadAsArray(xoff, yoff, xs, ys) > 0
+        return out
+
+    def read(self, role: str, window: tuple | None = None, dates: list[str] | None = None) -> np.ndarray:
+        """Values, float32 (time, band, row, col), NaN where the role's input was invalid."""
+        stack = self.roles[role]
+        xoff, yoff, xs, ys = self._window(window)
+        idx = self._date_indices(stack, dates)
+        nb = stack.n_bands
+        ds = gdal.Open(stack.path)
+        out = np.empty((len(idx), nb, ys, xs), dtype=np.float32)
+        for i, t in enumerate(idx):
+            for b in range(nb):
+                out[i, b] = ds.GetRasterBand(t * nb + b + 1).ReadAsArray(xoff, yoff, xs, ys)
+        valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
+        out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
+        return out
+
+
+def read_values(mdd: MDD, role: str, window: tuple | None = None, dates: list | None = None) -> np.ndarray:
+    """``mdd.read``, with NODATA inside valid pixels (a band without data, e.g. an absorption band)
+    as NaN."""
+    values = mdd.read(role, window=window, dates=dates)
+    values[values == NODATA] = np.nan
+    return values
+
+
+class RoleStackWriter:
+    """Writes one role's stack and mask under temporary names; ``commit()`` renames them into place.
+
+    Writes go by window (``write(date_index, values, valid, window)``), so a role is never held in
+    memory whole. ``abort()`` removes the temporary files (used on error and on cancel).
+    """
+
+    def __init__(self, stack: RoleStack, grid: Grid) -> None:
+        self.stack = stack
+        nb = stack.n_bands
+        descriptions, band_md = [], []
+        for date in stack.dates:
+            for b in range(nb):
+                wl = stack.wavelengths[b] if stack.wavelengths else None
+                descriptions.append(band_description(date, wl, b))
+                md = {"date": date}
+                if wl is not None:
+                    md.update(wavelength=f"{wl:g}", wavelength_units="nm")
+                    if stack.fwhm:
+                        md["fwhm"] = f"{stack.fwhm[b]:g}"
+                if stack.bbl:
+                    md["bbl"] = str(stack.bbl[b])
+                band_md.append(md)
+        role_md = {"STSFUSION_ROLE": stack.role}
+        self._data = GeoTiffWriter(
+            stack.path, grid, stack.n_dates * nb, gdal.GDT_Float32, NODATA, descriptions, band_md, role_md
+        )
+        try:
+            self._mask = GeoTiffWriter(
+                stack.mask_path,
+                grid,
+                stack.n_dates,
+                gdal.GDT_Byte,
+                None,
+                [f"{d} valid" for d in stack.dates],
+                None,
+                role_md,
+            )
+        except BaseException:
+            self._data.abort()
+            raise
+
+    def write(self, date_index: int, values: np.ndarray, valid: np.ndarray, window: tuple | None = None) -> None:
+        """values (band, row, col); valid (row, col) bool; window (xoff, yoff, xsize, ysize)."""
+        v = np.where(valid[None], values, NODATA).astype(np.float32)
+        self._data.write(v, window, first_band=date_index * self.stack.n_bands)
+        self._mask.write(valid[None].astype(np.uint8), window, first_band=date_index)
+
+    def commit(self) -> None:
+        self._data.commit()
+        self._mask.commit()
+
+    def abort(self) -> None:
+        self._data.abort()
+        self._mask.abort()
+
+
+def stack_paths(manifest_path: str, role: str) -> tuple:
+    stem = os.path.splitext(os.path.abspath(manifest_path))[0]
+    return f"{stem}_{role}.tif", f"{stem}_{role}_mask.tif"
+
+
+def write_manifest(manifest_path: str, grid: Grid, stacks: dict, extra: dict | None = None) -> None:
+    """Writes the manifest atomically (temporary name, then rename)."""
+    base = os.path.dirname(os.path.abspath(manifest_path))
+    d = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "grid": grid.to_json(),
+        "dates": sorted({t for s in stacks.values() for t in s.dates}),
+        "nodata": NODATA,
+        "roles": {role: stacks[role].to_json(base) for role in ROLES if role in stacks},
+    }
+    if extra:
+        d.update(extra)
+    write_text_atomic(manifest_path, json.dumps(d, indent=1))
+
+
+def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
+    """Writes a whole MDD from in-memory arrays (tests, samples, simulations).
+
+    ``roles``: role -> dict(dates=[...], values=float32 (time, band, row, col) with NaN where
+    invalid, wavelengths=[...] or None, fwhm=None, native_pixel_size=float, layers=None).
+    """
+    stacks = {}
+    with WriterGroup() as writers:
+        for role, r in roles.items():
+            values = np.asarray(r["values"], dtype=np.float32)
+            path, mask_path = stack_paths(manifest_path, role)
+            wl = r.get("wavelengths")
+            stack = RoleStack(
+                role=role,
+                path=path,
+                mask_path=mask_path,
+                dates=list(r["dates"]),
+                wavelengths=[float(w) for w in wl] if wl is not None else None,
+                fwhm=r.get("fwhm"),
+                native_pixel_size=float(r.get("native_pixel_size", 0.0)),
+                layers=list(r.get("layers") or r["dates"]),
+                band_names=None if wl is not None else [f"band {b + 1}" for b in range(values.shape[1])],
+            )
+            w = RoleStackWriter(stack, grid)
+            writers.append(w)
+            for t in range(values.shape[0]):
+                valid = np.all(np.isfinite(values[t]), axis=0)
+                w.write(t, np.nan_to_num(values[t], nan=NODATA), valid)
+            stacks[role] = stack
+    write_manifest(manifest_path, grid, stacks)
+    return MDD.open(manifest_path)

@@ -1,0 +1,234 @@
+"""GeoTIFF writing and band-metadata reading shared by every module that touches raster files.
+
+Writers create the file under a temporary name in the destination folder and rename it when
+complete (``commit``), so a failure or a cancel never leaves a half-written GeoTIFF behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+from osgeo import gdal
+
+from ..core.grid import Grid
+
+gdal.UseExceptions()
+
+CREATION_OPTIONS = [
+    "TILED=YES",
+    "BLOCKXSIZE=256",
+    "BLOCKYSIZE=256",
+    "COMPRESS=DEFLATE",
+    "BIGTIFF=IF_SAFER",
+    "INTERLEAVE=BAND",
+]
+_UNIT_TO_NM = {
+    "nm": 1.0,
+    "nanometers": 1.0,
+    "nanometer": 1.0,
+    "um": 1000.0,
+    "µm": 1000.0,
+    "micrometers": 1000.0,
+    "micrometer": 1000.0,
+    "microns": 1000.0,
+    "micron": 1000.0,
+    "mm": 1e6,
+    "millimeters": 1e6,
+}
+
+
+class GeoTiffWriter:
+    """A tiled, compressed GeoTIFF written by window under ``<path>.part.tif``.
+
+    ``band_metadata``: one dict per band (e.g. wavelength, wavelength_units, fwhm);
+    ``descriptions``: one string per band; ``scale``/``offset``: the band scaling that turns
+    stored values into physical ones (e.g. int16 reflectance x 1e4 with scale 0.0001).
+    Use as a context manager: an exception aborts.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        grid: Grid,
+        n_bands: int,
+        dtype: int = gdal.GDT_Float32,
+        nodata: float | None = None,
+        descriptions: Sequence[str] | None = None,
+        band_metadata: Sequence[dict | None] | None = None,
+        metadata: dict | None = None,
+        scale: float | None = None,
+        offset: float | None = None,
+    ) -> None:
+        self.path = path
+        self._tmp = path + ".part.tif"
+        options = list(CREATION_OPTIONS)
+        if dtype in (gdal.GDT_Float32, gdal.GDT_Float64):
+            options.append("PREDICTOR=3")
+        self._ds = gdal.GetDriverByName("GTiff").Create(self._tmp, grid.width, grid.height, n_bands, dtype, options)
+        self._ds.SetGeoTransform(tuple(grid.geotransform))
+        self._ds.SetProjection(grid.crs_wkt)
+        for b in range(n_bands):
+            band = self._ds.GetRasterBand(b + 1)
+            if nodata is not None:
+                band.SetNoDataValue(float(nodata))
+            if descriptions:
+                band.SetDescription(descriptions[b])
+            if band_metadata and band_metadata[b]:
+                band.SetMetadata({k: str(v) for k, v in band_metadata[b].items()})
+            if scale is not None:
+                band.SetScale(float(scale))
+            if offset is not None:
+                band.SetOffset(float(offset))
+        if metadata:
+            self._ds.SetMetadata({k: str(v) for k, v in metadata.items()})
+
+    def write(self, values: np.ndarray, window: tuple | None = None, first_band: int = 0) -> None:
+        """values (band, row, col) written at window (xoff, yoff, ...) from band ``first_band``."""
+        xoff, yoff = (0, 0) if window is None else (int(window[0]), int(window[1]))
+        for b in range(values.shape[0]):
+            self._ds.GetRasterBand(first_band + b + 1).WriteArray(values[b], xoff, yoff)
+
+    def commit(self) -> None:
+        self._ds.FlushCache()
+        self._ds = None
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._ds = None
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+class WriterGroup(list):
+    """Writers whose files land together or not at all (e.g. one GeoTIFF per date).
+
+    ``with WriterGroup() as writers: writers.append(...)``: on a clean exit every writer is
+    committed (renamed into place); an exception, a cancel included, aborts every writer, so no
+    partial series is left behind.
+    """
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                for w in self:
+                    w.commit()
+                return False
+        except BaseException:
+            self._abort_all()
+            raise
+        self._abort_all()
+        return False
+
+    def _abort_all(self):
+        for w in self:
+            w.abort()
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes a text file under ``<path>.part`` and renames it: readers never see half a file."""
+    tmp = path + ".part"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def spectral_band_metadata(
+    wavelengths: Sequence[float], fwhm: Sequence[float] | None = None, extra: dict | None = None
+) -> list:
+    """Band metadata in the convention QGIS, GDAL and the EnMAP-Box read: wavelength in nm."""
+    out = []
+    for b, wl in enumerate(wavelengths):
+        md = {"wavelength": f"{float(wl):g}", "wavelength_units": "nm"}
+        if fwhm is not None:
+            md["fwhm"] = f"{float(fwhm[b]):g}"
+        if extra:
+            md.update(extra)
+        out.append(md)
+    return out
+
+
+def write_geotiff(
+    path: str,
+    values: np.ndarray,
+    grid: Grid,
+    nodata: float | None = None,
+    descriptions: Sequence[str] | None = None,
+    band_metadata: Sequence[dict | None] | None = None,
+    metadata: dict | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
+) -> None:
+    """Writes a whole (band, row, col) array at once (small rasters: samples, tests, reports)."""
+    dtype = {
+        np.dtype(np.uint8): gdal.GDT_Byte,
+        np.dtype(np.int16): gdal.GDT_Int16,
+        np.dtype(np.float64): gdal.GDT_Float64,
+    }.get(np.asarray(values).dtype, gdal.GDT_Float32)
+    with GeoTiffWriter(
+        path, grid, values.shape[0], dtype, nodata, descriptions, band_metadata, metadata, scale, offset
+    ) as w:
+        w.write(values)
+
+
+def _to_nm(value: float, units: str | None) -> float:
+    factor = _UNIT_TO_NM.get((units or "").strip().lower())
+    if factor is None:
+        # No or unknown units: guess from magnitude (micrometres are < 30, nanometres > 100).
+        factor = 1000.0 if value < 30 else 1.0
+    return value * factor
+
+
+def read_band_wavelengths(ds: gdal.Dataset) -> tuple[list[float] | None, list[float] | None]:
+    """Band centre wavelengths and FWHM in nm from GDAL band metadata or an ENVI header.
+
+    Returns (wavelengths, fwhm); each a list of floats, or None when the raster does not say.
+    """
+    n = ds.RasterCount
+    wl, fw = [], []
+    for b in range(1, n + 1):
+        md = {k.lower(): v for k, v in (ds.GetRasterBand(b).GetMetadata() or {}).items()}
+        units = md.get("wavelength_units") or md.get("units")
+        if "wavelength" in md:
+            try:
+                wl.append(_to_nm(float(md["wavelength"]), units))
+                fw.append(_to_nm(float(md["fwhm"]), units) if "fwhm" in md else None)
+                continue
+            except ValueError:
+                pass
+        break
+    envi = {k.lower(): v for k, v in (ds.GetMetadata("ENVI") or {}).items()}
+    if len(wl) == n and n > 0:
+        if any(f is None for f in fw):
+            # GDAL's ENVI driver copies `wavelength` to the bands but leaves `fwhm` in the header.
+            envi_fwhm = [float(v) for v in re.findall(r"[-+0-9.eE]+", envi.get("fwhm", ""))]
+            units = envi.get("wavelength_units")
+            fw = [_to_nm(v, units) for v in envi_fwhm] if len(envi_fwhm) == n else fw
+        return wl, (fw if all(f is not None for f in fw) else None)
+    if "wavelength" in envi:
+        values = [float(v) for v in re.findall(r"[-+0-9.eE]+", envi["wavelength"])]
+        units = envi.get("wavelength_units")
+        if len(values) == n:
+            fwhm = [float(v) for v in re.findall(r"[-+0-9.eE]+", envi.get("fwhm", ""))]
+            return ([_to_nm(v, units) for v in values], [_to_nm(v, units) for v in fwhm] if len(fwhm) == n else None)
+    return None, None

@@ -1,0 +1,329 @@
+"""The three-branch multi-task fusion network (PyTorch only; see model/README.md for the design).
+
+Every module here works on one date at a time, tensors (batch, channel, row, col), values already
+normalised (MS: per-band z-scores; HS: scaled PCA scores), invalid pixels filled with 0 and
+described by validity channels (batch, 1, row, col) of 0/1. The data side (model/training_data.py,
+model/predictor.py) turns (time, band, row, col) stacks of an MDD into these per-date tensors.
+
+All convolutions pad with zeros, and every fill value is a constant, so a pixel's output depends
+only on the pixels within ``FusionNetwork.halo`` of it: tiled fusion equals a one-tile run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .options import KERNEL_SETS
+
+
+class NetworkError(ValueError):
+    """An invalid network configuration."""
+
+
+def parse_kernels(kernels: str) -> tuple:
+    """ "1", "1/3" or "1/3/5" -> the tuple of kernel sizes (the block's cardinality is its length)."""
+    key = str(kernels).strip().replace(",", "/").replace(" ", "")
+    if key not in KERNEL_SETS:
+        raise NetworkError(f"Unknown kernel set '{kernels}': choose one of {', '.join(KERNEL_SETS)}.")
+    return KERNEL_SETS[key]
+
+
+class MultiScaleResidualBlock(nn.Module):
+    """y = x + sum_i F_i(x): one group per kernel size k_i, F_i = 1x1 -> kxk -> 1x1 (ResNeXt-like).
+
+    Input and output (batch, channels, row, col). The groups run in parallel, so a larger kernel set
+    adds width (cardinality), not depth.
+    """
+
+    def __init__(self, channels: int, kernels: tuple, group_width: int = 16) -> None:
+        super().__init__()
+        self.kernels = tuple(kernels)
+        self.groups = nn.ModuleList()
+        for k in self.kernels:
+            group = nn.Sequential(
+                nn.Conv2d(channels, group_width, 1),
+                nn.ReLU(),
+                nn.Conv2d(group_width, group_width, k, padding=k // 2),
+                nn.ReLU(),
+                nn.Conv2d(group_width, channels, 1),
+            )
+            with torch.no_grad():  # a small residual at start keeps a deep stack near identity
+                group[-1].weight.mul_(0.1)
+            self.groups.append(group)
+
+    @property
+    def radius(self) -> int:
+        return max(self.kernels) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for group in self.groups:
+            out = out + group(x)
+        return out
+
+
+class Trunk(nn.Module):
+    """1x1 stem -> n multi-scale residual blocks -> 1x1 output (zero-initialised: starts at the prior).
+
+    forward(x (B, in, H, W)) -> (output (B, out, H, W), features (B, width, H, W)).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernels: tuple, width: int, n_blocks: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, width, 1)
+        self.blocks = nn.Sequential(*[MultiScaleResidualBlock(width, kernels) for _ in range(n_blocks)])
+        self.out = nn.Conv2d(width, out_ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.radius = n_blocks * (max(kernels) // 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.blocks(torch.relu(self.stem(x)))
+        return self.out(features), features
+
+
+class SpatialBranch(nn.Module):
+    """Dense MS at date t -> fine MS at t: the detail the fine sensor adds over the resampled dense MS.
+
+    Prior: a learned linear band mapping (1x1) of the dense MS; the trunk adds the spatial detail.
+    forward(d (B, n_dense, H, W), vd (B, 1, H, W)) -> (fine MS (B, n_fine, H, W), features).
+    """
+
+    def __init__(self, n_dense: int, n_fine: int, kernels: tuple, width: int, n_blocks: int) -> None:
+        super().__init__()
+        self.linear = nn.Conv2d(n_dense, n_fine, 1)
+        self.trunk = Trunk(n_dense + 1, n_fine, kernels, width, n_blocks)
+
+    def forward(self, d: torch.Tensor, vd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        detail, features = self.trunk(torch.cat([d, vd], 1))
+        return self.linear(d) + detail, features
+
+
+class TemporalBranch(nn.Module):
+    """Fine MS at a date q plus dense MS at q and t -> fine MS at t: the change between dates.
+
+    Prior: f_q + L(d_t - d_q) (the dense-MS change mapped to the fine bands, STARFM-like); the trunk
+    corrects it where the change is finer than the dense pixel or not linear.
+    forward(f_q (B, n_fine, H, W), d_q, d_t (B, n_dense, H, W)) -> (fine MS at t, features).
+    """
+
+    def __init__(self, n_fine: int, n_dense: int, kernels: tuple, width: int, n_blocks: int) -> None:
+        super().__init__()
+        self.change = nn.Conv2d(n_dense, n_fine, 1)
+        self.trunk = Trunk(n_fine + 3 * n_dense, n_fine, kernels, width, n_blocks)
+
+    def forward(self, f_q: torch.Tensor, d_q: torch.Tensor, d_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        delta = d_t - d_q
+        correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
+        return f_q + self.change(delta) + correction, features
+
+
+class SpectralBranch(nn.Module):
+    """Fine-sensor MS -> PCA scores of the HS (learned at the HS scale, applied at any scale).
+
+    Prior: linear regression (1x1); the trunk adds the non-linear part.
+    forward(m (B, n_fine, H, W)) -> (scores (B, k, H, W), features).
+    """
+
+    def __init__(self, n_fine: int, n_components: int, kernels: tuple, width: int, n_blocks: int) -> None:
+        super().__init__()
+        self.linear = nn.Conv2d(n_fine, n_components, 1)
+        self.trunk = Trunk(n_fine, n_components, kernels, width, n_blocks)
+
+    def forward(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        correction, features = self.trunk(m)
+        return self.linear(m) + correction, features
+
+
+class GaussianBlur(nn.Module):
+    """Normalised Gaussian convolution: blur(x * v) / blur(v), zero outside the tensor.
+
+    sigma in pixels of the grid being processed; forward(x (B, C, H, W), v (B, 1, H, W)) ->
+    (blurred x, validity (B, 1, H, W)), valid where at least 20% of the kernel weight was valid.
+    """
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = float(sigma)
+        self.radius = int(math.ceil(3 * self.sigma)) if self.sigma > 0 else 0
+        t = torch.arange(-self.radius, self.radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (t / max(self.sigma, 1e-6)) ** 2)
+        self.register_buffer("kernel", k / k.sum(), persistent=False)
+
+    def _conv(self, x):
+        c = x.shape[1]
+        r = self.radius
+        kx = self.kernel.to(x.dtype).view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+        ky = self.kernel.to(x.dtype).view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+        x = nn.functional.conv2d(x, kx, padding=(0, r), groups=c)
+        return nn.functional.conv2d(x, ky, padding=(r, 0), groups=c)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.radius == 0:
+            return x * v, v
+        w = self._conv(v)
+        out = self._conv(x * v) / w.clamp_min(1e-6)
+        valid = (w > 0.2).to(x.dtype)
+        return out * valid, valid
+
+
+def psf_sigma(ratio: float) -> float:
+    """Extra Gaussian sigma (pixels) that takes an image from 1-pixel to `ratio`-pixel resolution.
+
+    A sensor pixel of width s is modelled as a Gaussian with FWHM s (sigma = s / 2.355).
+    """
+    return math.sqrt(max(ratio * ratio - 1.0, 0.0)) / 2.3548
+
+
+class FusionHead(nn.Module):
+    """g: concatenated branch features -> a correction of the prior in HS PCA scores.
+
+    The correction is blurred by `sigma` pixels (the HS PSF) when `sigma` > 0: it is supervised by
+    HS images only, so it may correct what an HS image sees but not the fine detail.
+    forward(x (B, in, H, W), prior (B, k, H, W), valid (B, 1, H, W)) -> prior + correction.
+    """
+
+    def __init__(
+        self, in_ch: int, n_components: int, kernels: tuple, width: int, n_blocks: int, sigma: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.trunk = Trunk(in_ch, n_components, kernels, width, n_blocks)
+        self.blur = GaussianBlur(sigma)
+        self.radius = self.trunk.radius + self.blur.radius
+
+    def forward(self, x: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        correction, _ = self.trunk(x)
+        correction, _ = self.blur(correction, valid)
+        return prior + correction
+
+
+class FusionNetwork(nn.Module):
+    """The whole model: spatial, temporal and spectral branches, a fusion head, one date at a time.
+
+    Sizes: n_fine / n_dense MS bands, k PCA components. hs_ratio: HS pixel size / grid pixel size.
+    Inputs of ``fuse`` are a dict of normalised, zero-filled tensors (B, C, H, W) with validity
+    (B, 1, H, W) (see ``fuse``); its output is the fine HS in PCA scores (B, k, H, W).
+    Design switches (saved in the model file; defaults measured on the development benchmark's
+    tuning date, see model/README.md): reference_in_prior adds rho to the prior instead of leaving
+    it to the head; smooth_correction blurs the head's correction to the HS scale;
+    reference_smoothing scales the extra blur of rho (0 = none).
+    """
+
+    def __init__(
+        self,
+        n_fine: int,
+        n_dense: int,
+        n_components: int,
+        kernels: str | Sequence[int] = "1",
+        hs_ratio: float = 3.0,
+        width: int = 32,
+        n_blocks: int = 2,
+        reference_smoothing: float = 2.0,
+        reference_in_prior: bool = False,
+        smooth_correction: bool = True,
+    ) -> None:
+        super().__init__()
+        self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
+        self.config = dict(
+            n_fine=n_fine,
+            n_dense=n_dense,
+            n_components=n_components,
+            kernels="/".join(str(k) for k in self.kernels),
+            hs_ratio=float(hs_ratio),
+            width=width,
+            n_blocks=n_blocks,
+            reference_smoothing=float(reference_smoothing),
+            reference_in_prior=bool(reference_in_prior),
+            smooth_correction=bool(smooth_correction),
+        )
+        self.reference_in_prior = bool(reference_in_prior)
+        self.spatial = SpatialBranch(n_dense, n_fine, self.kernels, width, n_blocks)
+        self.temporal = TemporalBranch(n_fine, n_dense, self.kernels, width, n_blocks)
+        self.spectral = SpectralBranch(n_fine, n_components, self.kernels, width, n_blocks)
+        self.blur = GaussianBlur(psf_sigma(hs_ratio))
+        # rho holds only HS-scale detail; a second HS-PSF blur keeps that and drops the HS noise and
+        # the edge artefacts of a misregistered coarse sensor, which the reduced scale cannot show.
+        self.rho_blur = GaussianBlur(psf_sigma(hs_ratio) * float(reference_smoothing))
+        head_in = 3 * width + 3 * n_components + 5
+        self.head = FusionHead(
+            head_in, n_components, self.kernels, width, n_blocks, psf_sigma(hs_ratio) if smooth_correction else 0.0
+        )
+
+    @property
+    def halo(self) -> int:
+        """Pixels of context a window needs on each side for exact (seamless) outputs."""
+        r_ms = max(self.spatial.trunk.radius, self.temporal.trunk.radius)
+        r_ref = self.spatial.trunk.radius + self.blur.radius + self.rho_blur.radius
+        return self.head.radius + self.spectral.trunk.radius + max(r_ms, r_ref)
+
+    def ms_estimate(self, x: dict) -> tuple[torch.Tensor, ...]:
+        """Fine MS at date t: observed where valid, else the temporal prediction, else the spatial one.
+
+        Returns (m, vm, spatial prediction, temporal prediction, spatial features, temporal features,
+        temporal validity).
+        """
+        sp, sp_feat = self.spatial(x["d"], x["vd"])
+        tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"])
+        vt = x["vfq"] * x["vdq"] * x["vd"]
+        if "fq2" in x:  # a second source on the other side of t (fusion only): blend by weight wq
+            tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"])
+            vt2 = x["vfq2"] * x["vdq2"] * x["vd"]
+            w1, w2 = vt * x["wq"], vt2 * (1 - x["wq"])
+            total = torch.clamp(w1 + w2, min=1e-12)
+            tp = (w1 * tp + w2 * tp2) / total
+            t_feat = (w1 * t_feat + w2 * t_feat2) / total
+            vt = torch.maximum(vt, vt2)
+        va = x["va"]
+        m = va * x["a"] + (1 - va) * (vt * tp + (1 - vt) * x["vd"] * sp)
+        vm = torch.maximum(va, torch.maximum(vt, x["vd"]))
+        return m, vm, sp, tp, sp_feat * x["vd"], t_feat * vt, vt
+
+    def reference_residual(
+        self,
+        ar: torch.Tensor,
+        var: torch.Tensor,
+        dr: torch.Tensor,
+        vdr: torch.Tensor,
+        h: torch.Tensor,
+        vh: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """rho = HS_r - S(MS_r at the HS scale): the spectral detail of the reference date that the
+        MS cannot explain. ar/dr (B, n, H, W) MS of the reference date, h (B, k, H, W) its HS scores."""
+        sp_r, _ = self.spatial(dr, vdr)
+        m_r = var * ar + (1 - var) * vdr * sp_r
+        vm_r = torch.maximum(var, vdr)
+        mb, vmb = self.blur(m_r, vm_r)
+        s_r, _ = self.spectral(mb)
+        v = vh * vmb
+        return self.rho_blur((h - s_r) * v, v)
+
+    def fuse(self, x: dict) -> dict:
+        """x: dict of (B, C, H, W) tensors for target date t and references r (first valid wins):
+        a/va fine MS at t, d/vd dense MS at t, fq/vfq + dq/vdq fine and dense MS at the temporal source
+        date q, gap_q (B, 1, 1, 1) |t - q| in years; optionally fq2/vfq2 + dq2/vdq2 for a second source
+        date on the other side of t and wq (B, 1, H, W) the weight of q's prediction (the rest goes to
+        q2's; where one source is invalid the other takes all); refs: list of dicts (ar, var, dr, vdr,
+        h, vh, gap) for reference HS dates in priority order (gap = |t - r| in years).
+        Returns dict(scores (B, k, H, W), m, vm, sp, tp, vt)."""
+        m, vm, sp, tp, sp_feat, t_feat, vt = self.ms_estimate(x)
+        s_t, s_feat = self.spectral(m)
+        rho = torch.zeros_like(s_t)
+        h_ref = torch.zeros_like(s_t)
+        v_ref = torch.zeros_like(vm)
+        gap_ref = torch.zeros_like(vm)
+        for ref in x["refs"]:
+            r, v = self.reference_residual(ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"])
+            take = v * (1 - v_ref)
+            rho = rho + take * r
+            h_ref = h_ref + take * ref["h"]
+            gap_ref = gap_ref + take * ref["gap"]
+            v_ref = v_ref + take
+        prior = s_t + rho if self.reference_in_prior else s_t
+        gap_q = x["gap_q"] * vt
+        features = torch.cat([sp_feat, t_feat, s_feat, s_t, rho, h_ref, x["va"], vt, v_ref, gap_q, gap_ref], 1)
+        scores = self.head(features, prior, vm)
+        return {"scores": scores, "prior": prior, "m": m, "vm": vm, "sp": sp, "tp": tp, "vt": vt}

@@ -1,0 +1,267 @@
+"""From an MDD to training samples: the normalised roles, the HS's PCA scores, Wald-protocol batches.
+
+Arrays follow the MDD: (time, band, row, col) per role on the fine grid. Normalised values are
+per-band z-scores with statistics from valid pixels; invalid pixels become 0 (the band mean) plus a
+validity flag, which does not depend on any window, so tiled fusion equals a one-tile run.
+
+Two "worlds" feed the four tasks (see model/README.md):
+- full scale (the MDD grid): temporal and spatial tasks (targets: observed fine MS) and the spectral
+  task (fine MS blurred to the HS scale -> observed HS scores);
+- reduced scale (Wald's protocol): every role blurred by a Gaussian PSF by the HS/fine ratio R and
+  decimated by R, so the observed HS becomes the target of the fusion head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.vocabulary import ROLE_LABELS, ROLES, day_number, nearest_index
+from ..mdd.format import MDD, read_values
+from .network import psf_sigma
+from .preprocessing import HSPCA, BandNormalizer, TrainingDataError, gaussian_blur_stack
+
+MAX_PCA_PIXELS = 20000
+
+
+@dataclass
+class RoleData:
+    dates: list
+    days: np.ndarray
+    z: np.ndarray  # (time, band, row, col) normalised, 0 where invalid
+    valid: np.ndarray  # (time, row, col) bool
+
+
+def read_role(mdd: MDD, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """Whole role stack (physical, NaN invalid) and its validity; reads band by band via the MDD."""
+    return read_values(mdd, role), mdd.read_mask(role)
+
+
+def check_mdd(mdd: MDD, patch_size: int) -> None:
+    for role in ROLES:
+        if role not in mdd.roles or mdd.roles[role].n_dates == 0:
+            what = {"hs": "no HS date", "fine_ms": "no fine MS date", "dense_ms": "no dense MS date"}[role]
+            raise TrainingDataError(
+                f"The MDD {mdd.path} has {what}: training needs at least one "
+                f"{ROLE_LABELS[role]} image; add one in 'Build MDD stack'."
+            )
+    if mdd.roles["hs"].wavelengths is None:
+        raise TrainingDataError("The MDD's HS has no wavelengths: rebuild it with HS band wavelengths.")
+    g = mdd.grid
+    if patch_size < 4:
+        raise TrainingDataError(f"PATCH_SIZE {patch_size} is too small: use at least 4 pixels.")
+    if patch_size > min(g.width, g.height):
+        raise TrainingDataError(
+            f"PATCH_SIZE {patch_size} is larger than the MDD grid ({g.width}x{g.height} "
+            f"pixels): choose PATCH_SIZE <= {min(g.width, g.height)}."
+        )
+
+
+def _take(arr, t, y0, x0, size, step=1, py=0, px=0):
+    """(band, size, size) window of arr[t], decimated by `step` at phase (py, px) when step > 1."""
+    ys = py + step * y0
+    xs = px + step * x0
+    return arr[t][..., ys : ys + step * size : step, xs : xs + step * size : step]
+
+
+class TrainingSet:
+    """Everything training reads from an MDD, normalised, plus seeded batch builders.
+
+    Batches are dicts of float32 torch tensors (batch, channel, row, col) named as
+    ``FusionNetwork.fuse`` expects; validity channels are 0/1.
+    """
+
+    def __init__(
+        self, mdd: MDD, n_components: int, patch_size: int, seed: int, log: Callable[[str], None] = print
+    ) -> None:
+        check_mdd(mdd, patch_size)
+        self.mdd = mdd
+        self.patch = int(patch_size)
+        rng = np.random.default_rng(seed)
+        H, W = mdd.grid.height, mdd.grid.width
+        self.shape = (H, W)
+        raw = {}
+        for role in ROLES:
+            values, valid = read_role(mdd, role)
+            if not valid.any():
+                raise TrainingDataError(
+                    f"The {ROLE_LABELS[role]} of {mdd.path} has no valid pixel on any "
+                    "date (all nodata or masked): check the layers' nodata and masks, "
+                    "or choose an extent where they have data."
+                )
+            raw[role] = (values, valid)
+        fv, fm = raw["fine_ms"]
+        dv, dm = raw["dense_ms"]
+        self.fine_norm = BandNormalizer.fit(fv, fm)
+        self.dense_norm = BandNormalizer.fit(dv, dm)
+        self.fine = self._role("fine_ms", self.fine_norm.apply(fv, fm), fm)
+        self.dense = self._role("dense_ms", self.dense_norm.apply(dv, dm), dm)
+        hv, hm = raw.pop("hs")
+        idx = np.argwhere(hm)
+        pick = idx[np.sort(rng.choice(len(idx), min(len(idx), MAX_PCA_PIXELS), replace=False))]
+        pixels = hv[pick[:, 0], :, pick[:, 1], pick[:, 2]]
+        self.pca = HSPCA.fit(pixels, mdd.roles["hs"].wavelengths, n_components, seed)
+        self.hs = self._role("hs", self.pca.transform(hv, hm), hm)
+        del hv, raw
+        self.hs_ratio = float(mdd.scale_ratio("hs"))
+        self.dense_ratio = float(mdd.scale_ratio("dense_ms"))
+        self.step = max(1, int(round(self.hs_ratio)))
+        s = psf_sigma(self.step)
+        # Wald's protocol: each role one HS ratio coarser than it is (its own ratio x R).
+        self.fine_b = gaussian_blur_stack(self.fine.z, self.fine.valid, s)
+        self.dense_b = gaussian_blur_stack(self.dense.z, self.dense.valid, self.dense_ratio * s)
+        self.hs_b = gaussian_blur_stack(self.hs.z, self.hs.valid, self.hs_ratio * s)
+        self.fine_of = {d: i for i, d in enumerate(self.fine.dates)}
+        self.dense_of = {d: i for i, d in enumerate(self.dense.dates)}
+        self.hs_of = {d: i for i, d in enumerate(self.hs.dates)}
+        with_dense = [i for i, d in enumerate(self.fine.dates) if d in self.dense_of and self.fine.valid[i].any()]
+        self.spatial_dates = with_dense
+        self.pairs = [(q, t) for t in with_dense for q in with_dense if q != t]
+        self.hs_dates = [i for i in range(len(self.hs.dates)) if self.hs.valid[i].any()]
+        self.valid_flat = {("fine", i): np.flatnonzero(self.fine.valid[i]) for i in range(len(self.fine.dates))}
+        self.valid_flat.update({("hs", i): np.flatnonzero(self.hs.valid[i]) for i in self.hs_dates})
+        self.reduced_patch = min(self.patch, H // self.step, W // self.step)
+        self.tasks = ["spectral", "fusion"]
+        if self.spatial_dates:
+            self.tasks.insert(0, "spatial")
+        if self.pairs:
+            self.tasks.insert(1 if self.spatial_dates else 0, "temporal")
+        if not self.pairs:
+            log("Fewer than two fine MS dates with dense MS on the same dates: the temporal task is skipped.")
+        if not self.spatial_dates:
+            log("No date has both fine and dense MS: the spatial task is skipped.")
+
+    def _role(self, role, z, valid):
+        dates = list(self.mdd.roles[role].dates)
+        return RoleData(dates, np.array([day_number(d) for d in dates]), z, valid)
+
+    def _origin(self, rng, key, size, step=1):
+        """A patch origin (y0, x0, py, px) in the (decimated) grid containing a random valid pixel."""
+        H, W = self.shape
+        flat = self.valid_flat[key]
+        y, x = divmod(int(flat[rng.integers(len(flat))]), W)
+        py, px = y % step, x % step
+        hr, wr = (H - py + step - 1) // step, (W - px + step - 1) // step
+        y0 = int(np.clip(y // step - rng.integers(size), 0, hr - size))
+        x0 = int(np.clip(x // step - rng.integers(size), 0, wr - size))
+        return y0, x0, py, px
+
+    @staticmethod
+    def _stack(samples):
+        import torch
+
+        out = {}
+        for k in samples[0]:
+            out[k] = torch.from_numpy(np.ascontiguousarray(np.stack([s[k] for s in samples])).astype(np.float32))
+        return out
+
+    def _ms(self, world, role, date, y0, x0, size, step, py, px):
+        """(values, validity) of a role on a date, zeros when the role has no image then."""
+        data = self.fine if role == "fine" else self.dense
+        idx = (self.fine_of if role == "fine" else self.dense_of).get(date)
+        nb = data.z.shape[1]
+        if idx is None:
+            return np.zeros((nb, size, size), np.float32), np.zeros((1, size, size), np.float32)
+        if world == "reduced":
+            z, v = self.fine_b if role == "fine" else self.dense_b
+        else:
+            z, v = data.z, data.valid
+        return (
+            _take(z, idx, y0, x0, size, step, py, px),
+            _take(v[:, None], idx, y0, x0, size, step, py, px).astype(np.float32),
+        )
+
+    def fine_batch(self, rng: np.random.Generator, batch: int) -> dict:
+        """Temporal + spatial tasks at full scale: targets are observed fine MS.
+
+        Keys: y/vy fine MS at t; d/vd dense at t; fq/vfq, dq/vdq the source date q of the pair."""
+        P = self.patch
+        samples = []
+        for _ in range(batch):
+            if self.pairs:
+                q, t = self.pairs[rng.integers(len(self.pairs))]
+            else:
+                q, t = None, self.spatial_dates[rng.integers(len(self.spatial_dates))]
+            y0, x0, _, _ = self._origin(rng, ("fine", t), P)
+            date_t = self.fine.dates[t]
+            s = {
+                "y": _take(self.fine.z, t, y0, x0, P),
+                "vy": _take(self.fine.valid[:, None], t, y0, x0, P).astype(np.float32),
+            }
+            s["d"], s["vd"] = self._ms("full", "dense", date_t, y0, x0, P, 1, 0, 0)
+            date_q = self.fine.dates[q] if q is not None else None
+            s["fq"], s["vfq"] = self._ms("full", "fine", date_q, y0, x0, P, 1, 0, 0)
+            s["dq"], s["vdq"] = self._ms("full", "dense", date_q, y0, x0, P, 1, 0, 0)
+            samples.append(s)
+        return self._stack(samples)
+
+    def spectral_batch(self, rng: np.random.Generator, batch: int) -> dict:
+        """Spectral task at full scale: MS of an HS date (blurred to the HS scale in the graph) -> HS.
+
+        Keys: a/va fine MS, d/vd dense MS of that date, y/vy its HS scores."""
+        P = self.patch
+        samples = []
+        for _ in range(batch):
+            h = self.hs_dates[rng.integers(len(self.hs_dates))]
+            y0, x0, _, _ = self._origin(rng, ("hs", h), P)
+            date = self.hs.dates[h]
+            s = {
+                "y": _take(self.hs.z, h, y0, x0, P),
+                "vy": _take(self.hs.valid[:, None], h, y0, x0, P).astype(np.float32),
+            }
+            s["a"], s["va"] = self._ms("full", "fine", date, y0, x0, P, 1, 0, 0)
+            s["d"], s["vd"] = self._ms("full", "dense", date, y0, x0, P, 1, 0, 0)
+            samples.append(s)
+        return self._stack(samples)
+
+    def fusion_batch(
+        self, rng: np.random.Generator, batch: int, drop_fine: float = 0.5, self_reference: float = 0.25
+    ) -> dict:
+        """Fusion head at the reduced scale (Wald): the observed HS of an HS date h is the target.
+
+        The reference is another HS date (or, with probability `self_reference`, h itself, degraded);
+        the fine MS of h is left out with probability `drop_fine`, so the head also learns the dates
+        where the MS comes from the temporal branch. Keys as FusionNetwork.fuse plus y/vy."""
+        P, R, world = self.reduced_patch, self.step, "reduced"
+        samples = []
+        for _ in range(batch):
+            h = self.hs_dates[rng.integers(len(self.hs_dates))]
+            others = [i for i in self.hs_dates if i != h]
+            r = h if (not others or rng.random() < self_reference) else others[rng.integers(len(others))]
+            y0, x0, py, px = self._origin(rng, ("hs", h), P, R)
+            date, date_r = self.hs.dates[h], self.hs.dates[r]
+            s = {
+                "y": _take(self.hs.z, h, y0, x0, P, R, py, px),
+                "vy": _take(self.hs.valid[:, None], h, y0, x0, P, R, py, px).astype(np.float32),
+            }
+            s["a"], s["va"] = self._ms(world, "fine", date, y0, x0, P, R, py, px)
+            if r != h and rng.random() < drop_fine:
+                s["a"], s["va"] = np.zeros_like(s["a"]), np.zeros_like(s["va"])
+            s["d"], s["vd"] = self._ms(world, "dense", date, y0, x0, P, R, py, px)
+            day = self.hs.days[h]
+            src = [i for i in self.pairs_sources() if self.fine.dates[i] != date]
+            q = src[nearest_index(self.fine.days[src], day)] if src else None
+            date_q = self.fine.dates[q] if q is not None else None
+            s["fq"], s["vfq"] = self._ms(world, "fine", date_q, y0, x0, P, R, py, px)
+            s["dq"], s["vdq"] = self._ms(world, "dense", date_q, y0, x0, P, R, py, px)
+            s["gap_q"] = np.full((1, 1, 1), abs(day - self.fine.days[q]) / 365.0 if q is not None else 0.0)
+            s["ar"], s["var"] = self._ms(world, "fine", date_r, y0, x0, P, R, py, px)
+            s["dr"], s["vdr"] = self._ms(world, "dense", date_r, y0, x0, P, R, py, px)
+            s["vh"] = _take(self.hs_b[1][:, None], r, y0, x0, P, R, py, px).astype(np.float32)
+            # The blur that degrades the reference also removes its noise; a real HS image at that
+            # scale would be as noisy as the observed one, so the noise is put back.
+            s["h"] = (
+                _take(self.hs_b[0], r, y0, x0, P, R, py, px)
+                + rng.normal(0.0, 1.0, (self.pca.n_components, P, P)) * self.pca.score_noise[:, None, None] * s["vh"]
+            )
+            s["gap"] = np.full((1, 1, 1), abs(day - self.hs.days[r]) / 365.0)
+            samples.append(s)
+        out = self._stack(samples)
+        out["refs"] = [{k: out.pop(k) for k in ("ar", "var", "dr", "vdr", "h", "vh", "gap")}]
+        return out
+
+    def pairs_sources(self) -> list[int]:
+        """Fine MS dates usable as a temporal source (they have dense MS too)."""
+        return self.spatial_dates

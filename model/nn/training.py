@@ -1,0 +1,300 @@
+"""Training the fusion network on an MDD: `train_fusion_model`, the one function the algorithm calls.
+
+Each step draws one batch per task (seeded), computes the four task losses, combines them with the
+learnable multi-task loss, and checks for cancel (``Callbacks``). A cancelled run raises ``Canceled``
+and writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..core.callbacks import Callbacks, callbacks_or_default
+from ..core.memory import format_mb, peak_rss_mb
+from ..core.vocabulary import ROLES
+from ..mdd.format import MDD
+from .device import select_device, use_mixed_precision
+from .model_file import save_model
+from .preprocessing import TrainingDataError
+from .samples import TrainingSet
+
+if TYPE_CHECKING:
+    from .network import FusionNetwork
+
+DEFAULTS = dict(
+    kernels="1", pca_components=12, epochs=30, patch_size=32, batch_size=8, learning_rate=0.002, device="auto", seed=0
+)
+WIDTH, N_BLOCKS = 32, 2
+NETWORK_OPTIONS = dict(reference_smoothing=2.0, reference_in_prior=False, smooth_correction=True)
+MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
+
+
+def _masked_mse(pred, target, mask):
+    w = mask.expand_as(pred)
+    return ((pred - target) ** 2 * w).sum() / w.sum().clamp_min(1.0)
+
+
+def task_losses(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator, batch_size: int, device: str) -> dict:
+    """{task: scalar loss} for one batch of each task (see model/README.md)."""
+    import torch
+
+    def dev(b):
+        out = {k: v.to(device) for k, v in b.items() if k != "refs"}
+        if "refs" in b:
+            out["refs"] = [{k: v.to(device) for k, v in r.items()} for r in b["refs"]]
+        return out
+
+    losses = {}
+    if "spatial" in data.tasks or "temporal" in data.tasks:
+        b = dev(data.fine_batch(rng, batch_size))
+        if "spatial" in data.tasks:
+            sp, _ = net.spatial(b["d"], b["vd"])
+            losses["spatial"] = _masked_mse(sp, b["y"], b["vy"] * b["vd"])
+        if "temporal" in data.tasks:
+            tp, _ = net.temporal(b["fq"], b["dq"], b["d"])
+            losses["temporal"] = _masked_mse(tp, b["y"], b["vy"] * b["vfq"] * b["vdq"] * b["vd"])
+    b = dev(data.spectral_batch(rng, batch_size))
+    sp, _ = net.spatial(b["d"], b["vd"])
+    m = b["va"] * b["a"] + (1 - b["va"]) * b["vd"] * sp
+    mb, vmb = net.blur(m, torch.maximum(b["va"], b["vd"]))
+    s, _ = net.spectral(mb)
+    losses["spectral"] = _masked_mse(s, b["y"], b["vy"] * vmb)
+    b = dev(data.fusion_batch(rng, batch_size))
+    out = net.fuse(b)
+    losses["fusion"] = _masked_mse(out["scores"], b["y"], b["vy"] * out["vm"])
+    return losses
+
+
+def _ridge(x, y, bias=True, lam=1e-3, max_pixels=50000, rng=None):
+    """Least squares y ~ x @ W (+ b) with a small ridge; x (n, i), y (n, o) -> (W (o, i), b (o,))."""
+    if len(x) > max_pixels:
+        pick = rng.choice(len(x), max_pixels, replace=False)
+        x, y = x[pick], y[pick]
+    x = x.astype(np.float64)
+    xa = np.c_[x, np.ones(len(x))] if bias else x
+    reg = lam * len(x) * np.eye(xa.shape[1])
+    if bias:
+        reg[-1, -1] = 0.0
+    sol = np.linalg.solve(xa.T @ xa + reg, xa.T @ y.astype(np.float64))
+    return (sol[:-1].T, sol[-1]) if bias else (sol.T, np.zeros(y.shape[1]))
+
+
+def _pixels(arr, t, valid):
+    """(n, bands) of arr[t] at the pixels where valid (row, col) is true."""
+    return np.moveaxis(arr[t], 0, -1)[valid]
+
+
+def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator) -> None:
+    """Starts each branch's linear prior at its least-squares fit (the two-stage baseline's maps), so
+    training begins from a sound physical model and only learns what is beyond it."""
+    import torch
+
+    def set_conv(conv, w, b):
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(w.astype(np.float32))[:, :, None, None])
+            if conv.bias is not None:
+                conv.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+
+    f, d, fb = data.fine, data.dense, data.fine_b
+    xs, ys = [], []
+    for t in data.spatial_dates:
+        dt = data.dense_of[f.dates[t]]
+        ok = f.valid[t] & d.valid[dt]
+        xs.append(_pixels(d.z, dt, ok))
+        ys.append(_pixels(f.z, t, ok))
+    if xs and sum(len(x) for x in xs):
+        set_conv(net.spatial.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+    xs, ys = [], []
+    for q, t in data.pairs:
+        dq, dt = data.dense_of[f.dates[q]], data.dense_of[f.dates[t]]
+        ok = f.valid[t] & f.valid[q] & d.valid[dq] & d.valid[dt]
+        xs.append(_pixels(d.z, dt, ok) - _pixels(d.z, dq, ok))
+        ys.append(_pixels(f.z, t, ok) - _pixels(f.z, q, ok))
+    if xs and sum(len(x) for x in xs):
+        set_conv(net.temporal.change, *_ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
+    xs, ys = [], []
+    for h in data.hs_dates:
+        t = data.fine_of.get(data.hs.dates[h])
+        if t is None:
+            continue
+        ok = data.hs.valid[h] & fb[1][t]
+        xs.append(_pixels(fb[0], t, ok))
+        ys.append(_pixels(data.hs.z, h, ok))
+    if xs and sum(len(x) for x in xs):
+        set_conv(net.spectral.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+
+
+def _check(pca_components, epochs, patch_size, batch_size, learning_rate):
+    if pca_components < 1:
+        raise TrainingDataError(f"PCA_COMPONENTS must be at least 1 (got {pca_components}).")
+    if epochs < 1:
+        raise TrainingDataError(f"EPOCHS must be at least 1 (got {epochs}).")
+    if batch_size < 1:
+        raise TrainingDataError(f"BATCH_SIZE must be at least 1 (got {batch_size}).")
+    if not learning_rate > 0:
+        raise TrainingDataError(f"LEARNING_RATE must be > 0 (got {learning_rate}).")
+
+
+def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history: list, info: dict) -> tuple:
+    """(meta, arrays) of the model file: what fusion needs besides the weights."""
+    mdd = data.mdd
+    roles = {}
+    for role in ROLES:
+        s = mdd.roles[role]
+        roles[role] = {
+            "band_count": s.n_bands,
+            "wavelengths": s.wavelengths,
+            "fwhm": s.fwhm,
+            "band_names": s.band_names,
+            "dates": s.dates,
+            "scale_ratio": mdd.scale_ratio(role),
+        }
+    meta = {
+        "kernels": net.config["kernels"],
+        "network": net.config,
+        "halo": net.halo,
+        "roles": roles,
+        "training_dates": mdd.dates,
+        "pca_explained_variance": data.pca.explained,
+        "parameters": params,
+        "history": history,
+        "info": info,
+        "source_mdd": mdd.path,
+    }
+    arrays = {
+        "fine_mean": data.fine_norm.mean,
+        "fine_std": data.fine_norm.std,
+        "dense_mean": data.dense_norm.mean,
+        "dense_std": data.dense_norm.std,
+    }
+    arrays.update({f"pca_{k}": v for k, v in data.pca.arrays().items()})
+    return meta, arrays
+
+
+def train_fusion_model(
+    mdd_path: str,
+    model_path: str,
+    kernels: str = "1",
+    pca_components: int = 12,
+    epochs: int = 30,
+    patch_size: int = 32,
+    batch_size: int = 8,
+    learning_rate: float = 0.002,
+    device: str = "auto",
+    seed: int = 0,
+    callbacks: Callbacks | None = None,
+) -> dict:
+    """Trains a FusionNetwork on the MDD at `mdd_path` and writes it to `model_path`.
+
+    Returns {"model_path", "history": [per-epoch dicts], "info": {...}}. Raises TrainingDataError /
+    MDDError (ValueError) with a message for the user on bad input, and ``Canceled`` when the user
+    cancels (no file is written then).
+    """
+    import torch
+
+    from .loss import MultiTaskLoss
+    from .network import FusionNetwork, parse_kernels
+
+    cb = callbacks_or_default(callbacks)
+    log, progress = cb.log, cb.progress
+    canceled = "Training cancelled: no model file written."
+    parse_kernels(kernels)
+    _check(pca_components, epochs, patch_size, batch_size, learning_rate)
+    dev = select_device(device)
+    t0 = time.time()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mdd = MDD.open(mdd_path)
+    progress(0.0, "reading the MDD")
+    data = TrainingSet(mdd, pca_components, patch_size, seed, log)
+    cb.check(canceled)
+    net = FusionNetwork(
+        data.fine.z.shape[1],
+        data.dense.z.shape[1],
+        data.pca.n_components,
+        kernels,
+        hs_ratio=data.hs_ratio,
+        width=WIDTH,
+        n_blocks=N_BLOCKS,
+        **NETWORK_OPTIONS,
+    )
+    init_linear_priors(net, data, rng)
+    net.to(dev)
+    mtl = MultiTaskLoss(data.tasks).to(dev)
+    opt = torch.optim.Adam(list(net.parameters()) + list(mtl.parameters()), lr=learning_rate)
+    H, W = data.shape
+    per_epoch = math.ceil(H * W * max(1, len(data.fine.dates)) / (batch_size * patch_size**2))
+    steps = int(np.clip(per_epoch, MIN_STEPS, MAX_STEPS))
+    total = epochs * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / total)))
+    amp = use_mixed_precision(dev)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    log(
+        f"Device {dev}{' (bfloat16 mixed precision)' if amp else ''}; grid {W}x{H} px; tasks "
+        f"{', '.join(data.tasks)}; {data.pca.n_components} PCA components explain "
+        f"{100 * sum(data.pca.explained):.1f}% of the weighted HS variance; halo {net.halo} px; "
+        f"{epochs} epochs x {steps} steps."
+    )
+    history = []
+    for epoch in range(epochs):
+        te = time.time()
+        sums = dict.fromkeys(data.tasks, 0.0)
+        for step in range(steps):
+            cb.check(canceled)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                losses = task_losses(net, data, rng, batch_size, dev)
+            loss = mtl({k: v.float() for k, v in losses.items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in losses.items():
+                sums[k] += float(v.detach())
+            progress((epoch * steps + step + 1) / total, f"epoch {epoch + 1}/{epochs}")
+        entry = {
+            "epoch": epoch + 1,
+            "loss": {k: v / steps for k, v in sums.items()},
+            "c": mtl.weights(),
+            "time_s": time.time() - te,
+        }
+        history.append(entry)
+        log(
+            f"epoch {epoch + 1}/{epochs}: "
+            + ", ".join(f"{k} loss {entry['loss'][k]:.4f} c {entry['c'][k]:.3f}" for k in data.tasks)
+            + f" ({entry['time_s']:.1f} s)"
+        )
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else peak_rss_mb()
+    params = dict(
+        mdd=mdd.path,
+        kernels=net.config["kernels"],
+        pca_components=pca_components,
+        epochs=epochs,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        device=device,
+        seed=seed,
+        steps_per_epoch=steps,
+    )
+    info = {
+        "parameters": params,
+        "device": dev,
+        "time_s": time.time() - t0,
+        "peak_memory_mb": peak,
+        "pca_explained_variance": data.pca.explained,
+        "tasks": list(data.tasks),
+    }
+    meta, arrays = build_metadata(data, net, params, history, info)
+    cb.check(canceled)
+    save_model(model_path, meta, arrays, net.state_dict())
+    info["time_s"] = time.time() - t0
+    log(
+        f"Model written to {model_path} in {info['time_s']:.1f} s; peak memory {format_mb(peak)} "
+        f"({'GPU allocated' if dev == 'cuda' else 'process max RSS'})."
+    )
+    return {"model_path": model_path, "history": history, "info": info}

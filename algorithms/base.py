@@ -41,7 +41,10 @@ def feedback_callbacks(feedback, log_progress_messages: bool = False) -> Callbac
         if log_progress_messages and message:
             feedback.pushInfo(message)
 
-    return Callbacks(progress=progress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+    def warn(message: str) -> None:
+        feedback.pushWarning(message)
+
+    return Callbacks(progress=progress, is_canceled=feedback.isCanceled, log=feedback.pushInfo, warn=warn)
 
 
 class STSFusionAlgorithm(QgsProcessingAlgorithm):

@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from ..model.core.calendar import MAX_DAYS_APART
 from ..model.fusion.baselines import METHODS, run_baseline
 from .base import STSFusionAlgorithm, feedback_callbacks
 
@@ -27,6 +28,7 @@ class BaselineFusionAlgorithm(STSFusionAlgorithm):
     METHOD = "METHOD"
     DATES = "DATES"
     TILE_SIZE = "TILE_SIZE"
+    MAX_DAYS_APART = "MAX_DAYS_APART"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT_LAYERS = "OUTPUT_LAYERS"
 
@@ -45,12 +47,15 @@ class BaselineFusionAlgorithm(STSFusionAlgorithm):
             "upsampled bicubically to the fine grid. Needs the HS role only.\n"
             "- two_stage: (1) temporal: the fine multispectral (MS) image of every date is "
             "predicted STARFM-style from the fine MS dates plus the dense-MS change since then "
-            "(change mapped to the fine MS bands by least squares on common dates, averaged over "
+            "(change mapped to the fine MS bands by least squares on the fine MS dates, averaged over "
             "spectrally similar neighbours, several fine MS dates weighted by how little changed); "
             "(2) spectral: a ridge regression from MS to each HS band, learned at the HS pixel size "
             "on the HS dates, applied to the predicted fine MS. Needs all three roles.\n"
             "Dates (optional): dates to predict, YYYY-MM-DD separated by commas. Empty (default): "
             "every date of the MDD.\n"
+            "MAX_DAYS_APART (two_stage, default 10): an HS date takes the fine MS image at most this "
+            "many days away as its own; the dense MS is interpolated in time per pixel to every date "
+            "it is needed on (the calendar rule of training and fusion).\n"
             "Tile size (advanced, pixels, default 128): the grid is processed in tiles with an "
             "overlap, so results do not depend on it; memory grows with its square.\n"
             "Output folder: where the GeoTIFFs are written, under temporary names renamed at the "
@@ -75,6 +80,16 @@ class BaselineFusionAlgorithm(STSFusionAlgorithm):
         )
         tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(tile)
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MAX_DAYS_APART,
+                "Fine MS and HS paired when at most this many days apart (two_stage)",
+                QgsProcessingParameterNumber.Double,
+                MAX_DAYS_APART,
+                minValue=0,
+                maxValue=366,
+            )
+        )
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, "Baseline GeoTIFFs"))
 
@@ -96,7 +111,13 @@ class BaselineFusionAlgorithm(STSFusionAlgorithm):
             )
         feedback.pushInfo(f"MDD: {mdd_path}\nBaseline: {method}\nOutput folder: {folder}")
         paths = run_baseline(
-            mdd_path, method, folder, dates=dates, tile_size=tile_size, callbacks=feedback_callbacks(feedback)
+            mdd_path,
+            method,
+            folder,
+            dates=dates,
+            tile_size=tile_size,
+            callbacks=feedback_callbacks(feedback),
+            max_days_apart=self.parameterAsDouble(parameters, self.MAX_DAYS_APART, context),
         )
         for path in paths:
             feedback.pushInfo(f"Written: {path}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the development benchmark: a simulated 7-date series on the real EnMAP Potsdam image.
 
-    python benchmarks/make_dataset.py [--data ../shared/data] [--out benchmarks/output/dataset]
+    python benchmarks/make_dataset.py [--scenario same_day] [--data ../shared/data] [--out FOLDER]
 
 1. Mosaic the 18 real EnMAP L2A tiles (2022-07-24, 30 m, ../shared/data/enmap_potsdam) with
    GDAL (gdalbuildvrt): 160x192 px with holes where tiles are missing, padded by two nodata
@@ -18,12 +18,31 @@
    --out/truth, and dataset.json saying which dates are which and which two of the three dates
    without an HS image are HELD OUT of every tuning decision (the third is for tuning).
 
+--scenario chooses the acquisition calendar (default same_day: the layout above, written to
+benchmarks/output/dataset; any other scenario goes to benchmarks/output/dataset_<scenario>):
+
+    same_day    fine MS and HS on the same 4 dates, dense MS on all 7 (the paper's Dataset I).
+    offset_1_3  dense MS stays on the 7 dates; each fine MS and each HS date of a pair moves by its
+                own 1-3 days, fine MS and HS to opposite sides (e.g. fine at D-2, HS at D+1). The
+                truth is simulated on the union of all acquisition dates.
+    offset_5_8  the same with 5-8 days.
+    one_fine    same-day calendar, fine MS on one date only (DATES[3]).
+    one_hs      same-day calendar, HS on one date only (DATES[3]).
+    cloudy_fine same-day calendar, the fine MS cloudy on every date (20-40 % cover).
+
+Each image draws its noise, gains, misregistration and clouds from the random stream of the
+same-day date it stands for, so a scenario differs from same_day only in what it changes on purpose
+(e.g. offset_1_3's dense MS images are same_day's, bit for bit). In every scenario the evaluation dates are the dense-MS-only dates of the same-day calendar
+(DATES[1], DATES[4], DATES[5]): two held out, one for tuning.
+
 Everything written is simulated from real data: say so wherever results are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as _dt
 import glob
 import os
 import sys
@@ -41,6 +60,7 @@ sys.path.insert(0, PLUGINS)
 from osgeo import gdal
 
 from stsfusion.model.core.grid import Grid
+from stsfusion.model.core.vocabulary import ROLES
 from stsfusion.model.simulation import sensors as sim_sensors
 from stsfusion.model.simulation import srf
 from stsfusion.model.simulation import truth as sim_truth
@@ -57,6 +77,92 @@ TUNING = (DATES[4],)  # the one date without HS that tuning may look at
 DENSE_FACTOR, HS_FACTOR = 2, 3
 MEAN_PARCEL_AREA_PX = 40.0  # 30 m pixels: about 3.6 ha, many parcels span few dense MS pixels
 ALIGN = DENSE_FACTOR * HS_FACTOR
+NO_HS = [DATES[i] for i in range(len(DATES)) if i not in HS_INDICES]  # dense MS only: evaluation dates
+SCENARIOS = {
+    "same_day": "fine MS and HS on the same 4 dates, dense MS on all 7 dates",
+    "offset_1_3": "dense MS on the 7 dates; fine MS 1-3 days from 4 of them, HS 1-3 days on the other side",
+    "offset_5_8": "dense MS on the 7 dates; fine MS 5-8 days from 4 of them, HS 5-8 days on the other side",
+    "one_fine": "same-day calendar, fine MS on one date only",
+    "one_hs": "same-day calendar, HS on one date only",
+    "cloudy_fine": "same-day calendar, fine MS cloudy on every date (20-40 % cover)",
+}
+OFFSETS = {"offset_1_3": (1, 3), "offset_5_8": (5, 8)}
+ONE_DATE = DATES[3]
+
+
+def shift_date(date: str, days: int) -> str:
+    return (_dt.date.fromisoformat(date) + _dt.timedelta(days=int(days))).isoformat()
+
+
+def pair_offsets(lo: int, hi: int, seed: int) -> tuple[list, list]:
+    """(fine MS offsets, HS offsets) in days for the pairs on DATES[HS_INDICES]: each of its own
+    size in [lo, hi], fine MS and HS of a pair on opposite sides, half of the pairs with the fine MS
+    earlier and half later (in an order drawn from the seed)."""
+    rng = sim_truth.rng_stream(seed, 900, lo, hi)
+    n = len(HS_INDICES)
+    signs = rng.permutation(np.resize([-1, 1], n))
+    fine = [int(s * rng.integers(lo, hi + 1)) for s in signs]
+    hs = [int(-s * rng.integers(lo, hi + 1)) for s in signs]
+    return fine, hs
+
+
+def signed(days: list) -> str:
+    return "/".join(f"{d:+d}" for d in days)
+
+
+def scenario_design(name: str, seed: int, sensors: dict):
+    """(SeriesDesign, sensors, calendar description, extra dataset.json keys) of a scenario."""
+    pairs = [DATES[i] for i in HS_INDICES]
+    calendar, extra = SCENARIOS[name], {}
+    if name == "same_day":
+        return sim_sensors.SeriesDesign.paper(DATES, HS_INDICES), sensors, calendar, extra
+    if name in OFFSETS:
+        fine_off, hs_off = pair_offsets(*OFFSETS[name], seed)
+        fine = [shift_date(d, o) for d, o in zip(pairs, fine_off)]
+        hs = [shift_date(d, o) for d, o in zip(pairs, hs_off)]
+        role_dates = {"fine_ms": sorted(fine), "dense_ms": list(DATES), "hs": sorted(hs)}
+        calendar += f" (days from {', '.join(pairs)}: fine MS {signed(fine_off)}, HS {signed(hs_off)})"
+        extra = {"offsets_days": {"pair_dates": pairs, "fine_ms": fine_off, "hs": hs_off}}
+        extra["nominal_dates"] = {
+            "fine_ms": dict(zip(fine, pairs)),
+            "hs": dict(zip(hs, pairs)),
+        }
+    elif name == "one_fine":
+        role_dates = {"fine_ms": [ONE_DATE], "dense_ms": list(DATES), "hs": list(pairs)}
+        calendar += f" ({ONE_DATE}); HS on {', '.join(pairs)}"
+    elif name == "one_hs":
+        role_dates = {"fine_ms": list(pairs), "dense_ms": list(DATES), "hs": [ONE_DATE]}
+        calendar += f" ({ONE_DATE}); fine MS on {', '.join(pairs)}"
+    elif name == "cloudy_fine":
+        role_dates = {"fine_ms": list(pairs), "dense_ms": list(DATES), "hs": list(pairs)}
+        cloudy = dataclasses.replace(sensors["fine_ms"], cloud_probability=1.0, cloud_cover=(0.2, 0.4))
+        sensors = {**sensors, "fine_ms": cloudy}
+    else:
+        raise SystemExit(f"Unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)}.")
+    dates = sorted(set().union(*role_dates.values()))
+    return sim_sensors.SeriesDesign(dates, role_dates), sensors, calendar, extra
+
+
+def simulate_inputs(truth, wl, fwhm, design, sensors, seed: int, nominal: dict | None = None) -> list:
+    """sim_sensors.simulate_inputs, except that each image draws its noise, gains, misregistration
+    and clouds from the random stream of its nominal date: the same-day calendar date it stands for
+    (``nominal``: role -> {date: DATES date}; by default the date itself). So every scenario shares
+    these draws with same_day (which this reproduces exactly) and differs from it only in what the
+    scenario changes on purpose: which day of the truth each sensor sees, which images exist, the
+    fine MS clouds."""
+    images = []
+    for r, role in enumerate(ROLES):
+        for date in design.role_dates.get(role, []):
+            t = DATES.index((nominal or {}).get(role, {}).get(date, date))
+            rng = sim_truth.rng_stream(seed, 100 + r, t)
+            values = truth.values[truth.dates.index(date)]
+            images.append(sim_sensors.observe(values, wl, fwhm, sensors[role], rng, role, date))
+    return images
+
+
+def default_out(scenario: str) -> str:
+    folder = "dataset" if scenario == "same_day" else f"dataset_{scenario}"
+    return os.path.join(ROOT, "benchmarks", "output", folder)
 
 
 def build_mosaic(tile_dir: str, vrt_path: str):
@@ -99,17 +205,17 @@ def main(argv=None) -> int:
         default=os.path.join(os.path.dirname(ROOT), "shared", "data"),
         help="folder holding enmap_potsdam/ and srf/ (default ../shared/data)",
     )
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "output", "dataset"))
+    ap.add_argument("--scenario", default="same_day", choices=list(SCENARIOS), help="acquisition calendar")
+    ap.add_argument("--out", help="output folder (default benchmarks/output/dataset, or dataset_<scenario>)")
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)
+    args.out = args.out or default_out(args.scenario)
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     hs, wl, fwhm, grid, n_tiles, acquired = build_mosaic(
         os.path.join(args.data, "enmap_potsdam"), os.path.join(args.out, "enmap_mosaic.vrt")
     )
     t_mosaic = time.time() - t0
-    truth = sim_truth.simulate_truth(hs, wl, DATES, seed=args.seed, mean_parcel_area_px=MEAN_PARCEL_AREA_PX)
-    t_truth = time.time() - t0 - t_mosaic
     gf6_file = os.path.join(args.data, "srf", "GF6_WFV.txt")
     measured = load_srf_file(gf6_file) if os.path.exists(gf6_file) else None
     dense_source = (
@@ -121,13 +227,19 @@ def main(argv=None) -> int:
     dropped = [
         n for n in (measured or srf.sensor_preset("gf6_wfv")).names if n not in sensors["dense_ms"].response.names
     ]
-    design = sim_sensors.SeriesDesign.paper(DATES, HS_INDICES)
-    images = sim_sensors.simulate_inputs(truth, wl, fwhm, design, sensors, seed=args.seed)
-    t_inputs = time.time() - t0 - t_mosaic - t_truth
+    design, sensors, calendar, extra = scenario_design(args.scenario, args.seed, sensors)
+    t_setup = time.time() - t0
+    # The truth on every acquisition date (the union of the roles' dates), so each sensor sees its own day.
+    truth = sim_truth.simulate_truth(hs, wl, design.dates, seed=args.seed, mean_parcel_area_px=MEAN_PARCEL_AREA_PX)
+    t_truth = time.time() - t0 - t_setup
+    images = simulate_inputs(truth, wl, fwhm, design, sensors, args.seed, extra.get("nominal_dates"))
+    t_inputs = time.time() - t0 - t_setup - t_truth
     source = "simulated from the real EnMAP L2A image of Potsdam (2022-07-24) by STS Fusion benchmarks/make_dataset.py"
     files = sim_writing.write_inputs(args.out, images, grid, {"SOURCE": source})
     truth_files = sim_writing.write_truth(os.path.join(args.out, "truth"), truth, grid, wl, fwhm, {"SOURCE": source})
-    no_hs = [d for d in DATES if d not in design.role_dates["hs"]]
+    command = "python benchmarks/make_dataset.py"
+    if args.scenario != "same_day":
+        command += f" --scenario {args.scenario}"
     summary = sim_writing.series_summary(design, images, files, grid, wl)
     kinds = np.bincount(truth.schedule_kind, minlength=len(sim_truth.SCHEDULES))
     summary.update(
@@ -146,13 +258,16 @@ def main(argv=None) -> int:
                 "dense_ms": f"{dense_source}; left out (outside the EnMAP range): {', '.join(dropped) or 'none'}",
             },
             "seed": args.seed,
-            "command": "python benchmarks/make_dataset.py",
+            "command": command,
+            "scenario": args.scenario,
+            "calendar": calendar,
+            **extra,
             "truth_dir": "truth",
             "truth_files": truth_files,
             "hs_dates": design.role_dates["hs"],
             "fine_ms_dates": design.role_dates["fine_ms"],
             "dense_ms_dates": design.role_dates["dense_ms"],
-            "no_hs_dates": no_hs,
+            "no_hs_dates": list(NO_HS),
             "held_out_dates": list(HELD_OUT),
             "tuning_dates": list(TUNING),
             "held_out_rule": "The held-out dates are for the final evaluation only: no parameter, "
@@ -175,6 +290,9 @@ def main(argv=None) -> int:
         f"fine grid {grid.width}x{grid.height} px at {grid.pixel_size:g} m, {len(wl)} HS bands; "
         f"held out: {', '.join(HELD_OUT)}; tuning: {', '.join(TUNING)}"
     )
+    print(f"scenario {args.scenario}: {calendar}")
+    for role in ("fine_ms", "dense_ms", "hs"):
+        print(f"  {role}: {', '.join(design.role_dates[role])}")
     print(f"time: mosaic {t_mosaic:.1f} s, truth {t_truth:.1f} s, inputs {t_inputs:.1f} s, total {total:.1f} s")
     return 0
 

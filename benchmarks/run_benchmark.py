@@ -2,15 +2,27 @@
 """The development benchmark of the paper's protocol: writes BENCHMARKS.md.
 
     make setup && source scripts/env.sh && .venv/bin/python benchmarks/run_benchmark.py
+    .venv/bin/python benchmarks/run_benchmark.py --scenarios offset_1_3,offset_5_8 [--kernels 1]
+    .venv/bin/python benchmarks/run_benchmark.py --scenarios all --report-only
 
-1. Builds the simulated 7-date series from the real EnMAP tiles in ../shared/data
-   (benchmarks/make_dataset.py) unless it is already in benchmarks/output/dataset.
+For each scenario (an acquisition calendar of benchmarks/make_dataset.py; default same_day):
+1. Builds the simulated series from the real EnMAP tiles in ../shared/data
+   (benchmarks/make_dataset.py --scenario NAME) unless it is already in benchmarks/output/dataset
+   (same_day) or benchmarks/output/dataset_<NAME>.
 2. Runs, each through `qgis_process.bin` as a batch user would: Build MDD stack; Train fusion
    model + Fuse time series with the kernel sets 1, 1/3 and 1/3/5 (default parameters otherwise);
    the two baselines (interpolation, two-stage).
 3. Assesses every fused date against the withheld truth (model/metrics.py: CC, SAM, PSNR, SSIM,
-   ERGAS, RMSE), separately for dates with and without an HS image, and writes BENCHMARKS.md with
-   wall time and peak memory (max RSS of each qgis_process.bin run) and the machine.
+   ERGAS, RMSE), separately for dates with and without an HS image, and saves everything in
+   benchmarks/output/<scenario>/results.json (work files, logs, models and fused images there too).
+   A step that fails (e.g. Train on a calendar it cannot handle) is recorded as "failed: <message>"
+   and the run goes on.
+4. Writes BENCHMARKS.md: the main tables from same_day (run now or saved before), wall time and
+   peak memory (max RSS of each qgis_process.bin run) and the machine; then "Acquisition calendars",
+   one table of the network (kernel set 1), two-stage and interpolation on the dates without HS of
+   same_day and every scenario named. --report-only rewrites it from the saved results.json files.
+
+Scenarios other than same_day run kernel set 1 only unless --kernels says otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ import numpy as np
 from stsfusion.model.evaluation.metrics import assess_rasters
 
 KERNEL_SETS = ("1", "1/3", "1/3/5")
+SCENARIOS = ("same_day", "offset_1_3", "offset_5_8", "one_fine", "one_hs", "cloudy_fine")  # make_dataset.py's
+CALENDAR_KERNELS = "1"  # the network's kernel set in the calendar table (and the default outside same_day)
 BASELINES = (
     ("interpolation", "Interpolation (nearest HS date, bicubic)"),
     ("two_stage", "Two-stage (STARFM-style + ridge MS→HS)"),
@@ -50,8 +64,29 @@ def qgis_env() -> dict:
     return env
 
 
+class StepFailed(RuntimeError):
+    """A benchmark step failed; str() is the message to record."""
+
+
+def failure_message(log_text: str) -> str:
+    """The error a qgis_process.bin (or Python) run ended with, from its log: the lines after the
+    last "Error"/"Traceback" marker, else the last non-empty line."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        low = lines[i].lower()
+        if low.startswith("traceback"):
+            return lines[-1]
+        if low.startswith("error:"):  # qgis_process: "ERROR:\t<the QgsProcessingException's message>"
+            return lines[i].split(":", 1)[1].strip()[:400]
+        if "error" in low or "exception" in low:
+            tail = " ".join(lines[i : i + 4]) if low.rstrip(":").endswith(("error", "exception")) else lines[i]
+            return tail[:400]
+    return (lines[-1] if lines else "no output")[:400]
+
+
 def run_measured(args: list, log_path: str) -> dict:
-    """Runs a command; returns wall time (s) and its own peak resident memory (MB, from wait4)."""
+    """Runs a command; returns wall time (s) and its own peak resident memory (MB, from wait4).
+    Raises StepFailed with the error from its log when it exits non-zero."""
     t0 = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=qgis_env())
@@ -59,9 +94,10 @@ def run_measured(args: list, log_path: str) -> dict:
     wall = time.time() - t0
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f"{' '.join(args[:4])} failed ({code}); log {log_path}:\n{tail}")
+        with open(log_path, errors="replace") as f:
+            text = f.read()
+        print(f"  FAILED ({code}), log {log_path}:\n{text[-3000:]}", flush=True)
+        raise StepFailed(failure_message(text) or f"exit code {code}")
     return {"time_s": wall, "peak_mb": usage.ru_maxrss / 1024.0}
 
 
@@ -75,6 +111,8 @@ def assess_folder(folder: str, prefix: str, dataset: dict, dataset_dir: str, wor
     out = {}
     for date in dataset["dates"]:
         fused = os.path.join(folder, f"{prefix}_{date}.tif")
+        if not os.path.exists(fused):
+            raise StepFailed(f"no output for {date} ({fused})")
         truth = os.path.join(dataset_dir, dataset["truth_dir"], f"truth_hs_{date}.tif")
         r = assess_rasters(fused, truth, dataset["hs_factor"], os.path.join(work, "assess.csv"))
         out[date] = {m: float(r["overall"][m.upper()]) for m in METRICS}
@@ -83,6 +121,15 @@ def assess_folder(folder: str, prefix: str, dataset: dict, dataset_dir: str, wor
 
 def mean_over(per_date: dict, dates: list) -> dict:
     return {m: float(np.mean([per_date[d][m] for d in dates])) for m in METRICS}
+
+
+def cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def failed_row(name: str, message: str, n_cols: int) -> str:
+    return f"| {name} | failed: {cell(message)} |" + " |" * (n_cols - 2)
 
 
 def fmt_row(name: str, m: dict, extra: str = "") -> str:
@@ -112,107 +159,340 @@ def machine() -> str:
     )
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data"))
-    ap.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "output"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
-    ap.add_argument("--kernels", default=",".join(KERNEL_SETS), help="comma-separated kernel sets")
-    args = ap.parse_args(argv)
-    if shutil.which("qgis_process.bin") is None:
-        raise SystemExit("qgis_process.bin not found: run `make setup` first.")
-    dataset_dir = os.path.join(args.work, "dataset")
+def dataset_folder(work: str, scenario: str) -> str:
+    """Where make_dataset.py writes a scenario by default (when --work is the default)."""
+    return os.path.join(work, "dataset" if scenario == "same_day" else f"dataset_{scenario}")
+
+
+def reproduce_command(scenario: str, kernels: str) -> str:
+    """The command that (re)produces one scenario's results."""
+    cmd = ".venv/bin/python benchmarks/run_benchmark.py"
+    if scenario != "same_day":
+        cmd += f" --scenarios {scenario}"
+    if kernels != default_kernels(scenario):
+        cmd += f" --kernels {kernels}"
+    return cmd
+
+
+def default_kernels(scenario: str) -> str:
+    return ",".join(KERNEL_SETS) if scenario == "same_day" else CALENDAR_KERNELS
+
+
+def results_path(work: str, scenario: str) -> str:
+    return os.path.join(work, scenario, "results.json")
+
+
+def load_saved(work: str, scenario: str) -> dict | None:
+    path = results_path(work, scenario)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_scenario(scenario: str, kernel_sets: list, data: str, root_work: str) -> dict:
+    """Runs one scenario end to end; returns (and saves) its results. Failures are recorded."""
+    work = os.path.join(root_work, scenario)
+    dataset_dir = dataset_folder(root_work, scenario)
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs, exist_ok=True)
+    kernels = ",".join(kernel_sets)
+    saved = {
+        "scenario": scenario,
+        "command": reproduce_command(scenario, kernels),
+        "argv": " ".join(["benchmarks/run_benchmark.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "dataset_dir": os.path.relpath(dataset_dir, ROOT),
+        "kernels": kernels,
+        "results": {},
+        "runs": {},
+    }
+    runs, results = saved["runs"], saved["results"]
+    labels = [f"STS Fusion, kernels {k}" for k in kernel_sets] + [label for _, label in BASELINES]
+
+    def fail_all(message: str) -> dict:
+        for label in labels:
+            results.setdefault(label, {"failed": message})
+        save(root_work, saved)
+        return saved
+
     if not os.path.exists(os.path.join(dataset_dir, "dataset.json")):
-        subprocess.run(
-            [
-                sys.executable,
-                os.path.join(ROOT, "benchmarks", "make_dataset.py"),
-                "--data",
-                args.data,
-                "--out",
-                dataset_dir,
-            ],
-            check=True,
-        )
+        print(f"Build dataset {scenario}", flush=True)
+        try:
+            make = [sys.executable, os.path.join(ROOT, "benchmarks", "make_dataset.py"), "--scenario", scenario]
+            saved["make_dataset"] = run_measured(
+                make + ["--data", data, "--out", dataset_dir], os.path.join(logs, "make_dataset.log")
+            )
+        except StepFailed as e:
+            saved["dataset"] = {"scenario": scenario, "calendar": "?"}
+            return fail_all(f"make_dataset: {e}")
     with open(os.path.join(dataset_dir, "dataset.json")) as f:
         dataset = json.load(f)
     dataset.setdefault(
         "hs_factor", round(dataset["roles"]["hs"]["pixel_size_m"] / dataset["fine_grid"]["pixel_size_m"])
     )
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "stsfusion"], env=qgis_env(), capture_output=True)
-    logs = os.path.join(args.work, "logs")
-    os.makedirs(logs, exist_ok=True)
-    runs = {}
+    # What the report needs of dataset.json, so --report-only does not need the dataset itself.
+    saved["dataset"] = {
+        k: dataset[k]
+        for k in (
+            "scenario",
+            "calendar",
+            "dates",
+            "hs_dates",
+            "fine_ms_dates",
+            "dense_ms_dates",
+            "no_hs_dates",
+            "held_out_dates",
+            "tuning_dates",
+            "truth_dir",
+            "fine_grid",
+            "truth_bands",
+            "hs_factor",
+            "offsets_days",
+        )
+        if k in dataset
+    }
+    saved["dataset"].setdefault("scenario", scenario)
+    saved["dataset"].setdefault("calendar", "?")
 
-    print("Build MDD stack", flush=True)
-    mdd = os.path.join(args.work, "mdd", "benchmark_mdd.json")
+    print(f"[{scenario}] Build MDD stack", flush=True)
+    mdd = os.path.join(work, "mdd", "benchmark_mdd.json")
     os.makedirs(os.path.dirname(mdd), exist_ok=True)
     params = [
         f"{key}={os.path.join(dataset_dir, name)}"
         for key, role in (("FINE_MS", "fine_ms"), ("DENSE_MS", "dense_ms"), ("HS", "hs"))
         for name in dataset["roles"][role]["files"]
     ]
-    runs["buildmdd"] = qgis_process(
-        "stsfusion:buildmdd", params + [f"OUTPUT={mdd}"], os.path.join(logs, "buildmdd.log")
-    )
+    try:
+        runs["buildmdd"] = qgis_process(
+            "stsfusion:buildmdd", params + [f"OUTPUT={mdd}"], os.path.join(logs, "buildmdd.log")
+        )
+    except StepFailed as e:
+        return fail_all(f"Build MDD: {e}")
 
-    results = {}
-    for kernels in args.kernels.split(","):
+    for kernels in kernel_sets:
         tag = "k" + kernels.replace("/", "")
-        print(f"Network, kernel set {kernels}", flush=True)
-        model = os.path.join(args.work, f"model_{tag}.pt")
-        folder = os.path.join(args.work, f"fused_{tag}")
-        train = qgis_process(
-            "stsfusion:train",
-            [
-                f"MDD={mdd}",
-                f"KERNELS={kernels}",
-                f"OUTPUT_MODEL={model}",
-                f"OUTPUT_REPORT={os.path.join(args.work, f'report_{tag}.html')}",
-            ],
-            os.path.join(logs, f"train_{tag}.log"),
-        )
-        fuse = qgis_process(
-            "stsfusion:fuse",
-            [f"MDD={mdd}", f"MODEL={model}", f"OUTPUT_FOLDER={folder}"],
-            os.path.join(logs, f"fuse_{tag}.log"),
-        )
-        runs[f"train_{tag}"], runs[f"fuse_{tag}"] = train, fuse
-        results[f"STS Fusion, kernels {kernels}"] = {
-            "per_date": assess_folder(folder, "fused", dataset, dataset_dir, args.work),
-            "time_s": train["time_s"] + fuse["time_s"],
-            "peak_mb": max(train["peak_mb"], fuse["peak_mb"]),
-        }
+        label = f"STS Fusion, kernels {kernels}"
+        print(f"[{scenario}] Network, kernel set {kernels}", flush=True)
+        model = os.path.join(work, f"model_{tag}.pt")
+        folder = os.path.join(work, f"fused_{tag}")
+        step = "Train"
+        try:
+            train = qgis_process(
+                "stsfusion:train",
+                [
+                    f"MDD={mdd}",
+                    f"KERNELS={kernels}",
+                    f"OUTPUT_MODEL={model}",
+                    f"OUTPUT_REPORT={os.path.join(work, f'report_{tag}.html')}",
+                ],
+                os.path.join(logs, f"train_{tag}.log"),
+            )
+            runs[f"train_{tag}"] = train
+            step = "Fuse"
+            fuse = qgis_process(
+                "stsfusion:fuse",
+                [f"MDD={mdd}", f"MODEL={model}", f"OUTPUT_FOLDER={folder}"],
+                os.path.join(logs, f"fuse_{tag}.log"),
+            )
+            runs[f"fuse_{tag}"] = fuse
+            step = "Assess"
+            results[label] = {
+                "per_date": assess_folder(folder, "fused", dataset, dataset_dir, work),
+                "time_s": train["time_s"] + fuse["time_s"],
+                "peak_mb": max(train["peak_mb"], fuse["peak_mb"]),
+            }
+        except Exception as e:  # recorded: the other steps still run
+            results[label] = {"failed": f"{step}: {e}"}
+        save(root_work, saved)
     for method, label in BASELINES:
-        print(f"Baseline {method}", flush=True)
-        folder = os.path.join(args.work, f"baseline_{method}")
-        run = qgis_process(
-            "stsfusion:baseline",
-            [f"MDD={mdd}", f"METHOD={method}", f"OUTPUT_FOLDER={folder}"],
-            os.path.join(logs, f"baseline_{method}.log"),
-        )
-        runs[f"baseline_{method}"] = run
-        results[label] = {
-            "per_date": assess_folder(folder, method, dataset, dataset_dir, args.work),
-            "time_s": run["time_s"],
-            "peak_mb": run["peak_mb"],
-        }
+        print(f"[{scenario}] Baseline {method}", flush=True)
+        folder = os.path.join(work, f"baseline_{method}")
+        step = "Baseline"
+        try:
+            run = qgis_process(
+                "stsfusion:baseline",
+                [f"MDD={mdd}", f"METHOD={method}", f"OUTPUT_FOLDER={folder}"],
+                os.path.join(logs, f"baseline_{method}.log"),
+            )
+            runs[f"baseline_{method}"] = run
+            step = "Assess"
+            results[label] = {
+                "per_date": assess_folder(folder, method, dataset, dataset_dir, work),
+                "time_s": run["time_s"],
+                "peak_mb": run["peak_mb"],
+            }
+        except Exception as e:  # recorded: the other steps still run
+            results[label] = {"failed": f"{step}: {e}"}
+        save(root_work, saved)
+    return saved
 
-    with open(os.path.join(args.work, "results.json"), "w") as f:
-        json.dump({"results": results, "runs": runs}, f, indent=1)
-    write_report(args.out, dataset, results, runs)
+
+def save(root_work: str, saved: dict) -> None:
+    path = results_path(root_work, saved["scenario"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".part", "w") as f:
+        json.dump(saved, f, indent=1)
+    os.replace(path + ".part", path)
+
+
+def parse_scenarios(text: str) -> list:
+    names = SCENARIOS if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise SystemExit(
+            f"Unknown scenario(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(SCENARIOS)} or all."
+        )
+    return list(dict.fromkeys(names))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data"))
+    ap.add_argument(
+        "--work",
+        default=os.path.join(ROOT, "benchmarks", "output"),
+        help="root of the work folders: <work>/<scenario>/ (results.json, logs, models, fused images) "
+        "and the datasets <work>/dataset (same_day), <work>/dataset_<scenario>",
+    )
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument(
+        "--scenarios",
+        default="same_day",
+        help=f"comma-separated, or all: {', '.join(SCENARIOS)} (default same_day)",
+    )
+    ap.add_argument(
+        "--kernels",
+        help=f"comma-separated kernel sets (default {','.join(KERNEL_SETS)} for same_day, "
+        f"{CALENDAR_KERNELS} for the other scenarios)",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite --out from the saved <work>/<scenario>/results.json of the scenarios named",
+    )
+    args = ap.parse_args(argv)
+    scenarios = parse_scenarios(args.scenarios)
+    saved = {}
+    if not args.report_only:
+        if shutil.which("qgis_process.bin") is None:
+            raise SystemExit("qgis_process.bin not found: run `make setup` first.")
+        subprocess.run(["qgis_process.bin", "plugins", "enable", "stsfusion"], env=qgis_env(), capture_output=True)
+        for scenario in scenarios:
+            kernels = args.kernels or default_kernels(scenario)
+            print(f"== Scenario {scenario}", flush=True)
+            saved[scenario] = run_scenario(scenario, kernels.split(","), args.data, args.work)
+            print(f"   results in {results_path(args.work, scenario)}", flush=True)
+    # The report: the scenarios named, plus same_day's saved results (the main tables, the reference).
+    for scenario in dict.fromkeys(["same_day", *scenarios]):
+        if scenario not in saved:
+            loaded = load_saved(args.work, scenario)
+            if loaded is not None:
+                saved[scenario] = loaded
+            elif scenario in scenarios:
+                print(f"no saved results for {scenario} ({results_path(args.work, scenario)}): left out")
+    if not saved:
+        raise SystemExit("No results to report.")
+    ordered = {s: saved[s] for s in SCENARIOS if s in saved}
+    write_report(args.out, ordered)
     print(f"wrote {args.out}")
     return 0
 
 
-def write_report(path: str, dataset: dict, results: dict, runs: dict):
+def write_report(path: str, saved: dict):
+    """BENCHMARKS.md from the scenarios' saved results (scenario -> results.json content)."""
+    if "same_day" in saved:
+        s = saved["same_day"]
+        lines = main_tables(s["dataset"], s["results"], s["runs"], s.get("date"), s.get("machine"))
+    else:
+        lines = [
+            "# Benchmarks",
+            "",
+            "No same-day results saved yet (benchmarks/output/same_day/results.json): run "
+            "`.venv/bin/python benchmarks/run_benchmark.py` for the main tables.",
+            "",
+        ]
+    lines += calendar_section(saved)
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def network_labels(results: dict) -> list:
+    """The network rows of the calendar table: kernel set 1, or whatever kernel sets were run."""
+    nets = [k for k in results if k.startswith("STS Fusion")]
+    preferred = f"STS Fusion, kernels {CALENDAR_KERNELS}"
+    return [preferred] if preferred in nets else nets
+
+
+def calendar_section(saved: dict) -> list:
+    """## Acquisition calendars: network (kernel set 1), two-stage and interpolation per scenario,
+    averaged over the dates without HS (the same three dense-MS-only dates in every scenario)."""
+    ref = saved.get("same_day", {}).get("results", {})
+    lines = [
+        "## Acquisition calendars",
+        "",
+        "The same simulated scene and sensors on other acquisition calendars",
+        "(`benchmarks/make_dataset.py --scenario NAME`). Each image draws its noise, gains, misregistration",
+        "and clouds from the same random stream as the same-day image it stands for, so a scenario differs",
+        "from same_day only in its calendar. Metrics averaged over the dates without HS: the dense-MS-only",
+        "dates of the same-day calendar, in every scenario. ΔCC = CC − the same kernel set's CC on same_day.",
+        "",
+        "| Scenario | Calendar | Method | CC | SAM (°) | PSNR (dB) | SSIM | ΔCC vs same day | Command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario, s in saved.items():
+        results, dataset = s["results"], s["dataset"]
+        no_hs = dataset.get("no_hs_dates", [])
+        baselines = [label for _, label in reversed(BASELINES)]  # two-stage, then interpolation
+        labels = network_labels(results) + [label for label in baselines if label in results]
+        for i, label in enumerate(labels):
+            first = i == 0
+            head = f"| {scenario if first else ''} | {cell(dataset.get('calendar', '?')) if first else ''} | "
+            name = label.replace("STS Fusion, kernels", "STS Fusion network, kernels")
+            command = f"`{s['command']}`" if first else ""
+            r = results[label]
+            if "failed" in r:
+                lines.append(f"{head}{name} | failed: {cell(r['failed'])} | | | | | {command} |")
+                continue
+            m = mean_over(r["per_date"], no_hs)
+            delta = ""
+            if label.startswith("STS Fusion"):
+                base = ref.get(label)
+                delta = (
+                    f"{m['cc'] - mean_over(base['per_date'], no_hs)['cc']:+.4f}"
+                    if base and "per_date" in base
+                    else "n/a"
+                )
+            lines.append(
+                f"{head}{name} | {m['cc']:.4f} | {m['sam']:.3f} | {m['psnr']:.2f} | {m['ssim']:.4f} | {delta} | "
+                f"{command} |"
+            )
+    lines += [""]
+    for scenario, s in saved.items():
+        d = s["dataset"]
+        if all(k in d for k in ("fine_ms_dates", "hs_dates", "dense_ms_dates")):
+            lines.append(
+                f"- {scenario}: fine MS {', '.join(d['fine_ms_dates'])}; HS {', '.join(d['hs_dates'])}; "
+                f"dense MS {', '.join(d['dense_ms_dates'])}; run {s.get('date', '?')}."
+            )
+    lines.append("")
+    return lines
+
+
+def main_tables(
+    dataset: dict, results: dict, runs: dict, date: str | None = None, machine_text: str | None = None
+) -> list:
+    """The same-day report (the paper's tables), as the benchmark has always written it."""
     hs_dates, no_hs = dataset["hs_dates"], dataset["no_hs_dates"]
     held, tuning = dataset["held_out_dates"], dataset["tuning_dates"]
     lines = [
         "# Benchmarks",
         "",
         "Produced by `make setup && source scripts/env.sh && .venv/bin/python benchmarks/run_benchmark.py`",
-        f"on {time.strftime('%Y-%m-%d')}; machine: {machine()}.",
+        f"on {date or time.strftime('%Y-%m-%d')}; machine: {machine_text or machine()}.",
         "",
         "**Data: SIMULATED.** No public multi-date hyperspectral series exists, so the 7-date series is",
         "simulated from one real EnMAP L2A image of Potsdam (18 tiles of ../shared/data/enmap_potsdam,",
@@ -243,7 +523,9 @@ def write_report(path: str, dataset: dict, results: dict, runs: dict):
             HEADER.format("Size", " Time (s) | Peak memory (MB) |", "---|---|"),
         ]
         for name, r in results.items():
-            if name.startswith("STS Fusion"):
+            if name.startswith("STS Fusion") and "failed" in r:
+                lines.append(failed_row(name.split("kernels ")[1], r["failed"], 9))
+            elif name.startswith("STS Fusion"):
                 lines.append(
                     fmt_row(
                         name.split("kernels ")[1],
@@ -258,19 +540,23 @@ def write_report(path: str, dataset: dict, results: dict, runs: dict):
             HEADER.format("Method", " Time (s) | Peak memory (MB) |", "---|---|"),
         ]
         for name, r in results.items():
+            if "failed" in r:
+                lines.append(failed_row(name, r["failed"], 9))
+                continue
             lines.append(fmt_row(name, mean_over(r["per_date"], dates), f" {r['time_s']:.0f} | {r['peak_mb']:.0f} |"))
         lines.append("")
     lines += ["## Per date", "", HEADER.format("Method / date", "", "")]
     for name, r in results.items():
+        if "failed" in r:
+            lines.append(failed_row(name, r["failed"], 7))
+            continue
         for d in dataset["dates"]:
             kind = "HS" if d in hs_dates else ("held out" if d in held else "tuning")
             lines.append(fmt_row(f"{name} / {d} ({kind})", r["per_date"][d]))
     lines += ["", "## Runs", "", "| step | wall time (s) | peak memory (MB) |", "|---|---|---|"]
     lines += [f"| {k} | {v['time_s']:.1f} | {v['peak_mb']:.0f} |" for k, v in runs.items()]
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The one callback contract of every long operation in model/: progress, cancel and log.
+"""The one callback contract of every long operation in model/: progress, cancel, log and warnings.
 
     cb = Callbacks(progress=lambda fraction, message: ..., is_canceled=lambda: ..., log=print)
     fuse_time_series(..., callbacks=cb)
@@ -33,11 +33,13 @@ def _no_log(message: str) -> None:
 
 @dataclass(frozen=True)
 class Callbacks:
-    """progress(fraction 0..1, message), is_canceled() -> bool, log(message)."""
+    """progress(fraction 0..1, message), is_canceled() -> bool, log(message), warn(message): a
+    result is likely poor (shown as a warning, not an error)."""
 
     progress: Callable[[float, str], None] = _no_progress
     is_canceled: Callable[[], bool] = _not_canceled
     log: Callable[[str], None] = _no_log
+    warn: Callable[[str], None] = _no_log
 
     def check(self, message: str = "Canceled: no output was written.") -> None:
         """Raises ``Canceled(message)`` when the user has asked to stop."""

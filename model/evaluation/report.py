@@ -35,6 +35,7 @@ def write_training_report(path: str, history: list, info: dict) -> str:
     tasks = list(info.get("tasks") or _tasks_from_history(history))
     body = [
         _summary_section(info, history),
+        _self_check_section(info.get("self_check")),
         _task_section(history, tasks),
         _pca_section(info.get("pca_explained_variance") or []),
         _parameters_section(info.get("parameters") or {}),
@@ -147,6 +148,31 @@ def _task_plot_png(history, task) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _self_check_section(result) -> str:
+    """The self-check: network and two-stage baseline against an HS image withheld from training."""
+    if not result:
+        return "<h2>Self-check</h2><p>Not run (SELF_CHECK off).</p>"
+    if "skipped" in result:
+        return f"<h2>Self-check</h2><p>Skipped: {html.escape(str(result['skipped']))}</p>"
+    metrics = ("CC", "SAM", "PSNR", "SSIM")
+    rows = "".join(
+        f"<tr><td>{label}</td>" + "".join(f"<td>{_num(result[key][m])}</td>" for m in metrics) + "</tr>"
+        for key, label in (("network", "Network"), ("two_stage", "Two-stage baseline"))
+    )
+    worse = result.get("worse_than_baseline") or []
+    verdict = (
+        f"<p class='warn'>The network is worse than the baseline on {html.escape(', '.join(worse))}.</p>"
+        if worse
+        else "<p>The network is at least as good as the baseline on every metric.</p>"
+    )
+    return (
+        "<h2>Self-check</h2>"
+        f"<p>{html.escape(str(result['withheld']))}, compared at the HS pixel size (x{result['factor']}); "
+        "SAM in degrees, PSNR in dB. No truth is needed: the withheld HS is the reference.</p>"
+        f"<table><tr><th></th>{''.join(f'<th>{m}</th>' for m in metrics)}</tr>{rows}</table>{verdict}"
+    )
 
 
 def _pca_section(variance) -> str:

@@ -32,6 +32,7 @@ import os
 import numpy as np
 from osgeo import gdal
 
+from ..core.calendar import MAX_DAYS_APART, check_max_days, fill_in_time, fine_for
 from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.degrade import degrade, upsample
 from ..core.vocabulary import ROLE_LABELS, ROLES, by_distance, day_number
@@ -121,6 +122,7 @@ class TwoStage:
         radius: int | None = None,
         alpha: float = RIDGE_ALPHA,
         callbacks: Callbacks | None = None,
+        max_days_apart: float = MAX_DAYS_APART,
     ) -> None:
         for role in ROLES:
             if role not in mdd.roles:
@@ -138,6 +140,8 @@ class TwoStage:
         self.log = self.callbacks.log
         self.fine_dates = mdd.roles["fine_ms"].dates
         self.dense_dates = mdd.roles["dense_ms"].dates
+        self.max_days = check_max_days(max_days_apart)
+        self._dense_memo = (None, None)  # (window, (values, validity) of every dense MS date)
         self.band_map = self._fit_band_map()
         self.sigma = self._fine_std()
         self.weights = None
@@ -145,15 +149,27 @@ class TwoStage:
     def _check(self):
         self.callbacks.check(CANCELED)
 
+    def dense_at(self, window: tuple, date: str) -> np.ndarray:
+        """The dense MS (bands, rows, cols) of a window on any date, filled in time per pixel (the
+        calendar rule, as in training and fusion); NaN where the pixel is never valid."""
+        if self._dense_memo[0] != tuple(window):
+            values = self.mdd.read("dense_ms", window)
+            self._dense_memo = (tuple(window), (values, np.isfinite(values).all(axis=1)))
+        values, valid = self._dense_memo[1]
+        out, ok = fill_in_time(values, valid, [day_number(d) for d in self.dense_dates], day_number(date))
+        out[:, ~ok] = np.nan
+        return out
+
     def _fit_band_map(self) -> np.ndarray:
-        """A (n_dense + 1, n_fine) least-squares map dense MS -> fine MS at the dense scale."""
-        common = [d for d in self.fine_dates if d in self.dense_dates]
+        """A (n_dense + 1, n_fine) least-squares map dense MS -> fine MS at the dense scale, on every
+        fine MS date (the dense MS brought to it in time)."""
+        common = list(self.fine_dates)
         nd, nf = self.mdd.roles["dense_ms"].n_bands, self.mdd.roles["fine_ms"].n_bands
         gram, rhs = np.zeros((nd + 1, nd + 1)), np.zeros((nd + 1, nf))
         for tile in self.tiles:
             self._check()
             for d in common:
-                x = _block_mean(self.mdd.read("dense_ms", tile, [d])[0], self.fd)
+                x = _block_mean(self.dense_at(tile, d), self.fd)
                 y = _block_mean(self.mdd.read("fine_ms", tile, [d])[0], self.fd)
                 x, y = x.reshape(nd, -1).T, y.reshape(nf, -1).T
                 ok = np.isfinite(x).all(1) & np.isfinite(y).all(1)
@@ -162,14 +178,14 @@ class TwoStage:
                 rhs += xa.T @ y[ok]
         if gram[nd, nd] < 2 * (nd + 1):
             raise BaselineError(
-                "The fine MS and dense MS share too few valid pixels on common dates to "
-                "relate their bands: give both sensors at least one common, mostly "
-                "cloud-free date."
+                "The fine MS and the dense MS (brought to the fine MS dates in time) share too few "
+                "valid pixels to relate their bands: give the fine MS at least one mostly cloud-free "
+                "date within the dense MS series."
             )
         m = _solve(gram, rhs, 1e-6)
         self.log(
             f"Band mapping dense MS -> fine MS fitted on {int(gram[nd, nd])} pixels at the dense "
-            f"scale ({len(common)} common date(s))."
+            f"scale ({len(common)} fine MS date(s))."
         )
         return m
 
@@ -190,10 +206,9 @@ class TwoStage:
         mdd, r = self.mdd, self.radius
         nf = mdd.roles["fine_ms"].n_bands
         shape = (nf, window[3], window[2])
-        observed = mdd.read("fine_ms", window, [date])[0] if date in self.fine_dates else None
-        if date not in self.dense_dates:
-            return observed if observed is not None else np.full(shape, np.nan, np.float32)
-        dense_t = mdd.read("dense_ms", window, [date])[0]
+        own = fine_for(self.fine_dates, date, mdd.roles["hs"].dates, self.max_days)  # the fine MS of this date
+        observed = mdd.read("fine_ms", window, [own])[0] if own else None
+        dense_t = self.dense_at(window, date)
         num, den = np.zeros(shape), np.zeros(shape[1:])
         a = self.band_map[:-1]  # changes: the intercept cancels
         yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
@@ -204,10 +219,10 @@ class TwoStage:
         ]
         tol = (2.0 * self.sigma / SIMILAR_CLASSES)[:, None, None]
         for k in self.fine_dates:
-            if k == date or k not in self.dense_dates:
+            if k == own:
                 continue
             fk = mdd.read("fine_ms", window, [k])[0]
-            dd = dense_t - mdd.read("dense_ms", window, [k])[0]
+            dd = dense_t - self.dense_at(window, k)
             change = np.einsum("db,dyx->byx", a, np.nan_to_num(dd))
             change_ok = np.isfinite(dd).all(0)
             fk_p, ch_p, ok_p = _pad(fk, r, np.nan), _pad(change, r, 0.0), _pad(change_ok, r, False)
@@ -289,8 +304,10 @@ def run_baseline(
     dates: str | list[str] | None = None,
     tile_size: int = 128,
     callbacks: Callbacks | None = None,
+    max_days_apart: float = MAX_DAYS_APART,
 ) -> list:
-    """Runs one baseline on an MDD; returns the written ``<method>_YYYY-MM-DD.tif`` paths."""
+    """Runs one baseline on an MDD; returns the written ``<method>_YYYY-MM-DD.tif`` paths.
+    ``max_days_apart``: the two-stage baseline's pairing of fine MS with the dates (calendar rule)."""
     cb = callbacks_or_default(callbacks)
     log, progress = cb.log, cb.progress
     if method not in METHODS:
@@ -307,7 +324,7 @@ def run_baseline(
     tile_size = max(int(tile_size), 16)
     model = None
     if method == "two_stage":
-        model = TwoStage(mdd, tile_size, callbacks=cb)
+        model = TwoStage(mdd, tile_size, callbacks=cb, max_days_apart=max_days_apart)
         tile_size = -(-tile_size // model.step) * model.step
         model.tiles = tile_windows(mdd.grid.width, mdd.grid.height, tile_size)
         model.fit_spectral()

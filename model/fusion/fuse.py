@@ -80,6 +80,7 @@ def fuse_time_series(
     ``ModelError`` (all ValueErrors with a message for the user), ``Canceled``.
     """
     from ..nn.predictor import load_predictor  # torch is imported only when fusion actually runs
+    from .self_check import report_self_check
 
     tile_size = int(tile_size)
     if tile_size < 16:
@@ -89,6 +90,7 @@ def fuse_time_series(
     targets = requested_dates(mdd, dates)
     predictor = load_predictor(model_path, device=device)
     predictor.check_compatible(mdd)
+    report_self_check(predictor.meta, callbacks_or_default(callbacks))
     return fuse_with_predictor(mdd, predictor, output_folder, targets, tile_size, callbacks, model_path=model_path)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.grid import Grid
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
-from .format import MDD, RoleStack, RoleStackWriter, stack_paths, write_manifest
+from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
 from .raster_io import (
     LayerInfo,
     RasterInputError,
@@ -387,7 +387,9 @@ def _copy_layer(
             under = np.isfinite(warp_window(src, info, grid, window, "near"))
             valid &= under[good].all(axis=0) if good.any() else under.any(axis=0)
         band_seen |= finite.any(axis=(1, 2))
-        writer.write(t, np.where(finite, values, 0.0), valid, window)
+        # A value that is not there (non-finite) or not to be trusted (a bad band) is nodata, also in
+        # a valid pixel: it reads back as NaN, stays out of the PCA and comes out as nodata.
+        writer.write(t, np.where(finite & good[:, None, None], values, NODATA), valid, window)
         n_valid += int(valid.sum())
         done += window[2] * window[3]
         on_pixels(done)

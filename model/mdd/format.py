@@ -85,6 +85,19 @@ class MDD:
         self.path = path
         self.grid = grid
         self.roles = roles  # role -> RoleStack, in ROLES order
+        self.hidden = {}  # (role, date) -> window (xoff, yoff, xsize, ysize) read as invalid
+
+    def hiding(self, role: str, date: str, window: tuple | None = None) -> MDD:
+        """A view of this MDD in which ``role``'s image of ``date`` reads as invalid inside
+        ``window`` (None: everywhere): what a self-check withholds from training. The date stays
+        listed, so the calendar (which fine MS pairs with it) is the same as in the MDD."""
+        if date not in self.roles[role].dates:
+            raise MDDError(f"{ROLE_LABELS[role]} has no image on {date} to hide.")
+        view = MDD(self.path, self.grid, dict(self.roles))
+        view.hidden = dict(self.hidden)
+        whole = (0, 0, self.grid.width, self.grid.height)
+        view.hidden[(role, date)] = whole if window is None else tuple(int(v) for v in window)
+        return view
 
     @classmethod
     def open(cls, manifest_path: str) -> MDD:
@@ -168,6 +181,13 @@ class MDD:
         out = np.empty((len(idx), ys, xs), dtype=bool)
         for i, t in enumerate(idx):
             out[i] = ds.GetRasterBand(t + 1).ReadAsArray(xoff, yoff, xs, ys) > 0
+        for (r, date), (hx, hy, hw, hh) in self.hidden.items():
+            if r == role and date in (dates if dates is not None else stack.dates):
+                i = (dates if dates is not None else stack.dates).index(date)
+                x0, y0 = max(hx, xoff) - xoff, max(hy, yoff) - yoff
+                x1, y1 = min(hx + hw, xoff + xs) - xoff, min(hy + hh, yoff + ys) - yoff
+                if x1 > x0 and y1 > y0:
+                    out[i, y0:y1, x0:x1] = False
         return out
 
     def read(self, role: str, window: tuple | None = None, dates: list[str] | None = None) -> np.ndarray:

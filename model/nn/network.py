@@ -225,6 +225,7 @@ class FusionNetwork(nn.Module):
         reference_smoothing: float = 2.0,
         reference_in_prior: bool = False,
         smooth_correction: bool = True,
+        reference_gap: bool = True,
     ) -> None:
         super().__init__()
         self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
@@ -239,8 +240,12 @@ class FusionNetwork(nn.Module):
             reference_smoothing=float(reference_smoothing),
             reference_in_prior=bool(reference_in_prior),
             smooth_correction=bool(smooth_correction),
+            reference_gap=bool(reference_gap),
         )
         self.reference_in_prior = bool(reference_in_prior)
+        # False when training saw a single HS date: the time to the reference was always 0 then, so
+        # it is left out rather than extrapolated.
+        self.reference_gap = bool(reference_gap)
         self.spatial = SpatialBranch(n_dense, n_fine, self.kernels, width, n_blocks)
         self.temporal = TemporalBranch(n_fine, n_dense, self.kernels, width, n_blocks)
         self.spectral = SpectralBranch(n_fine, n_components, self.kernels, width, n_blocks)
@@ -324,6 +329,8 @@ class FusionNetwork(nn.Module):
             v_ref = v_ref + take
         prior = s_t + rho if self.reference_in_prior else s_t
         gap_q = x["gap_q"] * vt
+        if not self.reference_gap:
+            gap_ref = torch.zeros_like(gap_ref)
         features = torch.cat([sp_feat, t_feat, s_feat, s_t, rho, h_ref, x["va"], vt, v_ref, gap_q, gap_ref], 1)
         scores = self.head(features, prior, vm)
         return {"scores": scores, "prior": prior, "m": m, "vm": vm, "sp": sp, "tp": tp, "vt": vt}

@@ -18,11 +18,11 @@ next reference date).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core.calendar import fill_in_time, fine_for
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
 from .device import select_device, use_mixed_precision
@@ -33,35 +33,6 @@ if TYPE_CHECKING:
     from .network import FusionNetwork
 
 __all__ = ["ModelError", "FusionPredictor", "load_predictor"]
-
-
-def fill_in_time(values: np.ndarray, valid: np.ndarray, days: Sequence[int], day: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel: the value at `day` interpolated linearly in time between the nearest valid dates
-    before and after it (a valid observation at `day` itself is kept as it is).
-
-    values (T, B, H, W) physical, valid (T, H, W) bool, days (T,) day numbers, day: the target's.
-    Returns (values (B, H, W), valid (H, W)); NaN where the pixel is valid on no date."""
-    days = np.asarray(days, dtype=np.float64)
-    sides = []
-    for order, on_side in (
-        (np.argsort(-days, kind="stable"), days <= day),
-        (np.argsort(days, kind="stable"), days >= day),
-    ):
-        v = np.full(values.shape[1:], np.nan, np.float32)
-        found = np.full(values.shape[2:], np.nan)  # the day of the value taken, NaN until one is found
-        for i in order:
-            if on_side[i]:
-                take = valid[i] & np.isnan(found)
-                v[:, take] = values[i][:, take]
-                found[take] = days[i]
-        sides.append((v, found))
-    (vb, db), (va, da) = sides
-    has_b, has_a = np.isfinite(db), np.isfinite(da)
-    both = has_b & has_a & (da > db)
-    w = np.where(both, (day - np.where(both, db, 0.0)) / np.where(both, da - db, 1.0), 0.0).astype(np.float32)
-    out = np.where(has_b, vb, va)
-    out = np.where(both, vb + w * (va - vb), out)
-    return out.astype(np.float32), has_b | has_a
 
 
 def _source_weight(d, dq, dq2):
@@ -86,6 +57,9 @@ class FusionPredictor:
         self.kernels = meta["kernels"]
         self.halo = int(net.halo)
         self.bracketing = True  # temporal prediction from the fine MS dates on both sides of t
+        # Fine MS and HS this many days apart are one date (calendar rule); models from before the
+        # rule paired only the same day.
+        self.max_days = float(meta.get("parameters", {}).get("max_days_apart", 0))
         self.hs_wavelengths = list(self.roles["hs"]["wavelengths"])
         self.hs_fwhm = self.roles["hs"].get("fwhm")
         self.fine_norm = BandNormalizer(arrays["fine_mean"], arrays["fine_std"])
@@ -146,13 +120,14 @@ class FusionPredictor:
 
         day = day_number(date)
         fine_dates = mdd.roles["fine_ms"].dates
-        dense_dates = set(mdd.roles["dense_ms"].dates)
-        sources = [d for d in fine_dates if d in dense_dates and d != date]
+        hs_dates = mdd.roles["hs"].dates
+        own = fine_for(fine_dates, date, hs_dates, self.max_days)  # the fine MS that stands for this date
+        sources = [d for d in fine_dates if d != own]  # the dense MS is filled in time at any date
         values = read_values(mdd, "dense_ms", window=window)
         dense = (values, mdd.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1))
         q = nearest_date(sources, day)
         x = {}
-        x["a"], x["va"] = self._read(mdd, "fine_ms", date, window)
+        x["a"], x["va"] = self._read(mdd, "fine_ms", own, window)
         x["d"], x["vd"] = self._read(mdd, "dense_ms", date, window, dense)
         x["fq"], x["vfq"] = self._read(mdd, "fine_ms", q, window)
         x["dq"], x["vdq"] = self._read(mdd, "dense_ms", q, window, dense)
@@ -166,7 +141,7 @@ class FusionPredictor:
         refs = []
         for r in by_distance(mdd.roles["hs"].dates, day):
             ref = {}
-            ref["ar"], ref["var"] = self._read(mdd, "fine_ms", r, window)
+            ref["ar"], ref["var"] = self._read(mdd, "fine_ms", fine_for(fine_dates, r, hs_dates, self.max_days), window)
             ref["dr"], ref["vdr"] = self._read(mdd, "dense_ms", r, window, dense)
             values = read_values(mdd, "hs", window=window, dates=[r])[0]
             valid = mdd.read_mask("hs", window=window, dates=[r])[0]
@@ -180,13 +155,13 @@ class FusionPredictor:
 
     def predict(self, mdd: MDD, window: tuple, date: str) -> np.ndarray:
         """Fine HS (n_hs_bands, ysize, xsize) float32 in the HS's units for window (xoff, yoff, xsize,
-        ysize) on `date` (any date of the MDD); NaN where the pixel has neither a fine MS of that
-        date nor a valid dense MS on any date (dense MS gaps are filled in time), and in HS bands
-        that never had finite values (absorption bands)."""
+        ysize) on `date` (any date within the MDD's series); NaN where the pixel has neither a fine MS
+        of that date nor a valid dense MS on any date (dense MS gaps are filled in time), and in HS
+        bands that never had finite values or are flagged bad."""
         import torch
 
-        if date not in mdd.dates:
-            raise ModelError(f"{date} is not a date of the MDD ({', '.join(mdd.dates)}).")
+        if not mdd.dates or not mdd.dates[0] <= date <= mdd.dates[-1]:
+            raise ModelError(f"{date} is not within the MDD's series ({', '.join(mdd.dates)}).")
         x = self._inputs(mdd, window, date)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_mixed_precision(self.device)):
             out = self.net.fuse(x)

@@ -77,13 +77,23 @@ class HSPCA:
         return self.components.shape[0]
 
     @classmethod
-    def fit(cls, pixels: np.ndarray, wavelengths: Sequence[float] | None, n_components: int, seed: int) -> HSPCA:
-        """pixels (n, bands) physical values of valid HS pixels (NaN allowed in bad bands)."""
+    def fit(
+        cls,
+        pixels: np.ndarray,
+        wavelengths: Sequence[float] | None,
+        n_components: int,
+        seed: int,
+        bbl: Sequence[int] | None = None,
+    ) -> HSPCA:
+        """pixels (n, bands) physical values of valid HS pixels (NaN allowed in bad bands); bbl: the
+        bad band list (0 = bad): bad bands are left out of the PCA and come out as NaN (nodata)."""
         from sklearn.decomposition import PCA
 
         pixels = pixels.astype(np.float64)
         finite = np.isfinite(pixels)
         usable = finite.mean(axis=0) > 0.5
+        if bbl is not None:
+            usable &= np.asarray(bbl, dtype=float) > 0
         if not usable.any():
             raise TrainingDataError(
                 "The HS has no band with finite values in its valid pixels: check its nodata value and rebuild the MDD."

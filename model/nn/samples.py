@@ -18,6 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.calendar import (
+    MAX_DAYS_APART,
+    check_max_days,
+    days_apart,
+    fill_in_time,
+    fine_for,
+    interpolation_note,
+    paired_date,
+)
 from ..core.vocabulary import ROLE_LABELS, ROLES, day_number, nearest_index
 from ..mdd.format import MDD, read_values
 from .network import psf_sigma
@@ -74,7 +83,13 @@ class TrainingSet:
     """
 
     def __init__(
-        self, mdd: MDD, n_components: int, patch_size: int, seed: int, log: Callable[[str], None] = print
+        self,
+        mdd: MDD,
+        n_components: int,
+        patch_size: int,
+        seed: int,
+        log: Callable[[str], None] = print,
+        max_days_apart: float = MAX_DAYS_APART,
     ) -> None:
         check_mdd(mdd, patch_size)
         self.mdd = mdd
@@ -94,32 +109,43 @@ class TrainingSet:
             raw[role] = (values, valid)
         fv, fm = raw["fine_ms"]
         dv, dm = raw["dense_ms"]
+        self.max_days = check_max_days(max_days_apart)
         self.fine_norm = BandNormalizer.fit(fv, fm)
         self.dense_norm = BandNormalizer.fit(dv, dm)
         self.fine = self._role("fine_ms", self.fine_norm.apply(fv, fm), fm)
-        self.dense = self._role("dense_ms", self.dense_norm.apply(dv, dm), dm)
+        hs_dates = list(mdd.roles["hs"].dates)
+        # The dense MS on every date a task needs it (its own, the fine MS and the HS dates), filled
+        # in time per pixel: the same rule the predictor applies at fusion time.
+        dense_dates = sorted(set(mdd.roles["dense_ms"].dates) | set(self.fine.dates) | set(hs_dates))
+        self.dense = self._dense_in_time(dv, dm, dense_dates)
         hv, hm = raw.pop("hs")
         idx = np.argwhere(hm)
         pick = idx[np.sort(rng.choice(len(idx), min(len(idx), MAX_PCA_PIXELS), replace=False))]
         pixels = hv[pick[:, 0], :, pick[:, 1], pick[:, 2]]
-        self.pca = HSPCA.fit(pixels, mdd.roles["hs"].wavelengths, n_components, seed)
+        self.pca = HSPCA.fit(pixels, mdd.roles["hs"].wavelengths, n_components, seed, mdd.roles["hs"].bbl)
         self.hs = self._role("hs", self.pca.transform(hv, hm), hm)
         del hv, raw
         self.hs_ratio = float(mdd.scale_ratio("hs"))
         self.dense_ratio = float(mdd.scale_ratio("dense_ms"))
-        self.step = max(1, int(round(self.hs_ratio)))
+        # Wald's protocol needs a real reduction: at least 2, even where the HS is barely coarser.
+        self.step = max(2, int(round(self.hs_ratio)))
         s = psf_sigma(self.step)
-        # Wald's protocol: each role one HS ratio coarser than it is (its own ratio x R).
+        # Wald's protocol: each role one reduction coarser than it is (its own ratio x the step).
         self.fine_b = gaussian_blur_stack(self.fine.z, self.fine.valid, s)
         self.dense_b = gaussian_blur_stack(self.dense.z, self.dense.valid, self.dense_ratio * s)
         self.hs_b = gaussian_blur_stack(self.hs.z, self.hs.valid, self.hs_ratio * s)
         self.fine_of = {d: i for i, d in enumerate(self.fine.dates)}
         self.dense_of = {d: i for i, d in enumerate(self.dense.dates)}
         self.hs_of = {d: i for i, d in enumerate(self.hs.dates)}
-        with_dense = [i for i, d in enumerate(self.fine.dates) if d in self.dense_of and self.fine.valid[i].any()]
-        self.spatial_dates = with_dense
-        self.pairs = [(q, t) for t in with_dense for q in with_dense if q != t]
+        with_fine = [i for i in range(len(self.fine.dates)) if self.fine.valid[i].any()]
+        self.spatial_dates = with_fine
+        self.pairs = [(q, t) for t in with_fine for q in with_fine if q != t]
         self.hs_dates = [i for i in range(len(self.hs.dates)) if self.hs.valid[i].any()]
+        # The fine MS that stands for each HS date: the nearest within max_days (calendar rule).
+        self.hs_fine = {}
+        for h in self.hs_dates:
+            paired = paired_date([self.fine.dates[i] for i in with_fine], self.hs.dates[h], self.max_days)
+            self.hs_fine[h] = self.fine_of[paired] if paired else None
         self.valid_flat = {("fine", i): np.flatnonzero(self.fine.valid[i]) for i in range(len(self.fine.dates))}
         self.valid_flat.update({("hs", i): np.flatnonzero(self.hs.valid[i]) for i in self.hs_dates})
         self.reduced_patch = min(self.patch, H // self.step, W // self.step)
@@ -128,10 +154,49 @@ class TrainingSet:
             self.tasks.insert(0, "spatial")
         if self.pairs:
             self.tasks.insert(1 if self.spatial_dates else 0, "temporal")
+        self._log_calendar(log, mdd)
+
+    def _dense_in_time(self, values: np.ndarray, valid: np.ndarray, dates: list) -> RoleData:
+        stack_dates = list(self.mdd.roles["dense_ms"].dates)
+        days = [day_number(d) for d in stack_dates]
+        nb = values.shape[1]
+        z = np.zeros((len(dates), nb) + values.shape[2:], np.float32)
+        ok = np.zeros((len(dates),) + values.shape[2:], bool)
+        for i, date in enumerate(dates):
+            v, m = fill_in_time(values, valid, days, day_number(date))
+            z[i], ok[i] = self.dense_norm.apply(v, m), m
+        return RoleData(dates, np.array([day_number(d) for d in dates]), z, ok)
+
+    def _log_calendar(self, log: Callable[[str], None], mdd: MDD) -> None:
+        """The pairings and interpolations of this calendar, and the tasks they allow."""
+        dense_dates = list(mdd.roles["dense_ms"].dates)
+        for h in self.hs_dates:
+            date, t = self.hs.dates[h], self.hs_fine[h]
+            if t is None:
+                log(
+                    f"HS {date}: no fine MS within {self.max_days:g} days (MAX_DAYS_APART); its MS comes from "
+                    "the dense MS and the temporal branch."
+                )
+            else:
+                log(
+                    f"HS {date} paired with fine MS {self.fine.dates[t]} "
+                    f"({days_apart(date, self.fine.dates[t])} days apart)."
+                )
+        needed = sorted(set(self.fine.dates) | {self.hs.dates[h] for h in self.hs_dates})
+        for date in needed:
+            if date not in dense_dates:
+                log("Dense MS " + interpolation_note(dense_dates, date) + ".")
         if not self.pairs:
-            log("Fewer than two fine MS dates with dense MS on the same dates: the temporal task is skipped.")
-        if not self.spatial_dates:
-            log("No date has both fine and dense MS: the spatial task is skipped.")
+            log(
+                "Only one fine MS date: the temporal task cannot be supervised; the temporal branch starts from "
+                "the spatial branch's band mapping and learns only through the fusion task."
+            )
+        if len(self.hs_dates) < 2:
+            log(
+                "Only one HS date: the fusion head learns without a reference from another date, and "
+                "the distance in time to the reference is not used."
+            )
+        log("Tasks: " + ", ".join(self.tasks) + ".")
 
     def _role(self, role, z, valid):
         dates = list(self.mdd.roles[role].dates)
@@ -158,9 +223,10 @@ class TrainingSet:
         return out
 
     def _ms(self, world, role, date, y0, x0, size, step, py, px):
-        """(values, validity) of a role on a date, zeros when the role has no image then."""
+        """(values, validity) of a role on a date, zeros when the role has no image then. The fine MS
+        of a date is the one paired with it (within max_days); the dense MS is filled in time."""
         data = self.fine if role == "fine" else self.dense
-        idx = (self.fine_of if role == "fine" else self.dense_of).get(date)
+        idx = self._fine_index(date) if role == "fine" else self.dense_of.get(date)
         nb = data.z.shape[1]
         if idx is None:
             return np.zeros((nb, size, size), np.float32), np.zeros((1, size, size), np.float32)
@@ -172,6 +238,15 @@ class TrainingSet:
             _take(z, idx, y0, x0, size, step, py, px),
             _take(v[:, None], idx, y0, x0, size, step, py, px).astype(np.float32),
         )
+
+    def _fine_index(self, date: str | None) -> int | None:
+        """The fine MS image that stands for ``date``: its own, or for an HS date the paired one
+        (``core.calendar.fine_for``)."""
+        if date is None:
+            return None
+        usable = [self.fine.dates[i] for i in self.spatial_dates]
+        own = fine_for(usable, date, self.hs.dates, self.max_days)
+        return self.fine_of[own] if own else self.fine_of.get(date)
 
     def fine_batch(self, rng: np.random.Generator, batch: int) -> dict:
         """Temporal + spatial tasks at full scale: targets are observed fine MS.
@@ -223,7 +298,8 @@ class TrainingSet:
 
         The reference is another HS date (or, with probability `self_reference`, h itself, degraded);
         the fine MS of h is left out with probability `drop_fine`, so the head also learns the dates
-        where the MS comes from the temporal branch. Keys as FusionNetwork.fuse plus y/vy."""
+        where the MS comes from the temporal branch (with a single HS date, also when h is its own
+        reference). Keys as FusionNetwork.fuse plus y/vy."""
         P, R, world = self.reduced_patch, self.step, "reduced"
         samples = []
         for _ in range(batch):
@@ -237,11 +313,11 @@ class TrainingSet:
                 "vy": _take(self.hs.valid[:, None], h, y0, x0, P, R, py, px).astype(np.float32),
             }
             s["a"], s["va"] = self._ms(world, "fine", date, y0, x0, P, R, py, px)
-            if r != h and rng.random() < drop_fine:
+            if (r != h or not others) and rng.random() < drop_fine:
                 s["a"], s["va"] = np.zeros_like(s["a"]), np.zeros_like(s["va"])
             s["d"], s["vd"] = self._ms(world, "dense", date, y0, x0, P, R, py, px)
             day = self.hs.days[h]
-            src = [i for i in self.pairs_sources() if self.fine.dates[i] != date]
+            src = [i for i in self.pairs_sources() if i != self.hs_fine[h]]
             q = src[nearest_index(self.fine.days[src], day)] if src else None
             date_q = self.fine.dates[q] if q is not None else None
             s["fq"], s["vfq"] = self._ms(world, "fine", date_q, y0, x0, P, R, py, px)
@@ -263,5 +339,5 @@ class TrainingSet:
         return out
 
     def pairs_sources(self) -> list[int]:
-        """Fine MS dates usable as a temporal source (they have dense MS too)."""
+        """Fine MS dates usable as a temporal source (any with valid pixels: the dense MS is filled in time)."""
         return self.spatial_dates

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core.calendar import MAX_DAYS_APART, check_max_days
 from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.memory import format_mb, peak_rss_mb
 from ..core.vocabulary import ROLES
@@ -26,11 +27,20 @@ if TYPE_CHECKING:
     from .network import FusionNetwork
 
 DEFAULTS = dict(
-    kernels="1", pca_components=12, epochs=30, patch_size=32, batch_size=8, learning_rate=0.002, device="auto", seed=0
+    kernels="1",
+    pca_components=12,
+    epochs=30,
+    patch_size=32,
+    batch_size=8,
+    learning_rate=0.002,
+    device="auto",
+    seed=0,
+    max_days_apart=MAX_DAYS_APART,
 )
 WIDTH, N_BLOCKS = 32, 2
 NETWORK_OPTIONS = dict(reference_smoothing=2.0, reference_in_prior=False, smooth_correction=True)
 MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
+CANCELED = "Training cancelled: no model file written."
 
 
 def _masked_mse(pred, target, mask):
@@ -101,13 +111,15 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
 
     f, d, fb = data.fine, data.dense, data.fine_b
     xs, ys = [], []
+    band_map = None  # dense MS -> fine MS, (W (fine, dense), b (fine,))
     for t in data.spatial_dates:
         dt = data.dense_of[f.dates[t]]
         ok = f.valid[t] & d.valid[dt]
         xs.append(_pixels(d.z, dt, ok))
         ys.append(_pixels(f.z, t, ok))
     if xs and sum(len(x) for x in xs):
-        set_conv(net.spatial.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+        band_map = _ridge(np.concatenate(xs), np.concatenate(ys), rng=rng)
+        set_conv(net.spatial.linear, *band_map)
     xs, ys = [], []
     for q, t in data.pairs:
         dq, dt = data.dense_of[f.dates[q]], data.dense_of[f.dates[t]]
@@ -116,19 +128,27 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
         ys.append(_pixels(f.z, t, ok) - _pixels(f.z, q, ok))
     if xs and sum(len(x) for x in xs):
         set_conv(net.temporal.change, *_ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
+    elif band_map is not None:  # one fine MS date: the change of the fine MS is the mapped dense change
+        set_conv(net.temporal.change, band_map[0], np.zeros(band_map[0].shape[0]))
     xs, ys = [], []
     for h in data.hs_dates:
-        t = data.fine_of.get(data.hs.dates[h])
-        if t is None:
+        t = data.hs_fine.get(h)
+        if t is not None:
+            ok = data.hs.valid[h] & fb[1][t]
+            xs.append(_pixels(fb[0], t, ok))
+        elif band_map is not None:  # no fine MS near this HS date: its dense MS mapped to the fine bands
+            dh = data.dense_of[data.hs.dates[h]]
+            ok = data.hs.valid[h] & data.dense_b[1][dh]
+            xs.append(_pixels(data.dense_b[0], dh, ok) @ band_map[0].T + band_map[1])
+        else:
             continue
-        ok = data.hs.valid[h] & fb[1][t]
-        xs.append(_pixels(fb[0], t, ok))
         ys.append(_pixels(data.hs.z, h, ok))
     if xs and sum(len(x) for x in xs):
         set_conv(net.spectral.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
 
 
-def _check(pca_components, epochs, patch_size, batch_size, learning_rate):
+def check_parameters(pca_components: int, epochs: int, patch_size: int, batch_size: int, learning_rate: float) -> None:
+    """TrainingDataError for a training parameter out of range."""
     if pca_components < 1:
         raise TrainingDataError(f"PCA_COMPONENTS must be at least 1 (got {pca_components}).")
     if epochs < 1:
@@ -175,43 +195,42 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
     return meta, arrays
 
 
-def train_fusion_model(
-    mdd_path: str,
-    model_path: str,
+def fit_network(
+    mdd: MDD,
     kernels: str = "1",
     pca_components: int = 12,
     epochs: int = 30,
     patch_size: int = 32,
     batch_size: int = 8,
     learning_rate: float = 0.002,
-    device: str = "auto",
+    device: str = "cpu",
     seed: int = 0,
+    max_days_apart: float = MAX_DAYS_APART,
     callbacks: Callbacks | None = None,
+    progress_span: tuple[float, float] = (0.0, 1.0),
 ) -> dict:
-    """Trains a FusionNetwork on the MDD at `mdd_path` and writes it to `model_path`.
+    """Trains a FusionNetwork on an open MDD (or a view of one, see ``MDD.hiding``), in memory.
 
-    Returns {"model_path", "history": [per-epoch dicts], "info": {...}}. Raises TrainingDataError /
-    MDDError (ValueError) with a message for the user on bad input, and ``Canceled`` when the user
-    cancels (no file is written then).
+    ``device`` is a device from ``select_device``. Returns {"net", "data" (the TrainingSet),
+    "history", "steps", "device"}. Raises ``Canceled`` when the user cancels.
     """
     import torch
 
     from .loss import MultiTaskLoss
-    from .network import FusionNetwork, parse_kernels
+    from .network import FusionNetwork
 
     cb = callbacks_or_default(callbacks)
-    log, progress = cb.log, cb.progress
-    canceled = "Training cancelled: no model file written."
-    parse_kernels(kernels)
-    _check(pca_components, epochs, patch_size, batch_size, learning_rate)
-    dev = select_device(device)
-    t0 = time.time()
+    log = cb.log
+    p0, p1 = progress_span
+
+    def progress(fraction: float, message: str) -> None:
+        cb.progress(p0 + (p1 - p0) * fraction, message)
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    mdd = MDD.open(mdd_path)
     progress(0.0, "reading the MDD")
-    data = TrainingSet(mdd, pca_components, patch_size, seed, log)
-    cb.check(canceled)
+    data = TrainingSet(mdd, pca_components, patch_size, seed, log, max_days_apart)
+    cb.check(CANCELED)
     net = FusionNetwork(
         data.fine.z.shape[1],
         data.dense.z.shape[1],
@@ -220,22 +239,21 @@ def train_fusion_model(
         hs_ratio=data.hs_ratio,
         width=WIDTH,
         n_blocks=N_BLOCKS,
+        reference_gap=len(data.hs_dates) > 1,
         **NETWORK_OPTIONS,
     )
     init_linear_priors(net, data, rng)
-    net.to(dev)
-    mtl = MultiTaskLoss(data.tasks).to(dev)
+    net.to(device)
+    mtl = MultiTaskLoss(data.tasks).to(device)
     opt = torch.optim.Adam(list(net.parameters()) + list(mtl.parameters()), lr=learning_rate)
     H, W = data.shape
     per_epoch = math.ceil(H * W * max(1, len(data.fine.dates)) / (batch_size * patch_size**2))
     steps = int(np.clip(per_epoch, MIN_STEPS, MAX_STEPS))
     total = epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / total)))
-    amp = use_mixed_precision(dev)
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    amp = use_mixed_precision(device)
     log(
-        f"Device {dev}{' (bfloat16 mixed precision)' if amp else ''}; grid {W}x{H} px; tasks "
+        f"Device {device}{' (bfloat16 mixed precision)' if amp else ''}; grid {W}x{H} px; tasks "
         f"{', '.join(data.tasks)}; {data.pca.n_components} PCA components explain "
         f"{100 * sum(data.pca.explained):.1f}% of the weighted HS variance; halo {net.halo} px; "
         f"{epochs} epochs x {steps} steps."
@@ -245,9 +263,9 @@ def train_fusion_model(
         te = time.time()
         sums = dict.fromkeys(data.tasks, 0.0)
         for step in range(steps):
-            cb.check(canceled)
+            cb.check(CANCELED)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                losses = task_losses(net, data, rng, batch_size, dev)
+                losses = task_losses(net, data, rng, batch_size, device)
             loss = mtl({k: v.float() for k, v in losses.items()})
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -268,6 +286,62 @@ def train_fusion_model(
             + ", ".join(f"{k} loss {entry['loss'][k]:.4f} c {entry['c'][k]:.3f}" for k in data.tasks)
             + f" ({entry['time_s']:.1f} s)"
         )
+    net.eval()
+    return {"net": net, "data": data, "history": history, "steps": steps, "device": device}
+
+
+def train_fusion_model(
+    mdd_path: str,
+    model_path: str,
+    kernels: str = "1",
+    pca_components: int = 12,
+    epochs: int = 30,
+    patch_size: int = 32,
+    batch_size: int = 8,
+    learning_rate: float = 0.002,
+    device: str = "auto",
+    seed: int = 0,
+    max_days_apart: float = MAX_DAYS_APART,
+    callbacks: Callbacks | None = None,
+    extra_info: dict | None = None,
+    progress_span: tuple[float, float] = (0.0, 1.0),
+) -> dict:
+    """Trains a FusionNetwork on the MDD at `mdd_path` and writes it to `model_path`.
+
+    ``extra_info`` (e.g. the self-check) goes into the model file's info. Returns {"model_path",
+    "history": [per-epoch dicts], "info": {...}}. Raises TrainingDataError / MDDError (ValueError)
+    with a message for the user on bad input, and ``Canceled`` when the user cancels (no file is
+    written then).
+    """
+    import torch
+
+    from .network import parse_kernels
+
+    cb = callbacks_or_default(callbacks)
+    log = cb.log
+    parse_kernels(kernels)
+    check_parameters(pca_components, epochs, patch_size, batch_size, learning_rate)
+    check_max_days(max_days_apart)
+    dev = select_device(device)
+    t0 = time.time()
+    mdd = MDD.open(mdd_path)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    fit = fit_network(
+        mdd,
+        kernels,
+        pca_components,
+        epochs,
+        patch_size,
+        batch_size,
+        learning_rate,
+        dev,
+        seed,
+        max_days_apart,
+        cb,
+        progress_span,
+    )
+    net, data, history, steps = fit["net"], fit["data"], fit["history"], fit["steps"]
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else peak_rss_mb()
     params = dict(
         mdd=mdd.path,
@@ -280,6 +354,7 @@ def train_fusion_model(
         device=device,
         seed=seed,
         steps_per_epoch=steps,
+        max_days_apart=float(max_days_apart),
     )
     info = {
         "parameters": params,
@@ -288,9 +363,10 @@ def train_fusion_model(
         "peak_memory_mb": peak,
         "pca_explained_variance": data.pca.explained,
         "tasks": list(data.tasks),
+        **(extra_info or {}),
     }
     meta, arrays = build_metadata(data, net, params, history, info)
-    cb.check(canceled)
+    cb.check(CANCELED)
     save_model(model_path, meta, arrays, net.state_dict())
     info["time_s"] = time.time() - t0
     log(

@@ -10,7 +10,7 @@ from osgeo import gdal, osr
 
 from stsfusion.model.core.callbacks import Callbacks, Canceled
 from stsfusion.model.mdd.build import BuildMddError, build_mdd_stack, parse_dates_override
-from stsfusion.model.mdd.format import NODATA
+from stsfusion.model.mdd.format import NODATA, read_values
 from stsfusion.model.mdd.raster_io import same_crs
 
 
@@ -204,7 +204,8 @@ def test_dates_naming_an_unknown_layer_is_refused(tmp_path):
 
 def test_bad_bands_do_not_blank_the_mask(tmp_path):
     """Like EnMAP's water-vapour bands: one HS band nodata everywhere. Flagged bbl=0 it is ignored
-    for validity (written as 0); unflagged it leaves no valid pixel and the error says why."""
+    for validity and written as nodata (B3: never as a 0 that looks like data); unflagged it leaves no
+    valid pixel and the error says why."""
     fine = [make_raster(tmp_path / "f_20220701.tif", ramp(16, 16, 2), 32633, FINE_ORIGIN, 10, wavelengths=[500, 600])]
     v = np.full((3, 6, 6), 0.2, np.float32)
     v[1] = -32768
@@ -225,7 +226,8 @@ def test_bad_bands_do_not_blank_the_mask(tmp_path):
     assert mdd.roles["hs"].bbl == [1, 0, 1] and mdd.read_mask("hs").all()
     h = mdd.read("hs")[0]
     np.testing.assert_allclose(h[0], 0.2)
-    np.testing.assert_array_equal(h[1], 0.0)
+    np.testing.assert_array_equal(h[1], NODATA)  # nodata inside valid pixels ...
+    assert np.isnan(read_values(mdd, "hs")[0, 1]).all()  # ... which readers see as NaN
     assert gdal.Open(mdd.roles["hs"].path).GetRasterBand(2).GetMetadataItem("bbl") == "0"
     unflagged = [
         make_raster(

@@ -104,7 +104,7 @@ def test_check_compatible_names_what_differs(trained, tmp_path):
 
 
 def test_fill_in_time_interpolates_each_pixel_between_its_nearest_valid_dates():
-    from stsfusion.model.nn.predictor import fill_in_time
+    from stsfusion.model.core.calendar import fill_in_time
 
     values = np.repeat(np.array([1.0, 2.0, 4.0, 8.0], np.float32).reshape(4, 1, 1, 1), 3, axis=3)
     valid = np.ones((4, 1, 3), bool)

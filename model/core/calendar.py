@@ -1,0 +1,116 @@
+"""The calendar rules: which acquisition stands for a date, and how a role is brought to a date it
+was not acquired on. One place, used by training, fusion and the baselines alike, so a model meets
+at fusion time exactly the pairings it was trained on.
+
+- Pairing: real sensors never image on the same day. A fine MS image and an HS image are taken as
+  "the same date" when they are at most ``max_days`` apart (``MAX_DAYS_APART`` by default); the
+  nearest wins, the earlier on a tie (``core.vocabulary.nearest_date``). ``fine_for`` says which
+  fine MS stands for a date: its own, or for an HS date the paired one.
+- Interpolation in time: the dense MS at any date is, per pixel, the linear interpolation of that
+  pixel's valid dense MS on the nearest dates before and after (the nearest one where only one side
+  has data): ``fill_in_time``. ``interpolation_note`` says in words how far the sources were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .vocabulary import day_number, nearest_date
+
+# Fine MS and HS acquisitions this many days apart or less are paired as one date. Ten days keeps
+# sensors a revisit apart (Sentinel-2 5 d, Landsat 8 d, GF-6 4 d) together, while a month of crop
+# growth is not taken as "no change".
+MAX_DAYS_APART = 10
+
+
+class CalendarError(ValueError):
+    """A calendar option that cannot be used; the message says what to give instead."""
+
+
+def check_max_days(max_days: float) -> float:
+    if not max_days >= 0:
+        raise CalendarError(f"MAX_DAYS_APART must be 0 or more days, got {max_days}.")
+    return float(max_days)
+
+
+def paired_date(dates: Sequence[str], date: str, max_days: float = MAX_DAYS_APART) -> str | None:
+    """The date of ``dates`` that stands for ``date``: the nearest at most ``max_days`` away (the
+    earlier on a tie), else None."""
+    day = day_number(date)
+    best = nearest_date(dates, day)
+    return best if best is not None and abs(day_number(best) - day) <= max_days else None
+
+
+def fine_for(
+    fine_dates: Sequence[str], date: str, hs_dates: Sequence[str], max_days: float = MAX_DAYS_APART
+) -> str | None:
+    """The fine MS image that stands for ``date``: the one of that day; for an HS date, the nearest
+    within ``max_days`` (the pairing). Other dates without a fine MS of their own get none: their
+    fine MS is predicted from the nearest fine MS dates and the dense MS change."""
+    if date in fine_dates:
+        return date
+    return paired_date(fine_dates, date, max_days) if date in hs_dates else None
+
+
+def pairings(dates: Sequence[str], targets: Sequence[str], max_days: float = MAX_DAYS_APART) -> dict:
+    """{target: paired date or None} for every target date."""
+    return {t: paired_date(dates, t, max_days) for t in targets}
+
+
+def days_apart(a: str, b: str) -> int:
+    return abs(day_number(a) - day_number(b))
+
+
+def bracketing_dates(dates: Sequence[str], date: str) -> tuple[str | None, str | None]:
+    """The latest of ``dates`` on or before ``date`` and the earliest on or after it."""
+    day = day_number(date)
+    before = [d for d in dates if day_number(d) <= day]
+    after = [d for d in dates if day_number(d) >= day]
+    return (max(before, key=day_number) if before else None, min(after, key=day_number) if after else None)
+
+
+def interpolation_note(dates: Sequence[str], date: str) -> str:
+    """How a role acquired on ``dates`` is brought to ``date``, in words for the log."""
+    if date in dates:
+        return f"{date}: acquired that day (gaps filled in time per pixel)"
+    before, after = bracketing_dates(dates, date)
+    if before and after:
+        return (
+            f"{date}: interpolated in time between {before} ({days_apart(before, date)} days before) "
+            f"and {after} ({days_apart(after, date)} days after)"
+        )
+    side = before or after
+    if side is None:
+        return f"{date}: no acquisition at all"
+    return f"{date}: taken from {side} ({days_apart(side, date)} days {'before' if before else 'after'}), the only side"
+
+
+def fill_in_time(values: np.ndarray, valid: np.ndarray, days: Sequence[int], day: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: the value at `day` interpolated linearly in time between the nearest valid dates
+    before and after it (a valid observation at `day` itself is kept as it is).
+
+    values (T, B, H, W) physical, valid (T, H, W) bool, days (T,) day numbers, day: the target's.
+    Returns (values (B, H, W), valid (H, W)); NaN where the pixel is valid on no date."""
+    days = np.asarray(days, dtype=np.float64)
+    sides = []
+    for order, on_side in (
+        (np.argsort(-days, kind="stable"), days <= day),
+        (np.argsort(days, kind="stable"), days >= day),
+    ):
+        v = np.full(values.shape[1:], np.nan, np.float32)
+        found = np.full(values.shape[2:], np.nan)  # the day of the value taken, NaN until one is found
+        for i in order:
+            if on_side[i]:
+                take = valid[i] & np.isnan(found)
+                v[:, take] = values[i][:, take]
+                found[take] = days[i]
+        sides.append((v, found))
+    (vb, db), (va, da) = sides
+    has_b, has_a = np.isfinite(db), np.isfinite(da)
+    both = has_b & has_a & (da > db)
+    w = np.where(both, (day - np.where(both, db, 0.0)) / np.where(both, da - db, 1.0), 0.0).astype(np.float32)
+    out = np.where(has_b, vb, va)
+    out = np.where(both, vb + w * (va - vb), out)
+    return out.astype(np.float32), has_b | has_a

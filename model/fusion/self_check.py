@@ -1,0 +1,219 @@
+"""The self-check: an accuracy estimate on the user's own scene, with no truth needed.
+
+Before the model is trained on everything, the same recipe is trained once on the MDD with one HS
+image withheld (``MDD.hiding``): the HS date nearest the middle of the series, or, where there is
+only one HS date, the quarter of the grid where it has the most valid pixels. The network and the
+two-stage baseline (fitted on the same view) then predict that date, and both are compared with the
+withheld HS at its own pixel size (block means of ``round(R)`` grid pixels, R = HS / grid pixel
+size: Wald's protocol, the only scale at which the scene has a truth). CC, SAM, PSNR and SSIM of
+both go into the log, the training report and the model file; where the network is worse than the
+baseline on a metric, a warning names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..core.calendar import check_max_days
+from ..core.callbacks import Callbacks, callbacks_or_default
+from ..core.degrade import degrade
+from ..core.vocabulary import by_distance, day_number
+from ..evaluation.metrics import assess
+from ..mdd.format import MDD
+from ..nn.device import select_device
+from ..nn.predictor import FusionPredictor
+from ..nn.samples import check_mdd
+from ..nn.training import DEFAULTS, build_metadata, check_parameters, fit_network, train_fusion_model
+from .baselines import BaselineError, TwoStage
+from .tiling import TileReadCache, expand_window, tile_windows
+
+METRICS = ("CC", "SAM", "PSNR", "SSIM")
+HIGHER_IS_BETTER = {"CC": True, "SAM": False, "PSNR": True, "SSIM": True}
+TILE = 96  # evaluation tile, a multiple of the HS ratios 2, 3, 4 and 6
+
+
+def choose_holdout(mdd: MDD) -> dict:
+    """What to withhold: {"date", "window" (None = the whole date), "label"}."""
+    hs = mdd.roles["hs"]
+    valid = {d: int(mdd.read_mask("hs", dates=[d])[0].sum()) for d in hs.dates}
+    dates = [d for d in hs.dates if valid[d] > 0]
+    if not dates:
+        raise ValueError("The HS has no valid pixel: nothing to check against.")
+    if len(dates) >= 2:
+        days = [day_number(d) for d in mdd.dates]
+        date = by_distance(dates, (days[0] + days[-1]) // 2)[0]
+        return {"date": date, "window": None, "label": f"HS {date} withheld (whole date)"}
+    date = dates[0]
+    f = _factor(mdd)
+    g = mdd.grid
+    w, h = (g.width // 2) // f * f, (g.height // 2) // f * f
+    mask = mdd.read_mask("hs", dates=[date])[0]
+    best = max(
+        ((x, y) for y in (0, (g.height - h) // f * f) for x in (0, (g.width - w) // f * f)),
+        key=lambda o: int(mask[o[1] : o[1] + h, o[0] : o[0] + w].sum()),
+    )
+    window = (best[0], best[1], w, h)
+    return {"date": date, "window": window, "label": f"HS {date} withheld in the block {window} (x, y, w, h)"}
+
+
+def _factor(mdd: MDD) -> int:
+    return max(1, int(round(mdd.scale_ratio("hs"))))
+
+
+def _coarse(values: np.ndarray, f: int) -> np.ndarray:
+    return values if f == 1 else degrade(values, f, sigma=0)
+
+
+def evaluate_holdout(
+    view: MDD,
+    mdd: MDD,
+    predictor: FusionPredictor,
+    two_stage: TwoStage,
+    holdout: dict,
+    callbacks: Callbacks | None = None,
+) -> dict:
+    """CC, SAM, PSNR, SSIM of the network and the two-stage baseline against the withheld HS,
+    both at the HS pixel size, on the pixels where all three are valid."""
+    cb = callbacks_or_default(callbacks)
+    f = _factor(mdd)
+    g = mdd.grid
+    x0, y0, w, h = holdout["window"] or (0, 0, g.width // f * f, g.height // f * f)
+    date = holdout["date"]
+    size = -(-TILE // f) * f
+    nb = mdd.roles["hs"].n_bands
+    out = {k: np.full((nb, h // f, w // f), np.nan, np.float32) for k in ("network", "two_stage", "observed")}
+    cache = TileReadCache(view)
+    for tx, ty, tw, th in tile_windows(w, h, size):
+        cb.check("Self-check canceled: no model file written.")
+        tile = (x0 + tx, y0 + ty, tw // f * f, th // f * f)
+        if tile[2] == 0 or tile[3] == 0:
+            continue
+        cache.clear()
+        window, crop = expand_window(tile, predictor.halo, g.width, g.height)
+        net = predictor.predict(cache, window, date)[:, crop[0], crop[1]]
+        base = two_stage.predict(tile, [date])[date]
+        observed = mdd.read("hs", tile, [date])[0]
+        observed[observed == -9999.0] = np.nan
+        rows = slice(ty // f, (ty + tile[3]) // f)
+        cols = slice(tx // f, (tx + tile[2]) // f)
+        for key, values in (("network", net), ("two_stage", base), ("observed", observed)):
+            out[key][:, rows, cols] = _coarse(values, f)
+    ok = np.isfinite(out["network"]) & np.isfinite(out["two_stage"]) & np.isfinite(out["observed"])
+    for key in out:
+        out[key][~ok] = np.nan
+    result = {}
+    for key in ("network", "two_stage"):
+        overall = assess(out[key], out["observed"], ratio=float(f))["overall"]
+        result[key] = {m: float(overall[m]) for m in METRICS}
+    return result
+
+
+def worse_metrics(result: dict) -> list:
+    """The metrics on which the network is worse than the two-stage baseline."""
+    net, base = result["network"], result["two_stage"]
+    return [m for m in METRICS if (net[m] < base[m]) == HIGHER_IS_BETTER[m] and net[m] != base[m]]
+
+
+def describe(result: dict) -> str:
+    def row(m: dict) -> str:
+        return f"CC {m['CC']:.4f}, SAM {m['SAM']:.2f}°, PSNR {m['PSNR']:.2f} dB, SSIM {m['SSIM']:.4f}"
+
+    return (
+        f"Self-check ({result['withheld']}; compared at the HS pixel size, x{result['factor']}): "
+        f"network {row(result['network'])}; two-stage baseline {row(result['two_stage'])}."
+    )
+
+
+def report_self_check(meta: dict, callbacks: Callbacks) -> None:
+    """Says what the model's self-check measured (Fuse prints it beside the model it loads)."""
+    result = meta.get("info", {}).get("self_check")
+    if not result:
+        callbacks.log("This model has no self-check (trained with SELF_CHECK off, or by an older version).")
+    elif "skipped" in result:
+        callbacks.log(f"This model's self-check was skipped: {result['skipped']}")
+    else:
+        callbacks.log(describe(result))
+        if result.get("worse_than_baseline"):
+            callbacks.warn(
+                f"At training time the network was worse than the two-stage baseline on "
+                f"{', '.join(result['worse_than_baseline'])} (self-check)."
+            )
+
+
+def run_self_check(
+    mdd: MDD,
+    fit_params: dict,
+    device: str,
+    callbacks: Callbacks | None = None,
+    progress_span: tuple[float, float] = (0.0, 1.0),
+) -> dict:
+    """Trains on the MDD with one HS image withheld and measures the network and the two-stage
+    baseline on it. ``fit_params``: the keyword arguments of ``fit_network`` (kernels, epochs, ...).
+    Returns {"withheld", "date", "window", "factor", "network": {metric: value}, "two_stage": {...},
+    "worse_than_baseline": [metrics]}, or {"skipped": reason} where the data cannot support it."""
+    cb = callbacks_or_default(callbacks)
+    holdout = choose_holdout(mdd)
+    view = mdd.hiding("hs", holdout["date"], holdout["window"])
+    cb.log(f"Self-check: {holdout['label']}; training on the rest.")
+    p0, p1 = progress_span
+    quiet = Callbacks(progress=cb.progress, is_canceled=cb.is_canceled, log=lambda message: None)
+    try:
+        fit = fit_network(view, device=device, callbacks=quiet, progress_span=(p0, p0 + 0.9 * (p1 - p0)), **fit_params)
+        two_stage = TwoStage(view, TILE, callbacks=quiet, max_days_apart=fit_params["max_days_apart"])
+        step = two_stage.step  # the baseline's fit needs tiles aligned with both coarse grids
+        two_stage.tiles = tile_windows(mdd.grid.width, mdd.grid.height, -(-TILE // step) * step)
+        two_stage.fit_spectral()
+    except (BaselineError, ValueError) as e:
+        cb.warn(f"Self-check skipped: {e}")
+        return {"skipped": str(e)}
+    meta, arrays = build_metadata(fit["data"], fit["net"], dict(fit_params), fit["history"], {})
+    predictor = FusionPredictor(meta, arrays, fit["net"], device)
+    scores = evaluate_holdout(view, mdd, predictor, two_stage, holdout, quiet)
+    cb.progress(p1, "self-check done")
+    result = {
+        "withheld": holdout["label"],
+        "date": holdout["date"],
+        "window": holdout["window"],
+        "factor": _factor(mdd),
+        **scores,
+    }
+    result["worse_than_baseline"] = worse_metrics(result)
+    cb.log(describe(result))
+    if result["worse_than_baseline"]:
+        names = ", ".join(result["worse_than_baseline"])
+        cb.warn(
+            f"On the withheld HS the network is worse than the two-stage baseline on {names}: its fused "
+            "images are likely poorer than the baseline's (try more EPOCHS, or compare with "
+            "'Baseline fusion' METHOD=two_stage)."
+        )
+    return result
+
+
+def train_with_self_check(
+    mdd_path: str,
+    model_path: str,
+    self_check: bool = True,
+    callbacks: Callbacks | None = None,
+    **params: Any,
+) -> dict:
+    """``train_fusion_model`` (same parameters) preceded by the self-check, whose result goes into
+    the model file, the returned info and the log. Returns train_fusion_model's summary plus
+    "self_check"."""
+    cb = callbacks_or_default(callbacks)
+    params = {**DEFAULTS, **params}
+    check_parameters(
+        params["pca_components"], params["epochs"], params["patch_size"], params["batch_size"], params["learning_rate"]
+    )
+    check_max_days(params["max_days_apart"])
+    extra, span, result = {}, (0.0, 1.0), None
+    if self_check:
+        mdd = MDD.open(mdd_path)
+        check_mdd(mdd, params["patch_size"])
+        fit_params = {k: v for k, v in params.items() if k != "device"}
+        result = run_self_check(mdd, fit_params, select_device(params["device"]), cb, (0.0, 0.4))
+        extra, span = {"self_check": result}, (0.4, 1.0)
+    summary = train_fusion_model(mdd_path, model_path, callbacks=cb, extra_info=extra, progress_span=span, **params)
+    summary["self_check"] = result
+    return summary

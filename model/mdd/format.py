@@ -296,7 +296,7 @@ def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
     """Writes a whole MDD from in-memory arrays (tests, samples, simulations).
 
     ``roles``: role -> dict(dates=[...], values=float32 (time, band, row, col) with NaN where
-    invalid, wavelengths=[...] or None, fwhm=None, native_pixel_size=float, layers=None).
+    invalid, wavelengths=[...] or None, fwhm=None, native_pixel_size=float, layers=None, bbl=None).
     """
     stacks = {}
     with WriterGroup() as writers:
@@ -314,6 +314,7 @@ def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
                 native_pixel_size=float(r.get("native_pixel_size", 0.0)),
                 layers=list(r.get("layers") or r["dates"]),
                 band_names=None if wl is not None else [f"band {b + 1}" for b in range(values.shape[1])],
+                bbl=[int(v) for v in r["bbl"]] if r.get("bbl") is not None else None,
             )
             w = RoleStackWriter(stack, grid)
             writers.append(w)

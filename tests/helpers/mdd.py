@@ -101,12 +101,18 @@ def make_tiny_mdd(
     name="tiny",
     drop_roles=(),
     invalid_roles=(),
+    dense_dates=None,
+    shift_days=None,
+    bbl=None,
 ) -> str:
     """Writes `folder/<name>.json` (+ stacks, + `<name>_truth.npy`); returns the manifest path.
 
     fine_dates / hs_dates: indices of the dates that have a fine MS / HS image (dense MS: all).
     cloud: a nodata disc in one dense MS and one HS date. drop_roles: roles left out of the MDD;
-    invalid_roles: roles whose every pixel is nodata (for error tests).
+    invalid_roles: roles whose every pixel is nodata (for error tests). dense_dates: indices of the
+    dates with a dense MS image (default all). shift_days: {role: days} moves a role's acquisition
+    dates (the images stay those of the truth dates): a real calendar, sensors days apart. bbl: the
+    HS bad band list.
     """
     from stsfusion.model.core.grid import Grid
     from stsfusion.model.mdd.format import write_mdd_from_arrays
@@ -156,6 +162,15 @@ def make_tiny_mdd(
             native_pixel_size=PIXEL * hs_ratio,
         ),
     }
+    if dense_dates is not None:
+        roles["dense_ms"]["dates"] = [dates[i] for i in dense_dates]
+        roles["dense_ms"]["values"] = dense[list(dense_dates)]
+    for role, days in (shift_days or {}).items():
+        roles[role]["dates"] = [
+            (datetime.date.fromisoformat(d) + datetime.timedelta(days=days)).isoformat() for d in roles[role]["dates"]
+        ]
+    if bbl is not None:
+        roles["hs"]["bbl"] = list(bbl)
     for role in invalid_roles:
         roles[role]["values"] = np.full_like(roles[role]["values"], np.nan)
     for role in drop_roles:

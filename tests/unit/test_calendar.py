@@ -1,0 +1,262 @@
+"""Real acquisition calendars: the pairing rule, the dense MS in time, the edge calendars (one fine
+MS date, one HS date, cloudy fine MS, dense MS missing on dates, an HS date with no fine MS near it,
+sensors days apart), bad bands (B3), Wald's reduction (B4) and the self-check."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from helpers.mdd import make_tiny_mdd, truth_path
+from osgeo import gdal
+
+from stsfusion.model.core.calendar import (
+    MAX_DAYS_APART,
+    CalendarError,
+    check_max_days,
+    fill_in_time,
+    fine_for,
+    interpolation_note,
+    paired_date,
+)
+from stsfusion.model.core.callbacks import Callbacks
+from stsfusion.model.evaluation.metrics import assess
+from stsfusion.model.evaluation.report import write_training_report
+from stsfusion.model.fusion.fuse import fuse_time_series
+from stsfusion.model.fusion.self_check import choose_holdout, train_with_self_check
+from stsfusion.model.mdd.format import MDD, NODATA
+from stsfusion.model.nn.model_file import load_model
+from stsfusion.model.nn.network import FusionNetwork
+from stsfusion.model.nn.samples import TrainingSet
+from stsfusion.model.nn.training import init_linear_priors, train_fusion_model
+
+SIZE = 36  # a multiple of the HS (3) and dense (2) ratios
+
+
+# ---- the rule itself -------------------------------------------------------------------------
+
+
+def test_pairing_takes_the_nearest_within_the_tolerance_and_the_earlier_on_a_tie():
+    dates = ["2022-05-01", "2022-05-09", "2022-06-01"]
+    assert paired_date(dates, "2022-05-05") == "2022-05-01"  # 4 days either side: the earlier
+    assert paired_date(dates, "2022-05-07") == "2022-05-09"
+    assert paired_date(dates, "2022-05-20", max_days=10) is None  # 11 and 12 days away
+    assert paired_date(dates, "2022-05-20", max_days=12) == "2022-05-09"
+    assert paired_date([], "2022-05-20") is None
+    assert MAX_DAYS_APART == 10
+    with pytest.raises(CalendarError, match="MAX_DAYS_APART"):
+        check_max_days(-1)
+
+
+def test_fine_for_pairs_hs_dates_only():
+    fine, hs = ["2022-05-01", "2022-06-01"], ["2022-05-03"]
+    assert fine_for(fine, "2022-06-01", hs) == "2022-06-01"  # its own image
+    assert fine_for(fine, "2022-05-03", hs) == "2022-05-01"  # an HS date: the paired fine MS
+    assert fine_for(fine, "2022-05-04", hs) is None  # any other date: predicted, not copied
+    assert fine_for(fine, "2022-05-03", hs, max_days=1) is None
+
+
+def test_interpolation_in_time_and_its_note():
+    values = np.array([1.0, 2.0, 4.0], np.float32)[:, None, None, None] * np.ones((3, 1, 2, 2), np.float32)
+    valid = np.ones((3, 2, 2), bool)
+    valid[1, 0, 0] = False  # a cloud on the middle date
+    out, ok = fill_in_time(values, valid, [0, 10, 20], 15)
+    # the clouded pixel interpolates between its own valid dates 0 and 20: 1 + 15/20 * 3
+    assert ok.all() and out[0, 0, 0] == pytest.approx(3.25) and out[0, 1, 1] == pytest.approx(3.0)
+    out, _ = fill_in_time(values, valid, [0, 10, 20], 10)
+    assert out[0, 0, 0] == pytest.approx(2.5) and out[0, 1, 1] == 2.0  # the gap is filled, the rest kept
+    dates = ["2022-05-01", "2022-05-21"]
+    assert "between 2022-05-01 (4 days before) and 2022-05-21 (16 days after)" in interpolation_note(
+        dates, "2022-05-05"
+    )
+    assert "2022-05-21 (10 days before), the only side" in interpolation_note(dates, "2022-05-31")
+
+
+# ---- training on real calendars --------------------------------------------------------------
+
+
+def _train_and_fuse(folder, epochs=6, **kwargs):
+    manifest = make_tiny_mdd(folder, size=SIZE, **kwargs)
+    logs, warnings = [], []
+    model = os.path.join(folder, "m.pt")
+    summary = train_fusion_model(
+        manifest, model, epochs=epochs, patch_size=16, device="cpu", callbacks=Callbacks(log=logs.append)
+    )
+    paths = fuse_time_series(
+        manifest, model, os.path.join(folder, "fused"), device="cpu", callbacks=Callbacks(warn=warnings.append)
+    )
+    return manifest, model, summary, "\n".join(logs), paths
+
+
+def _cc_on_dense_only_dates(manifest, paths, indices=(1, 4)):
+    """CC against the truth on the dates with only a dense MS image (indices into the truth dates)."""
+    mdd = MDD.open(manifest)
+    truth = np.load(truth_path(manifest))
+    dense = mdd.roles["dense_ms"].dates
+    out = []
+    for i in indices:
+        path = next(p for p in paths if dense[i] in os.path.basename(p))
+        fused = gdal.Open(path).ReadAsArray().astype(np.float32)
+        fused[fused == NODATA] = np.nan
+        out.append(assess(fused, truth[i])["overall"]["CC"])
+    return out
+
+
+@pytest.mark.slow
+def test_sensors_days_apart_train_every_task_and_fuse_as_well_as_same_day(tmp_path):
+    """The calendar of the bug report: dense MS two days before the fine MS dates, HS a day after.
+    Before the calendar rule both MS tasks were skipped and the dates without HS came out as noise
+    (CC ~ 0); now every task trains and they score as the same-day series does."""
+    same = _cc_on_dense_only_dates(*_train_and_fuse(tmp_path / "same")[::4])
+    manifest, _, summary, log, paths = _train_and_fuse(tmp_path / "apart", shift_days={"dense_ms": -2, "hs": 1})
+    assert summary["info"]["tasks"] == ["spatial", "temporal", "spectral", "fusion"]
+    assert "HS 2022-03-02 paired with fine MS 2022-03-01 (1 days apart)" in log
+    assert "Dense MS 2022-03-01: interpolated in time between" in log
+    apart = _cc_on_dense_only_dates(manifest, paths)
+    assert min(apart) > 0.95 and np.mean(apart) > np.mean(same) - 0.02, (apart, same)
+
+
+@pytest.mark.slow
+def test_one_fine_date_starts_the_temporal_branch_from_the_band_map(tmp_path):
+    manifest = make_tiny_mdd(tmp_path, size=SIZE, fine_dates=(2,))
+    logs = []
+    data = TrainingSet(MDD.open(manifest), 12, 16, 0, logs.append)
+    assert data.tasks == ["spatial", "spectral", "fusion"] and not data.pairs
+    assert any("Only one fine MS date" in line for line in logs)
+    torch.manual_seed(0)
+    net = FusionNetwork(data.fine.z.shape[1], data.dense.z.shape[1], data.pca.n_components, "1")
+    init_linear_priors(net, data, np.random.default_rng(0))
+    # B1: no random weights left in the temporal prior: it is the fitted dense -> fine band map
+    torch.testing.assert_close(net.temporal.change.weight, net.spatial.linear.weight)
+    assert float(net.temporal.change.bias.detach().abs().max()) == 0.0
+    run_manifest, _, _, _, paths = _train_and_fuse(tmp_path / "run", fine_dates=(2,))
+    assert min(_cc_on_dense_only_dates(run_manifest, paths)) > 0.95
+
+
+@pytest.mark.slow
+def test_one_hs_date_trains_the_head_without_the_fine_ms_and_without_the_gap(tmp_path):
+    manifest, model, summary, log, paths = _train_and_fuse(tmp_path, hs_dates=(2,))
+    meta, _, _ = load_model(model)
+    assert meta["network"]["reference_gap"] is False  # B2: never trained on a gap, so not used
+    assert "Only one HS date" in log
+    data = TrainingSet(MDD.open(manifest), 12, 16, 0, lambda m: None)
+    batch = data.fusion_batch(np.random.default_rng(0), 32)
+    dropped = (batch["va"].flatten(1).amax(1) == 0).sum()
+    assert 0 < int(dropped) < 32  # B2: the head also learns the dates without their own fine MS
+    assert min(_cc_on_dense_only_dates(manifest, paths)) > 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case, kwargs, expected",
+    [
+        ("cloudy fine MS", dict(fine_dates=(0, 2, 3, 5)), "Tasks: spatial, temporal, spectral, fusion."),
+        ("dense MS missing on dates", dict(dense_dates=(0, 1, 3, 4)), "interpolated in time between"),
+        ("HS with no fine MS near it", dict(shift_days={"hs": 20}), "no fine MS within 10 days"),
+    ],
+)
+def test_edge_calendars_train_or_say_what_is_missing(tmp_path, case, kwargs, expected):
+    manifest = make_tiny_mdd(tmp_path, size=SIZE, **kwargs)
+    if case == "cloudy fine MS":  # a cloud in every fine MS image
+        mdd = MDD.open(manifest)
+        ds = gdal.Open(mdd.roles["fine_ms"].mask_path, gdal.GA_Update)
+        for b in range(ds.RasterCount):
+            m = ds.GetRasterBand(b + 1).ReadAsArray()
+            m[5 + 4 * b : 15 + 4 * b, 10:25] = 0
+            ds.GetRasterBand(b + 1).WriteArray(m)
+        ds = None
+    logs = []
+    s = train_fusion_model(
+        manifest, str(tmp_path / "m.pt"), epochs=1, patch_size=16, device="cpu", callbacks=Callbacks(log=logs.append)
+    )
+    assert os.path.isfile(s["model_path"]) and "fusion" in s["info"]["tasks"]
+    assert any(expected in line for line in logs), (case, logs)
+
+
+def test_a_missing_role_stops_with_a_message_naming_it(tmp_path):
+    from stsfusion.model.nn.preprocessing import TrainingDataError
+
+    manifest = make_tiny_mdd(tmp_path, size=SIZE, drop_roles=("fine_ms",))
+    with pytest.raises(TrainingDataError, match="no fine MS date"):
+        train_fusion_model(manifest, str(tmp_path / "m.pt"), epochs=1, patch_size=16, device="cpu")
+    assert not os.path.exists(tmp_path / "m.pt")
+
+
+# ---- bad bands (B3) and Wald's reduction (B4) --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bad_bands_stay_out_of_the_pca_and_are_nodata_in_fused_files(tmp_path):
+    bbl = [1] * 40
+    bbl[7] = bbl[30] = 0  # flagged bad, although they hold values
+    manifest, model, _, _, paths = _train_and_fuse(tmp_path, epochs=1, bbl=bbl)
+    data = TrainingSet(MDD.open(manifest), 12, 16, 0, lambda m: None)
+    assert not data.pca.usable[7] and not data.pca.usable[30] and data.pca.usable.sum() == 38
+    ds = gdal.Open(paths[0])
+    for b in (8, 31):  # 1-based
+        band = ds.GetRasterBand(b)
+        assert (band.ReadAsArray() == NODATA).all()
+        assert band.GetMetadataItem("wavelength") is not None  # the wavelength is kept
+    assert (ds.GetRasterBand(1).ReadAsArray() != NODATA).any()
+
+
+def test_wald_reduction_is_never_degenerate():
+    """B4: the reduced scale must be coarser than the grid; below a ratio of 1.5 round() gave 1."""
+    from types import SimpleNamespace
+
+    for ratio, step in ((1.25, 2), (2.5, 2), (3.0, 3), (4.4, 4)):
+        fake = SimpleNamespace(hs_ratio=ratio)
+        assert max(2, int(round(fake.hs_ratio))) == step
+
+
+# ---- self-check ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_self_check_figures_are_in_the_log_the_model_file_and_the_report(tmp_path):
+    manifest = make_tiny_mdd(tmp_path, size=SIZE)
+    assert choose_holdout(MDD.open(manifest))["window"] is None  # several HS dates: a whole date
+    logs, warnings = [], []
+    model = str(tmp_path / "m.pt")
+    summary = train_with_self_check(
+        manifest,
+        model,
+        epochs=2,
+        patch_size=16,
+        device="cpu",
+        callbacks=Callbacks(log=logs.append, warn=warnings.append),
+    )
+    check = summary["self_check"]
+    assert check["date"] in MDD.open(manifest).roles["hs"].dates
+    for who in ("network", "two_stage"):
+        assert set(check[who]) == {"CC", "SAM", "PSNR", "SSIM"} and 0.5 < check[who]["CC"] <= 1.0
+    assert any(line.startswith("Self-check (HS") for line in logs)
+    worse = check["worse_than_baseline"]
+    assert bool(worse) == any("worse than the two-stage baseline" in w for w in warnings)
+    meta, _, _ = load_model(model)
+    assert meta["info"]["self_check"]["network"] == check["network"]
+    report = write_training_report(str(tmp_path / "r.html"), summary["history"], summary["info"])
+    text = open(report, encoding="utf-8").read()
+    assert "Self-check" in text and f"{check['network']['CC']:.4g}" in text
+    fuse_logs = []
+    fuse_time_series(
+        manifest,
+        model,
+        str(tmp_path / "f"),
+        dates="2022-03-01",
+        device="cpu",
+        callbacks=Callbacks(log=fuse_logs.append, warn=fuse_logs.append),
+    )
+    assert any(line.startswith("Self-check (HS") for line in fuse_logs)  # Fuse prints it
+    assert json.loads(json.dumps(check)) == check  # plain JSON in the model file
+
+
+@pytest.mark.slow
+def test_self_check_with_one_hs_date_withholds_a_block(tmp_path):
+    manifest = make_tiny_mdd(tmp_path, size=SIZE, hs_dates=(2,))
+    holdout = choose_holdout(MDD.open(manifest))
+    x, y, w, h = holdout["window"]
+    assert w == h == SIZE // 2 - (SIZE // 2) % 3 and x % 3 == 0 and y % 3 == 0
+    summary = train_with_self_check(manifest, str(tmp_path / "m.pt"), epochs=1, patch_size=16, device="cpu")
+    assert "block" in summary["self_check"]["withheld"] and summary["self_check"]["network"]["CC"] > 0.5

@@ -54,13 +54,23 @@ test-fast: venv plugin-link
 demo: setup
 	source scripts/env.sh && bash scripts/demo.sh
 
-# A zip for QGIS's "Install from ZIP": the plugin folder only, no tests, caches, venv or data.
+# A zip for QGIS's "Install from ZIP" and plugins.qgis.org: the plugin folder and its sample data, no tests,
+# benchmarks, scripts, venv or caches; checked by scripts/check_package.py: a failed check fails the target
+# and removes the zip.
+# The files are those of the working tree that git tracks or would track (`git ls-files -co
+# --exclude-standard`): on a clean clone exactly `git archive HEAD`, and in a checkout with edits what
+# is being tested, new files included; ignored files (caches, .aux.xml, builds) never. DIST=<folder>
+# builds elsewhere (tests/cli/test_package.py).
+DIST ?= dist
+PACKAGE_FILES := metadata.txt __init__.py plugin.py algorithms model ui resources README.md LICENSE CHANGELOG.md \
+  requirements-runtime.txt
 package: system-packages
-	@rm -rf dist && mkdir -p dist/stsfusion
-	git archive HEAD -- metadata.txt __init__.py plugin.py algorithms model ui resources README.md LICENSE \
-	  | tar -x -C dist/stsfusion
-	cd dist && zip -q -r stsfusion.zip stsfusion && rm -rf stsfusion
-	@echo "dist/stsfusion.zip"
+	@rm -rf "$(DIST)/stsfusion" "$(DIST)/stsfusion.zip" && mkdir -p "$(DIST)/stsfusion"
+	git ls-files -z -co --exclude-standard -- $(PACKAGE_FILES) \
+	  | while IFS= read -r -d '' f; do [ -f "$$f" ] && printf '%s\0' "$$f"; done \
+	  | tar --null -T - -c | tar -x -C "$(DIST)/stsfusion"
+	cd "$(DIST)" && rm -f stsfusion.zip && zip -q -r -X stsfusion.zip stsfusion && rm -rf stsfusion
+	python3 scripts/check_package.py --quiet "$(DIST)/stsfusion.zip" || { rm -f "$(DIST)/stsfusion.zip"; exit 1; }
 
 clean:
 	rm -rf .build dist .pytest_cache demo_output

@@ -23,7 +23,7 @@ class AssessAccuracyAlgorithm(STSFusionAlgorithm):
     OUTPUT_REPORT = "OUTPUT_REPORT"
 
     def shortHelpString(self):
-        return (
+        return self.tr(
             "Measures how close a fused (or any predicted) raster is to a reference raster of the "
             "same bands, e.g. a withheld true image of the same date. Only pixels valid (not "
             "nodata) in every band of both rasters count; bands that are nodata everywhere (bad "
@@ -51,21 +51,29 @@ class AssessAccuracyAlgorithm(STSFusionAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.FUSED, "Fused raster"))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.FUSED, self.tr("Fused raster")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, self.tr("Reference raster")))
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.RATIO,
-                "ERGAS resolution ratio (coarse / fine pixel size)",
+                self.tr("ERGAS resolution ratio (coarse / fine pixel size)"),
                 QgsProcessingParameterNumber.Double,
                 3.0,
                 minValue=1e-6,
             )
         )
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_TABLE, "Output table", "CSV files (*.csv)"))
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                self.OUTPUT_REPORT, "Output report", "HTML files (*.html)", optional=True, createByDefault=True
+                self.OUTPUT_TABLE, self.tr("Output table"), self.tr("CSV files (*.csv)")
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_REPORT,
+                self.tr("Output report"),
+                self.tr("HTML files (*.html)"),
+                optional=True,
+                createByDefault=True,
             )
         )
         for m in METRICS:

@@ -4,7 +4,6 @@ run like the fusion (an MDD in, one fine HS GeoTIFF per date out)."""
 import os
 
 from qgis.core import (
-    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingOutputMultipleLayers,
     QgsProcessingParameterDefinition,
@@ -13,17 +12,18 @@ from qgis.core import (
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
-    QgsProcessingUtils,
 )
 
 from ..model.core.calendar import MAX_DAYS_APART
 from ..model.fusion.baselines import METHODS, run_baseline
 from .base import STSFusionAlgorithm, feedback_callbacks
+from .styles import load_on_completion, style_outputs
 
 
 class BaselineFusionAlgorithm(STSFusionAlgorithm):
     NAME = "baseline"
     DISPLAY_NAME = "Baseline fusion (for comparison)"
+    HELP_HEADING = "Baseline fusion (`stsfusion:baseline`): for comparison, not the STS Fusion method"
     MDD = "MDD"
     METHOD = "METHOD"
     DATES = "DATES"
@@ -33,7 +33,7 @@ class BaselineFusionAlgorithm(STSFusionAlgorithm):
     OUTPUT_LAYERS = "OUTPUT_LAYERS"
 
     def shortHelpString(self):
-        return (
+        return self.tr(
             "Baselines, not the STS Fusion method: simple ways to get fine hyperspectral (HS) "
             "images on every date, to compare the fusion network with ('Assess fusion accuracy'). "
             "Like 'Fuse time series' they read an MDD and write one GeoTIFF per date, "
@@ -60,38 +60,48 @@ class BaselineFusionAlgorithm(STSFusionAlgorithm):
             "overlap, so results do not depend on it; memory grows with its square.\n"
             "Output folder: where the GeoTIFFs are written, under temporary names renamed at the "
             "end: a failure or cancel leaves no new file.\n\n"
-            "Output: the list of written files (for the graphical modeler), loaded into the project."
+            "Output: the list of written files (for the graphical modeler), loaded into the project in "
+            "natural colours (bands nearest 650/560/480 nm) with each file's date as a fixed temporal "
+            "range for the Temporal Controller; the same style is written beside each GeoTIFF as a "
+            ".qml file."
         )
 
     def initAlgorithm(self, config=None):
         self.addParameter(
-            QgsProcessingParameterFile(self.MDD, "MDD (manifest .json from 'Build MDD stack')", extension="json")
+            QgsProcessingParameterFile(
+                self.MDD, self.tr("MDD (manifest .json from 'Build MDD stack')"), extension="json"
+            )
         )
-        method = QgsProcessingParameterEnum(self.METHOD, "Method", list(METHODS), defaultValue="two_stage")
+        method = QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), list(METHODS), defaultValue="two_stage")
         method.setUsesStaticStrings(True)  # METHOD=interpolation on the command line
         self.addParameter(method)
         self.addParameter(
             QgsProcessingParameterString(
-                self.DATES, "Dates (YYYY-MM-DD, comma separated; empty = every date)", optional=True
+                self.DATES, self.tr("Dates (YYYY-MM-DD, comma separated; empty = every date)"), optional=True
             )
         )
         tile = QgsProcessingParameterNumber(
-            self.TILE_SIZE, "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 128, minValue=16, maxValue=8192
+            self.TILE_SIZE,
+            self.tr("Tile size (pixels)"),
+            QgsProcessingParameterNumber.Integer,
+            128,
+            minValue=16,
+            maxValue=8192,
         )
         tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(tile)
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MAX_DAYS_APART,
-                "Fine MS and HS paired when at most this many days apart (two_stage)",
+                self.tr("Fine MS and HS paired when at most this many days apart (two_stage)"),
                 QgsProcessingParameterNumber.Double,
                 MAX_DAYS_APART,
                 minValue=0,
                 maxValue=366,
             )
         )
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
-        self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, "Baseline GeoTIFFs"))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+        self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, self.tr("Baseline GeoTIFFs")))
 
     def canceled_outputs(self, parameters, context):
         return {
@@ -119,13 +129,8 @@ class BaselineFusionAlgorithm(STSFusionAlgorithm):
             callbacks=feedback_callbacks(feedback),
             max_days_apart=self.parameterAsDouble(parameters, self.MAX_DAYS_APART, context),
         )
+        styles = style_outputs(paths, feedback)  # the .qml beside each GeoTIFF, now that all exist
         for path in paths:
             feedback.pushInfo(f"Written: {path}")
-            details = QgsProcessingContext.LayerDetails(
-                os.path.splitext(os.path.basename(path))[0].replace("_", " "),
-                context.project(),
-                self.OUTPUT_LAYERS,
-                QgsProcessingUtils.LayerHint.Raster,
-            )
-            context.addLayerToLoadOnCompletion(path, details)
+            load_on_completion(context, path, self.OUTPUT_LAYERS, styles.get(path))
         return {self.OUTPUT_LAYERS: paths, self.OUTPUT_FOLDER: folder}

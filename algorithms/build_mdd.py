@@ -30,7 +30,7 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
     _ROLES = (("fine_ms", FINE_MS), ("dense_ms", DENSE_MS), ("hs", HS))
 
     def shortHelpString(self):
-        return (
+        return self.tr(
             "Warps fine multispectral (MS), dense MS and hyperspectral (HS) layers onto one common grid "
             "and writes them as an MDD: a JSON manifest plus, beside it, one tiled compressed GeoTIFF "
             "per role (dates x bands, band descriptions 'YYYY-MM-DD <wavelength> nm', physical values "
@@ -61,27 +61,33 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             (self.DENSE_MS, "Dense multispectral layers (one per date)"),
             (self.HS, "Hyperspectral layers (one per date, with wavelengths)"),
         ):
-            self.addParameter(QgsProcessingParameterMultipleLayers(key, label, QgsProcessing.TypeRaster))
+            self.addParameter(QgsProcessingParameterMultipleLayers(key, self.tr(label), QgsProcessing.TypeRaster))
         self.addParameter(
-            QgsProcessingParameterString(self.DATES, "Dates override (layer_name=YYYY-MM-DD;...)", optional=True)
+            QgsProcessingParameterString(
+                self.DATES, self.tr("Dates override (layer_name=YYYY-MM-DD;...)"), optional=True
+            )
         )
         self.addParameter(
-            QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS [default: fine MS CRS]", optional=True)
+            QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS [default: fine MS CRS]"), optional=True)
         )
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.PIXEL_SIZE,
-                "Pixel size in target CRS units [default: fine MS pixel size]",
+                self.tr("Pixel size in target CRS units [default: fine MS pixel size]"),
                 QgsProcessingParameterNumber.Double,
                 optional=True,
             )
         )
         self.addParameter(
             QgsProcessingParameterExtent(
-                self.TARGET_EXTENT, "Target extent [default: overlap of all inputs]", optional=True
+                self.TARGET_EXTENT, self.tr("Target extent [default: overlap of all inputs]"), optional=True
             )
         )
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "MDD manifest", "MDD manifest (*.json)"))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT, self.tr("MDD manifest"), self.tr("MDD manifest (*.json)")
+            )
+        )
 
     def checkParameterValues(self, parameters, context):
         # Before QGIS's own check, whose "Incorrect parameter value" does not say what to do.

@@ -20,6 +20,7 @@ from qgis.core import (
 from ..model.simulation.simulate import simulate_sensors
 from ..model.simulation.srf import list_presets
 from .base import STSFusionAlgorithm, feedback_callbacks
+from .styles import style_outputs
 
 
 def _dates(text):
@@ -54,8 +55,7 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
     OUTPUT_LAYERS = "OUTPUT_LAYERS"
 
     def shortHelpString(self):
-        presets = ", ".join(list_presets())
-        return (
+        return self.tr(
             "Makes the three inputs of the fusion from fine-resolution hyperspectral (HS) images, "
             "one per date, following the paper's Dataset I protocol: fine multispectral (MS) "
             "images through a fine sensor's spectral responses; dense MS images through GF-6 "
@@ -74,8 +74,8 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
             "left out of the spectral responses and kept, as they are, in the coarse HS.\n"
             "Dates (optional): one YYYY-MM-DD per layer, in layer order. Empty (default): each "
             "layer's date from its metadata or file name.\n"
-            f"Fine MS sensor (default zy1_02d_vnic): a preset of Gaussian bands from published band "
-            f"centres and widths ({presets}).\n"
+            "Fine MS sensor (default zy1_02d_vnic): a preset of Gaussian bands from published band "
+            "centres and widths ({presets}).\n"
             "Fine MS spectral response file (optional): a tabulated response file (';; BAND name' "
             "headers followed by 'wavelength_nm response' rows, as in ACOLITE's RSR files); "
             "replaces the preset.\n"
@@ -92,18 +92,22 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
             "YYYY-MM-DD separated by commas. Empty (default): every date; 'none': no image of that "
             "role. The paper uses fine MS and HS on the same 4 of 7 dates and dense MS on all 7.\n"
             "Output folder: where the files are written. Files are written under temporary names "
-            "and renamed when all are complete: a failure or cancel leaves no new file.\n\n"
+            "and renamed when all are complete: a failure or cancel leaves no new file. Beside each "
+            "file a .qml style shows it in natural colours (bands nearest 650/560/480 nm) with its "
+            "date as a fixed temporal range for the Temporal Controller.\n\n"
             "Outputs: the lists of fine MS, dense MS and HS files, and all of them together."
-        )
+        ).format(presets=", ".join(list_presets()))
 
     def initAlgorithm(self, config=None):
         self.addParameter(
-            QgsProcessingParameterMultipleLayers(self.INPUT, "Fine HS layers (one per date)", QgsProcessing.TypeRaster)
+            QgsProcessingParameterMultipleLayers(
+                self.INPUT, self.tr("Fine HS layers (one per date)"), QgsProcessing.TypeRaster
+            )
         )
         self.addParameter(
             QgsProcessingParameterString(
                 self.DATES,
-                "Dates of the layers (YYYY-MM-DD, in layer order; empty = from metadata/name)",
+                self.tr("Dates of the layers (YYYY-MM-DD, in layer order; empty = from metadata/name)"),
                 optional=True,
             )
         )
@@ -112,7 +116,7 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
             (self.FINE_MS_SENSOR, "Fine MS sensor", "zy1_02d_vnic"),
             (self.DENSE_MS_SENSOR, "Dense MS sensor", "gf6_wfv"),
         ):
-            p = QgsProcessingParameterEnum(key, label, presets, defaultValue=default)
+            p = QgsProcessingParameterEnum(key, self.tr(label), presets, defaultValue=default)
             p.setUsesStaticStrings(True)  # FINE_MS_SENSOR=sentinel2_msi on the command line
             self.addParameter(p)
         for key, label in (
@@ -121,13 +125,16 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
         ):
             self.addParameter(
                 QgsProcessingParameterFile(
-                    key, label, optional=True, fileFilter="Text files (*.txt *.csv);;All files (*.*)"
+                    key,
+                    self.tr(label),
+                    optional=True,
+                    fileFilter=self.tr("Text files (*.txt *.csv);;All files (*.*)"),
                 )
             )
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.DENSE_FACTOR,
-                "Dense MS degradation factor",
+                self.tr("Dense MS degradation factor"),
                 QgsProcessingParameterNumber.Integer,
                 2,
                 minValue=1,
@@ -137,7 +144,7 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.HS_FACTOR,
-                "HS degradation factor",
+                self.tr("HS degradation factor"),
                 QgsProcessingParameterNumber.Integer,
                 3,
                 minValue=1,
@@ -146,7 +153,7 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
         )
         sigma = QgsProcessingParameterNumber(
             self.PSF_SIGMA,
-            "PSF sigma (input pixels; empty = FWHM of one coarse pixel)",
+            self.tr("PSF sigma (input pixels; empty = FWHM of one coarse pixel)"),
             QgsProcessingParameterNumber.Double,
             None,
             optional=True,
@@ -161,17 +168,21 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
         ):
             self.addParameter(
                 QgsProcessingParameterString(
-                    key, f"{label} (YYYY-MM-DD, comma separated; empty = every date; 'none' = none)", optional=True
+                    key,
+                    self.tr("{role} (YYYY-MM-DD, comma separated; empty = every date; 'none' = none)").format(
+                        role=self.tr(label)
+                    ),
+                    optional=True,
                 )
             )
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         for key, label in (
             (self.FINE_MS_LAYERS, "Fine MS files"),
             (self.DENSE_MS_LAYERS, "Dense MS files"),
             (self.HS_LAYERS, "HS files"),
             (self.OUTPUT_LAYERS, "All simulated files"),
         ):
-            self.addOutput(QgsProcessingOutputMultipleLayers(key, label))
+            self.addOutput(QgsProcessingOutputMultipleLayers(key, self.tr(label)))
 
     def process(self, parameters, context, feedback):
         layers = self.parameterAsLayerList(parameters, self.INPUT, context)
@@ -214,6 +225,7 @@ class SimulateSensorsAlgorithm(STSFusionAlgorithm):
             callbacks=feedback_callbacks(feedback),
         )
         everything = files["fine_ms"] + files["dense_ms"] + files["hs"]
+        style_outputs(everything, feedback)  # the .qml beside each GeoTIFF, now that all exist
         for path in everything:
             feedback.pushInfo(f"Written: {os.path.basename(path)}")
         return {

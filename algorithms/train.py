@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..model.core.calendar import MAX_DAYS_APART
-from ..model.nn.options import DEVICES, KERNEL_SETS  # no torch import at module level
+from ..model.nn.options import DEFAULT_DEVICE, KERNEL_SETS  # no torch import here
 from .base import STSFusionAlgorithm, feedback_callbacks, require_torch
 
 
@@ -26,6 +26,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     LEARNING_RATE = "LEARNING_RATE"
     DEVICE = "DEVICE"
+    THREADS = "THREADS"
     SEED = "SEED"
     MAX_DAYS_APART = "MAX_DAYS_APART"
     SELF_CHECK = "SELF_CHECK"
@@ -33,7 +34,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
     OUTPUT_REPORT = "OUTPUT_REPORT"
 
     def shortHelpString(self):
-        return (
+        return self.tr(
             "Trains the spatio-temporal-spectral fusion network on an MDD built by 'Build MDD stack'. "
             "Three branches of multi-scale residual blocks learn the spatial detail of the fine MS, the "
             "change between dates and the MS-to-HS spectral mapping; a fusion head turns them into the "
@@ -48,8 +49,11 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             "PATCH_SIZE: training patch side in pixels (default 32; at most the grid's smaller side).\n"
             "BATCH_SIZE: patches per step and task (default 8).\n"
             "LEARNING_RATE: Adam learning rate (default 0.002, cosine decay to a tenth).\n"
-            "DEVICE: auto (CUDA when torch sees a GPU, else CPU), cpu or cuda. CUDA uses bfloat16 mixed "
-            "precision.\n"
+            "DEVICE: auto (the first CUDA GPU when torch sees one, else Apple MPS, else the CPU), cpu, cuda "
+            "(= cuda:0), cuda:N (CUDA GPU number N) or mps (Apple silicon). A CUDA GPU with native bfloat16 "
+            "(compute capability 8.0 and later) trains in bfloat16 mixed precision, an older one in float16 "
+            "with loss scaling; the CPU and MPS use float32. The log states the device, the precision and why.\n"
+            "THREADS (advanced): CPU threads PyTorch uses; 0 (default) = PyTorch's default, every core.\n"
             "SEED: random seed; the same seed on CPU gives the same model bit for bit (default 0).\n"
             "MAX_DAYS_APART: a fine MS and an HS image at most this many days apart are paired as one "
             "date (default 10). Sensors never image on the same day: the dense MS is interpolated in time "
@@ -66,12 +70,12 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFile(self.MDD, "MDD manifest", extension="json"))
+        self.addParameter(QgsProcessingParameterFile(self.MDD, self.tr("MDD manifest"), extension="json"))
         # Static strings: qgis_process users write KERNELS=1/3 and DEVICE=cpu, not option indices.
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.KERNELS,
-                "Kernel set (cardinality)",
+                self.tr("Kernel set (cardinality)"),
                 options=list(KERNEL_SETS),
                 defaultValue="1",
                 usesStaticStrings=True,
@@ -80,7 +84,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.PCA_COMPONENTS,
-                "HS principal components",
+                self.tr("HS principal components"),
                 QgsProcessingParameterNumber.Integer,
                 12,
                 minValue=1,
@@ -89,35 +93,42 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.EPOCHS, "Epochs", QgsProcessingParameterNumber.Integer, 30, minValue=1, maxValue=100000
+                self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 30, minValue=1, maxValue=100000
             )
         )
         advanced = [
             QgsProcessingParameterNumber(
                 self.PATCH_SIZE,
-                "Patch size (pixels)",
+                self.tr("Patch size (pixels)"),
                 QgsProcessingParameterNumber.Integer,
                 32,
                 minValue=4,
                 maxValue=4096,
             ),
             QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Batch size", QgsProcessingParameterNumber.Integer, 8, minValue=1, maxValue=4096
+                self.BATCH_SIZE,
+                self.tr("Batch size"),
+                QgsProcessingParameterNumber.Integer,
+                8,
+                minValue=1,
+                maxValue=4096,
             ),
             QgsProcessingParameterNumber(
                 self.LEARNING_RATE,
-                "Learning rate",
+                self.tr("Learning rate"),
                 QgsProcessingParameterNumber.Double,
                 0.002,
                 minValue=1e-7,
                 maxValue=1.0,
             ),
-            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
+            QgsProcessingParameterNumber(
+                self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, 0, minValue=0
+            ),
         ]
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MAX_DAYS_APART,
-                "Fine MS and HS paired when at most this many days apart",
+                self.tr("Fine MS and HS paired when at most this many days apart"),
                 QgsProcessingParameterNumber.Double,
                 MAX_DAYS_APART,
                 minValue=0,
@@ -126,23 +137,25 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterBoolean(
-                self.SELF_CHECK, "Self-check on a withheld HS image (about 1.6x the training time)", True
+                self.SELF_CHECK, self.tr("Self-check on a withheld HS image (about 1.6x the training time)"), True
             )
         )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.DEVICE, "Device", options=list(DEVICES), defaultValue="auto", usesStaticStrings=True
-            )
-        )
+        self.add_device_parameters()
         for p in advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Model file", "STS Fusion model (*.pt)")
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_MODEL, self.tr("Model file"), self.tr("STS Fusion model (*.pt)")
+            )
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                self.OUTPUT_REPORT, "Training report", "HTML files (*.html)", optional=True, createByDefault=False
+                self.OUTPUT_REPORT,
+                self.tr("Training report"),
+                self.tr("HTML files (*.html)"),
+                optional=True,
+                createByDefault=False,
             )
         )
 
@@ -155,7 +168,10 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         if not mdd:
             raise QgsProcessingException("MDD is empty: choose the .json manifest written by 'Build MDD stack'.")
         kernels = self.parameterAsEnumString(parameters, self.KERNELS, context) or "1"
-        device = self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto"
+        device = self.parameterAsString(parameters, self.DEVICE, context).strip() or DEFAULT_DEVICE
+        from ..model.nn.device import select_device
+
+        select_device(device)  # a wrong DEVICE stops here, with the choices, before any work
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         args = dict(
@@ -166,6 +182,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             learning_rate=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             device=device,
+            threads=self.parameterAsInt(parameters, self.THREADS, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
             max_days_apart=self.parameterAsDouble(parameters, self.MAX_DAYS_APART, context),
         )

@@ -71,14 +71,18 @@ def fuse_time_series(
     tile_size: int = 256,
     device: str = "auto",
     callbacks: Callbacks | None = None,
+    threads: int = 0,
 ) -> list:
     """Fuses every requested date of the MDD into ``output_folder/fused_YYYY-MM-DD.tif``.
+
+    ``device``: a DEVICE text (``select_device``); ``threads``: CPU threads, 0 = torch's default.
 
     ``dates``: None (every date of the MDD), a list of ISO dates, or a comma/semicolon separated
     string. ``callbacks``: progress after each tile, cancel checked before each tile. Returns the
     written paths in date order. Raises ``FusionError``, ``MDDError`` or the predictor's
     ``ModelError`` (all ValueErrors with a message for the user), ``Canceled``.
     """
+    from ..nn.device import configure_threads, describe_device
     from ..nn.predictor import load_predictor  # torch is imported only when fusion actually runs
     from .self_check import report_self_check
 
@@ -88,8 +92,10 @@ def fuse_time_series(
 
     mdd = MDD.open(mdd_path)
     targets = requested_dates(mdd, dates)
+    threads = configure_threads(threads)
     predictor = load_predictor(model_path, device=device)
     predictor.check_compatible(mdd)
+    callbacks_or_default(callbacks).log(describe_device(predictor.device, threads, training=False))
     report_self_check(predictor.meta, callbacks_or_default(callbacks))
     return fuse_with_predictor(mdd, predictor, output_folder, targets, tile_size, callbacks, model_path=model_path)
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..core.calendar import fill_in_time, fine_for
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
-from .device import select_device, use_mixed_precision
+from .device import autocast, precision_for, select_device
 from .model_file import ModelError, load_model
 from .preprocessing import HSPCA, BandNormalizer
 
@@ -163,7 +163,7 @@ class FusionPredictor:
         if not mdd.dates or not mdd.dates[0] <= date <= mdd.dates[-1]:
             raise ModelError(f"{date} is not within the MDD's series ({', '.join(mdd.dates)}).")
         x = self._inputs(mdd, window, date)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_mixed_precision(self.device)):
+        with torch.no_grad(), autocast(self.device, precision_for(self.device, training=False)[0]):
             out = self.net.fuse(x)
         scores = out["scores"].float()[0].cpu().numpy()
         valid = out["vm"].float()[0, 0].cpu().numpy() > 0

@@ -18,7 +18,7 @@ from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.memory import format_mb, peak_rss_mb
 from ..core.vocabulary import ROLES
 from ..mdd.format import MDD
-from .device import select_device, use_mixed_precision
+from .device import autocast, configure_threads, describe_device, grad_scaler, is_cuda, precision_for, select_device
 from .model_file import save_model
 from .preprocessing import TrainingDataError
 from .samples import TrainingSet
@@ -208,11 +208,13 @@ def fit_network(
     max_days_apart: float = MAX_DAYS_APART,
     callbacks: Callbacks | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
+    threads: int = 0,
 ) -> dict:
     """Trains a FusionNetwork on an open MDD (or a view of one, see ``MDD.hiding``), in memory.
 
-    ``device`` is a device from ``select_device``. Returns {"net", "data" (the TrainingSet),
-    "history", "steps", "device"}. Raises ``Canceled`` when the user cancels.
+    ``device`` is a device from ``select_device``; ``threads``: CPU threads (0 = torch's default,
+    see ``configure_threads``). Returns {"net", "data" (the TrainingSet), "history", "steps",
+    "device", "threads", "precision"}. Raises ``Canceled`` when the user cancels.
     """
     import torch
 
@@ -226,6 +228,7 @@ def fit_network(
     def progress(fraction: float, message: str) -> None:
         cb.progress(p0 + (p1 - p0) * fraction, message)
 
+    threads = configure_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     progress(0.0, "reading the MDD")
@@ -251,9 +254,11 @@ def fit_network(
     steps = int(np.clip(per_epoch, MIN_STEPS, MAX_STEPS))
     total = epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / total)))
-    amp = use_mixed_precision(device)
+    amp_dtype, scaled, _ = precision_for(device)
+    scaler = grad_scaler() if scaled else None  # float16 only: its gradients underflow unscaled
+    log(describe_device(device, threads))
     log(
-        f"Device {device}{' (bfloat16 mixed precision)' if amp else ''}; grid {W}x{H} px; tasks "
+        f"Grid {W}x{H} px; tasks "
         f"{', '.join(data.tasks)}; {data.pca.n_components} PCA components explain "
         f"{100 * sum(data.pca.explained):.1f}% of the weighted HS variance; halo {net.halo} px; "
         f"{epochs} epochs x {steps} steps."
@@ -264,12 +269,17 @@ def fit_network(
         sums = dict.fromkeys(data.tasks, 0.0)
         for step in range(steps):
             cb.check(CANCELED)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, amp_dtype):  # float32 (CPU, MPS): no autocast at all
                 losses = task_losses(net, data, rng, batch_size, device)
             loss = mtl({k: v.float() for k, v in losses.items()})
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             sched.step()
             for k, v in losses.items():
                 sums[k] += float(v.detach())
@@ -287,7 +297,16 @@ def fit_network(
             + f" ({entry['time_s']:.1f} s)"
         )
     net.eval()
-    return {"net": net, "data": data, "history": history, "steps": steps, "device": device}
+    precision = str(amp_dtype or torch.float32).replace("torch.", "")
+    return {
+        "net": net,
+        "data": data,
+        "history": history,
+        "steps": steps,
+        "device": device,
+        "threads": threads,
+        "precision": precision,
+    }
 
 
 def train_fusion_model(
@@ -305,9 +324,11 @@ def train_fusion_model(
     callbacks: Callbacks | None = None,
     extra_info: dict | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
+    threads: int = 0,
 ) -> dict:
     """Trains a FusionNetwork on the MDD at `mdd_path` and writes it to `model_path`.
 
+    ``device``: a DEVICE text (``select_device``); ``threads``: CPU threads, 0 = torch's default.
     ``extra_info`` (e.g. the self-check) goes into the model file's info. Returns {"model_path",
     "history": [per-epoch dicts], "info": {...}}. Raises TrainingDataError / MDDError (ValueError)
     with a message for the user on bad input, and ``Canceled`` when the user cancels (no file is
@@ -325,8 +346,8 @@ def train_fusion_model(
     dev = select_device(device)
     t0 = time.time()
     mdd = MDD.open(mdd_path)
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    if is_cuda(dev):
+        torch.cuda.reset_peak_memory_stats(dev)
     fit = fit_network(
         mdd,
         kernels,
@@ -340,9 +361,10 @@ def train_fusion_model(
         max_days_apart,
         cb,
         progress_span,
+        threads=threads,
     )
     net, data, history, steps = fit["net"], fit["data"], fit["history"], fit["steps"]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else peak_rss_mb()
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if is_cuda(dev) else peak_rss_mb()
     params = dict(
         mdd=mdd.path,
         kernels=net.config["kernels"],
@@ -359,6 +381,8 @@ def train_fusion_model(
     info = {
         "parameters": params,
         "device": dev,
+        "precision": fit["precision"],
+        "threads": fit["threads"],
         "time_s": time.time() - t0,
         "peak_memory_mb": peak,
         "pca_explained_variance": data.pca.explained,
@@ -371,6 +395,6 @@ def train_fusion_model(
     info["time_s"] = time.time() - t0
     log(
         f"Model written to {model_path} in {info['time_s']:.1f} s; peak memory {format_mb(peak)} "
-        f"({'GPU allocated' if dev == 'cuda' else 'process max RSS'})."
+        f"({'GPU allocated' if is_cuda(dev) else 'process max RSS'})."
     )
     return {"model_path": model_path, "history": history, "info": info}

@@ -34,7 +34,7 @@ def test_run_writes_the_requested_dates(real, tmp_path):
     ds = gdal.Open(path)
     assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (48, 48, 40)
     assert ds.GetRasterBand(3).GetMetadataItem("wavelength_units") == "nm"
-    assert os.listdir(out) == ["fused_2022-05-15.tif"]
+    assert sorted(os.listdir(out)) == ["fused_2022-05-15.qml", "fused_2022-05-15.tif"]  # the GeoTIFF and its style
 
 
 @pytest.mark.slow

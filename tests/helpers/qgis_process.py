@@ -9,14 +9,22 @@ import sys
 
 import pytest
 
-from helpers.paths import PLUGINS, subprocess_env
+from helpers.paths import PLUGINS, ROOT, subprocess_env
+
+# qgis_process.bin runs in a QGIS profile of the tests' own: the in-process QgsApplication of the
+# tests/qgis tests writes the default profile's settings (plugins enabled or not) when it exits, and
+# a user's profile is none of the tests' business.
+PROFILE = os.path.join(ROOT, ".build", "qgis_profile_tests")
 
 
 def qgis_process_env() -> dict:
-    """The environment the README gives for qgis_process.bin: plugin path, venv, headless Qt."""
+    """The environment the README gives for qgis_process.bin: plugin path, venv, headless Qt; and
+    the tests' own QGIS profile."""
     env = dict(os.environ)
     env["QT_QPA_PLATFORM"] = "offscreen"
     env["QGIS_PLUGINPATH"] = PLUGINS
+    os.makedirs(PROFILE, exist_ok=True)
+    env["QGIS_CUSTOM_CONFIG_PATH"] = PROFILE
     site = [p for p in sys.path if p.endswith("site-packages") and ".venv" in p]
     env["PYTHONPATH"] = os.pathsep.join(site + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
     return env

@@ -61,7 +61,9 @@ def test_date_subset_layers_to_load_and_rgb_rendering(real, tmp_path):
     )
     expected = [str(out / "fused_2022-03-01.tif"), str(out / "fused_2022-05-15.tif")]
     assert res["OUTPUT_LAYERS"] == expected and res["OUTPUT_FOLDER"] == str(out)
-    assert sorted(os.listdir(out)) == ["fused_2022-03-01.tif", "fused_2022-05-15.tif"]
+    assert sorted(os.listdir(out)) == [
+        f"fused_{d}.{ext}" for d in ("2022-03-01", "2022-05-15") for ext in ("qml", "tif")
+    ]
     ds = gdal.Open(expected[1])
     assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (48, 48, 40)
     assert ds.GetRasterBand(1).GetDescription() == "420 nm"

@@ -1,12 +1,15 @@
-"""The plugin's GUI life cycle: initGui adds the profile action, the tool samples a canvas click,
-unload leaves no action, dock or map tool behind, and headless use never imports ui/."""
+"""The plugin's GUI life cycle: initGui adds the profile action and Plugins ▸ STS Fusion ▸ Install
+PyTorch…, the tool samples a canvas click, the install dialog runs pip in a thread (offline, fake
+wheels), unload leaves no action, dock, dialog or map tool behind, and headless use never imports ui/."""
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from helpers.paths import subprocess_env
+from helpers.wheels import make_wheel
 from osgeo import osr
 
 from stsfusion.model.core.grid import Grid
@@ -26,6 +29,7 @@ class FakeIface:
         self.window.resize(900, 600)
         self.toolbar, self.menus, self.docks, self.layer_actions, self.active_layer = [], [], [], [], None
         self.messages = []
+        self.plugin_menus = []
 
     def mainWindow(self):
         return self.window
@@ -47,6 +51,12 @@ class FakeIface:
 
     def removeToolBarIcon(self, action):
         self.toolbar.remove(action)
+
+    def addPluginToMenu(self, menu, action):
+        self.plugin_menus.append((menu, action))
+
+    def removePluginMenu(self, menu, action):
+        self.plugin_menus.remove((menu, action))
 
     def addPluginToRasterMenu(self, menu, action):
         self.menus.append((menu, action))
@@ -128,6 +138,7 @@ def test_load_click_unload_leaves_nothing_behind(qgis_app, fused_layer):
     assert [(a.text(), t) for a, t, _ in iface.layer_actions] == [
         ("STS Fusion spectral-temporal profile", QgsMapLayerType.RasterLayer)
     ]
+    assert [(m, a.text()) for m, a in iface.plugin_menus] == [("&STS Fusion", "Install PyTorch…")]
 
     iface.toolbar[0].trigger()
     dock, tool = plugin.gui.dock, plugin.gui.tool
@@ -153,7 +164,7 @@ def test_load_click_unload_leaves_nothing_behind(qgis_app, fused_layer):
     plugin.unload()
     _flush_deletes()
     assert iface.toolbar == [] and iface.menus == [] and iface.docks == [] and iface.layer_actions == []
-    assert canvas.mapTool() is None and iface.messages == []
+    assert iface.plugin_menus == [] and canvas.mapTool() is None and iface.messages == []
     assert iface.window.findChildren(QDockWidget) == []
     assert [a for a in iface.window.findChildren(QAction) if a.objectName() == "STSFusionProfileAction"] == []
     # Unload removed only the plugin's own provider: the harness's one (same id) is still there.
@@ -161,7 +172,7 @@ def test_load_click_unload_leaves_nothing_behind(qgis_app, fused_layer):
 
 
 def test_reload_twice_leaves_one_action_then_none(qgis_app):
-    from qgis.PyQt.QtWidgets import QDockWidget
+    from qgis.PyQt.QtWidgets import QDialog, QDockWidget
 
     import stsfusion
 
@@ -170,12 +181,14 @@ def test_reload_twice_leaves_one_action_then_none(qgis_app):
         plugin = stsfusion.classFactory(iface)
         plugin.initGui()
         plugin.initGui()  # idempotent
-        assert len(iface.toolbar) == 1 and len(iface.menus) == 1
+        assert len(iface.toolbar) == 1 and len(iface.menus) == 1 and len(iface.plugin_menus) == 1
         iface.toolbar[0].trigger()
+        iface.plugin_menus[0][1].trigger()  # the install dialog, shown
+        assert plugin.install_dialog.isVisible()
         plugin.unload()
         _flush_deletes()
-        assert iface.toolbar == [] and iface.menus == [] and iface.layer_actions == []
-        assert iface.window.findChildren(QDockWidget) == []
+        assert iface.toolbar == [] and iface.menus == [] and iface.layer_actions == [] and iface.plugin_menus == []
+        assert iface.window.findChildren(QDockWidget) == [] and iface.window.findChildren(QDialog) == []
 
 
 def test_layer_context_menu_opens_the_profile_of_that_layer(qgis_app, fused_layer):
@@ -206,6 +219,45 @@ def test_without_matplotlib_the_action_says_how_to_install_it(qgis_app, monkeypa
     assert title == "STS Fusion" and "python3-matplotlib" in text
     plugin.unload()
     assert iface.toolbar == []
+
+
+def _wait_for(dialog):
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    assert dialog.wait(60000)
+    QCoreApplication.processEvents()  # delivers the thread's queued signals
+
+
+def test_install_dialog_installs_offline_and_cancels(qgis_app, tmp_path):
+    from stsfusion.ui.install_dialog import InstallTorchDialog
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "torch", "0.0.1", {"torch/__init__.py": '__version__ = "0.0.fake"\n'})
+    make_wheel(wheels, "scikit-learn", "0.0.1", {"sklearn/__init__.py": ""})
+    target = tmp_path / "deps" / "3.x"
+    gpu = [type("Gpu", (), {"name": "NVIDIA GeForce RTX 3080", "driver": "550.54.14"})()]
+    dialog = InstallTorchDialog(str(target), gpus=gpu, python=sys.executable)
+    if sys.platform != "darwin":  # the CUDA build matching the driver is preselected
+        assert [dialog.build.itemData(i) for i in range(dialog.build.count())] == ["cpu", "cu124"]
+        assert dialog.build.currentData() == "cu124"
+    dialog.offline.setChecked(True)
+    dialog.wheels.setFilePath(str(wheels))
+    dialog.install()
+    assert dialog.running() and not dialog.install_button.isEnabled() and dialog.cancel_button.isEnabled()
+    _wait_for(dialog)
+    assert "Restart QGIS" in dialog.status.text(), dialog.log.toPlainText()
+    assert dialog.bar.value() == 100 and "Successfully installed" in dialog.log.toPlainText()
+    assert (target / "torch" / "__init__.py").is_file() and dialog.install_button.isEnabled()
+
+    before = sorted(os.listdir(target))
+    dialog.install()
+    dialog.cancel()
+    _wait_for(dialog)
+    assert dialog.status.text().startswith("Canceled") and sorted(os.listdir(target)) == before
+    assert sorted(os.listdir(target.parent)) == ["3.x"]
+    dialog.close()
+    dialog.deleteLater()
 
 
 HEADLESS = """

@@ -1,5 +1,7 @@
 """Build MDD stack (stsfusion:buildmdd): parse the parameters, call model.build_mdd.build_mdd_stack."""
 
+import os
+
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsProcessing,
@@ -27,6 +29,8 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
     PIXEL_SIZE = "PIXEL_SIZE"
     TARGET_EXTENT = "TARGET_EXTENT"
     OUTPUT = "OUTPUT"
+    MASK_CLASSES = "MASK_CLASSES"
+    MASK_BUFFER = "MASK_BUFFER"
     _ROLES = (("fine_ms", FINE_MS), ("dense_ms", DENSE_MS), ("hs", HS))
 
     def shortHelpString(self):
@@ -41,6 +45,16 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             "DENSE_MS: dense MS layers, one per date (many dates, coarser pixels).\n"
             "HS: hyperspectral layers, one per date; need band wavelengths (band metadata "
             "'wavelength' + 'wavelength_units', or an ENVI header).\n"
+            "FINE_MS_PRODUCTS, DENSE_MS_PRODUCTS, HS_PRODUCTS (optional): satellite products as paths, "
+            "read directly with their date, wavelengths, reflectance scale/offset and quality layer: "
+            "an EnMAP L2A folder or zip, a Sentinel-2 L2A .SAFE folder or zip, a Landsat Collection 2 "
+            "L2 folder, tar or MTL file. Each role needs layers or products.\n"
+            "MASK_CLASSES (optional): the product quality classes that make a pixel invalid, comma-"
+            "separated (e.g. cloud,cloud_shadow,cirrus); default each product's usual set (EnMAP: "
+            "cloud, cirrus, haze, snow, cloud_shadow; Sentinel-2 SCL: saturated, cloud_shadow, "
+            "cloud_medium_probability, cloud_high_probability, cirrus, snow; Landsat QA_PIXEL: fill, "
+            "dilated_cloud, cirrus, cloud, cloud_shadow).\n"
+            "MASK_BUFFER (optional): grow the masked pixels by this many product pixels (default 0).\n"
             "Each layer's date comes from DATES, else its metadata (ACQUISITION_DATE, start_time, "
             "SENSING_TIME, DATE_ACQUIRED, ENVI 'acquisition time', TIFFTAG_DATETIME, ...), else its "
             "file name (YYYYMMDD, YYYY-MM-DD, YYYY_MM_DD, Sentinel-2/Landsat/MODIS product names).\n"
@@ -61,7 +75,20 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             (self.DENSE_MS, "Dense multispectral layers (one per date)"),
             (self.HS, "Hyperspectral layers (one per date, with wavelengths)"),
         ):
-            self.addParameter(QgsProcessingParameterMultipleLayers(key, self.tr(label), QgsProcessing.TypeRaster))
+            self.addParameter(
+                QgsProcessingParameterMultipleLayers(key, self.tr(label), QgsProcessing.TypeRaster, optional=True)
+            )
+            # Products (a Sentinel-2 .SAFE folder or zip, a Landsat folder, tar or MTL, an EnMAP L2A
+            # folder or zip) are paths, not raster layers: read with their date, wavelengths,
+            # scaling and quality layer by model/mdd/products.
+            self.addParameter(
+                QgsProcessingParameterMultipleLayers(
+                    key + "_PRODUCTS",
+                    self.tr(label.replace("layers", "products").split(" (")[0] + " (paths)"),
+                    QgsProcessing.TypeFile,
+                    optional=True,
+                )
+            )
         self.addParameter(
             QgsProcessingParameterString(
                 self.DATES, self.tr("Dates override (layer_name=YYYY-MM-DD;...)"), optional=True
@@ -84,15 +111,37 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             )
         )
         self.addParameter(
+            QgsProcessingParameterString(
+                self.MASK_CLASSES,
+                self.tr("Product quality classes that mask pixels (comma-separated) [default: each product's own]"),
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MASK_BUFFER,
+                self.tr("Grow masked clouds and shadows by (source pixels)"),
+                QgsProcessingParameterNumber.Integer,
+                0,
+                minValue=0,
+                maxValue=100,
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterFileDestination(
                 self.OUTPUT, self.tr("MDD manifest"), self.tr("MDD manifest (*.json)")
             )
         )
 
+    def _products(self, parameters, key, context):
+        """The product paths given for a role (an unset list comes back as [''])."""
+        return [p for p in self.parameterAsFileList(parameters, key + "_PRODUCTS", context) if p and p.strip()]
+
     def checkParameterValues(self, parameters, context):
         # Before QGIS's own check, whose "Incorrect parameter value" does not say what to do.
         for role, key in self._ROLES:
-            if not self.parameterAsLayerList(parameters, key, context):
+            products = self._products(parameters, key, context)
+            if not self.parameterAsLayerList(parameters, key, context) and not products:
                 return False, empty_role_message(role)
         return super().checkParameterValues(parameters, context)
 
@@ -107,6 +156,12 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                         "save it as a GeoTIFF (Raster > Conversion > Translate) and use that."
                     )
                 layers[role].append((layer.name(), layer.source()))
+            for path in self._products(parameters, key, context):
+                name = os.path.basename(os.path.normpath(path))
+                layers[role].append(
+                    (os.path.splitext(name)[0] if name.lower().endswith((".zip", ".tar")) else name, path)
+                )
+        classes = [c.strip() for c in (self.parameterAsString(parameters, self.MASK_CLASSES, context) or "").split(",")]
         crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
         extent, extent_crs = None, None
         if parameters.get(self.TARGET_EXTENT) not in (None, ""):
@@ -134,6 +189,8 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             target_extent=extent,
             extent_crs=extent_crs,
             callbacks=feedback_callbacks(feedback, log_progress_messages=True),
+            mask_classes=[c for c in classes if c] or None,
+            mask_buffer=self.parameterAsInt(parameters, self.MASK_BUFFER, context),
         )
         return {self.OUTPUT: output}
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +22,8 @@ from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.grid import Grid
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
 from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
+from .products import ProductError, open_product
+from .products.quality import QualityMask
 from .raster_io import (
     LayerInfo,
     RasterInputError,
@@ -76,19 +80,27 @@ def _as_sources(layers) -> list:
 
 def empty_role_message(role: str) -> str:
     return (
-        f"No {ROLE_LABELS[role]} layer was given: add at least one raster to {ROLE_PARAMS[role]} (one layer per date)."
+        f"No {ROLE_LABELS[role]} layer was given: add at least one raster to {ROLE_PARAMS[role]} (one layer per "
+        f"date), or a product to {ROLE_PARAMS[role]}_PRODUCTS."
     )
 
 
-def _inspect_role(role, layers, overrides) -> list:
+def _inspect_role(role, layers, overrides, work_dir=None, mask_classes=None, mask_buffer=0) -> list:
     label, param = ROLE_LABELS[role], ROLE_PARAMS[role]
     if not layers:
         raise BuildMddError(empty_role_message(role))
     infos = []
     for name, source in layers:
         try:
-            info = inspect_layer(source, name)
-        except RasterInputError as e:
+            product = open_product(source, work_dir, mask_classes) if work_dir else None
+            if product is None:
+                info = inspect_layer(source, name)
+            else:
+                info = inspect_layer(product.stack_path, name)
+                info.origin, info.quality = source, product.quality
+                if product.quality is not None:
+                    product.quality.rule.buffer_px = int(mask_buffer)
+        except (RasterInputError, ProductError) as e:
             raise BuildMddError(str(e)) from None
         if not info.crs_wkt:
             raise BuildMddError(
@@ -249,6 +261,8 @@ def build_mdd_stack(
     callbacks: Callbacks | None = None,
     block_memory_mb: int = 256,
     block: int = 256,
+    mask_classes: Sequence[str] | None = None,
+    mask_buffer: int = 0,
 ) -> MDD:
     """Builds the MDD whose manifest is ``output`` (.json); returns it opened.
 
@@ -259,11 +273,12 @@ def build_mdd_stack(
     ``extent_crs`` (default the target CRS); default: the overlap of all inputs, snapped inward to
     the fine MS pixel grid. ``callbacks`` report progress and are checked for cancel per window.
     Windows are ``block`` rows (the GeoTIFF tile size) by as many columns as ``block_memory_mb``
-    allows.
+    allows. A path may also be a product (EnMAP L2A, Sentinel-2 L2A, Landsat C2 L2: model/mdd/
+    products): it is read with its date, wavelengths and scaling, and its quality layer masks the
+    classes ``mask_classes`` (None: the family's default), grown by ``mask_buffer`` source pixels.
     Raises BuildMddError for bad input and Canceled on cancel, leaving no file behind.
     """
     cb = callbacks_or_default(callbacks)
-    progress = cb.progress
     if pixel_size is not None and not (float(pixel_size) > 0 and math.isfinite(float(pixel_size))):
         raise BuildMddError(
             f"PIXEL_SIZE must be a positive number in target CRS units, not {pixel_size}: "
@@ -278,7 +293,46 @@ def build_mdd_stack(
             f"DATES names {', '.join(unknown)}, which is not an input layer: use the layer "
             f"names as QGIS shows them ({names})."
         )
-    roles = {role: _inspect_role(role, given[role], overrides) for role in ROLES}
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    # Product stacks (VRTs) live only while the MDD is built: its stacks hold the values.
+    work_dir = tempfile.mkdtemp(prefix=".stsfusion_products_", dir=os.path.dirname(os.path.abspath(output)))
+    try:
+        return _build(
+            output,
+            given,
+            overrides,
+            work_dir,
+            mask_classes,
+            mask_buffer,
+            target_crs,
+            pixel_size,
+            target_extent,
+            extent_crs,
+            cb,
+            block_memory_mb,
+            block,
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _build(
+    output,
+    given,
+    overrides,
+    work_dir,
+    mask_classes,
+    mask_buffer,
+    target_crs,
+    pixel_size,
+    target_extent,
+    extent_crs,
+    cb,
+    block_memory_mb,
+    block,
+) -> MDD:
+    progress = cb.progress
+    roles = {role: _inspect_role(role, given[role], overrides, work_dir, mask_classes, mask_buffer) for role in ROLES}
 
     try:
         crs_wkt = crs_from_user(str(target_crs)) if target_crs else roles["fine_ms"][0].crs_wkt
@@ -327,14 +381,15 @@ def build_mdd_stack(
                 inputs[role].append(
                     {
                         "layer": info.name,
-                        "source": info.source,
+                        "source": info.origin or info.source,
                         "date": info.date,
                         "date_source": info.date_source,
                         "resampling": method,
                         "valid_fraction": round(valid_fraction, 6),
                     }
                 )
-                progress(done / total, f"  valid: {100 * valid_fraction:.1f} % of the grid")
+                note = f"; masked by its quality layer: {info.masked}" if info.masked is not None else ""
+                progress(done / total, f"  valid: {100 * valid_fraction:.1f} % of the grid{note}")
         for w in writers:
             w.commit()
             committed.append(w.stack)
@@ -374,6 +429,7 @@ def _copy_layer(
     src = open_source(info)
     good = np.ones(info.band_count, bool) if not bbl else np.asarray(bbl, bool)
     n_valid, band_seen, done = 0, np.zeros(info.band_count, bool), 0
+    quality = QualityMask(info.quality, grid) if info.quality is not None else None
     for window in _windows(grid, info.band_count, block, block_memory_mb):
         cb.check("Build MDD stack was canceled; no output was written.")
         values = warp_window(src, info, grid, window, method)
@@ -386,6 +442,8 @@ def _copy_layer(
             # the rim of a hole from the valid neighbours, shrinking it by up to a source pixel.
             under = np.isfinite(warp_window(src, info, grid, window, "near"))
             valid &= under[good].all(axis=0) if good.any() else under.any(axis=0)
+        if quality is not None:  # the product's own quality classes (clouds, shadows...) are invalid
+            valid &= ~quality.invalid(window)
         band_seen |= finite.any(axis=(1, 2))
         # A value that is not there (non-finite) or not to be trusted (a bad band) is nodata, also in
         # a valid pixel: it reads back as NaN, stays out of the PCA and comes out as nodata.
@@ -393,6 +451,12 @@ def _copy_layer(
         n_valid += int(valid.sum())
         done += window[2] * window[3]
         on_pixels(done)
+    if n_valid == 0 and quality is not None and any(quality.counts.values()):
+        raise BuildMddError(
+            f"Layer '{info.name}' is masked everywhere on the target grid by its quality layer "
+            f"({quality.summary(grid.width * grid.height)}): leave this date out, or choose fewer "
+            "MASK_CLASSES."
+        )
     if n_valid == 0:
         empty = [str(b + 1) for b in np.flatnonzero(~band_seen & good)]
         why = (
@@ -405,4 +469,6 @@ def _copy_layer(
             f"Layer '{info.name}' has no valid pixel on the target grid {_fmt(grid.extent)}: {why}"
             "choose a TARGET_EXTENT where it has data, or remove it."
         )
+    if quality is not None:
+        info.masked = quality.summary(grid.width * grid.height)
     return n_valid / float(grid.width * grid.height)

@@ -45,6 +45,9 @@ class LayerInfo:
     band_names: list
     date: str | None = None  # ISO date read from metadata or the name (None: not found)
     date_source: str = ""  # where the date came from, for the log
+    quality: object | None = None  # a product's QualityLayer (products/__init__.py), or None
+    origin: str = ""  # what the user gave (a product folder, zip, MTL...), when not ``source``
+    masked: str | None = None  # what the quality layer masked, for the log ("cloud 12.3 %, ...")
 
     @property
     def corners(self) -> list:

@@ -62,7 +62,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             "date nearest the middle of the series; with one HS date, a quarter of it) and compare the "
             "network and the two-stage baseline with it at the HS pixel size: CC, SAM, PSNR and SSIM in "
             "the log, the report and the model file, and a warning naming every metric on which the "
-            "network is worse (default on; about 1.6x the training time).\n"
+            "network is worse (default on; it more than doubles the training time).\n"
             "OUTPUT_MODEL: the model file (.pt) with weights, normalisation, PCA and band lists.\n"
             "OUTPUT_REPORT: optional HTML training report (losses and learned task weights per epoch).\n\n"
             "The log shows each task's loss and its learned weight c per epoch, the time and the peak "
@@ -137,7 +137,9 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterBoolean(
-                self.SELF_CHECK, self.tr("Self-check on a withheld HS image (about 1.6x the training time)"), True
+                self.SELF_CHECK,
+                self.tr("Self-check on a withheld HS image (more than doubles the training time)"),
+                True,
             )
         )
         self.add_device_parameters()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 
 def peak_rss_mb() -> float | None:
     """The process's peak resident memory in MiB, or None where the platform does not say."""
-    try:
-        import resource  # Unix only
+    try:  # Unix only: imported by name, so the module itself loads anywhere
+        resource = importlib.import_module("resource")
     except ImportError:
         return _peak_rss_windows_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

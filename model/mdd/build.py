@@ -297,113 +297,83 @@ def build_mdd_stack(
     # Product stacks (VRTs) live only while the MDD is built: its stacks hold the values.
     work_dir = tempfile.mkdtemp(prefix=".stsfusion_products_", dir=os.path.dirname(os.path.abspath(output)))
     try:
-        return _build(
-            output,
-            given,
-            overrides,
-            work_dir,
-            mask_classes,
-            mask_buffer,
-            target_crs,
-            pixel_size,
-            target_extent,
-            extent_crs,
-            cb,
-            block_memory_mb,
-            block,
-        )
+        progress = cb.progress
+        roles = {
+            role: _inspect_role(role, given[role], overrides, work_dir, mask_classes, mask_buffer) for role in ROLES
+        }
+
+        try:
+            crs_wkt = crs_from_user(str(target_crs)) if target_crs else roles["fine_ms"][0].crs_wkt
+            ext_crs = crs_from_user(str(extent_crs)) if extent_crs else None
+        except RasterInputError as e:
+            raise BuildMddError(f"TARGET_CRS: {e}") from None
+        px = float(pixel_size) if pixel_size is not None else pixel_size_in_crs(roles["fine_ms"][0], crs_wkt)
+        grid = _target_grid(roles, crs_wkt, px, target_extent, ext_crs)
+        progress(0.0, f"Target grid: {grid.width} x {grid.height} pixels of {px:g}, extent {_fmt(grid.extent)}")
+
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        stacks, native = {}, {}
+        for role in ROLES:
+            sizes = [pixel_size_in_crs(i, crs_wkt) for i in roles[role]]
+            native[role] = sizes
+            stacks[role] = _role_stack(role, roles[role], output, float(np.mean(sizes)))
+        writers, committed, inputs = [], [], {}
+        try:
+            for role in ROLES:
+                writers.append(RoleStackWriter(stacks[role], grid))
+            pixels = grid.width * grid.height
+            total = sum(len(roles[r]) for r in ROLES) * pixels
+            done = 0
+            for role, writer in zip(ROLES, writers):
+                inputs[role] = []
+                for t, info in enumerate(roles[role]):
+                    method = _resampling(native[role][t], px)
+                    progress(
+                        done / total,
+                        f"{ROLE_LABELS[role]} {info.date} '{info.name}' (date from "
+                        f"{info.date_source}): {native[role][t]:g} -> {px:g}, {method}",
+                    )
+                    valid_fraction = _copy_layer(
+                        info,
+                        grid,
+                        method,
+                        writer,
+                        t,
+                        stacks[role].bbl,
+                        block_memory_mb,
+                        block,
+                        cb,
+                        lambda n, done=done: progress((done + n) / total, ""),
+                    )
+                    done += pixels
+                    inputs[role].append(
+                        {
+                            "layer": info.name,
+                            "source": info.origin or info.source,
+                            "date": info.date,
+                            "date_source": info.date_source,
+                            "resampling": method,
+                            "valid_fraction": round(valid_fraction, 6),
+                        }
+                    )
+                    note = f"; masked by its quality layer: {info.masked}" if info.masked is not None else ""
+                    progress(done / total, f"  valid: {100 * valid_fraction:.1f} % of the grid{note}")
+            for w in writers:
+                w.commit()
+                committed.append(w.stack)
+            write_manifest(output, grid, stacks, {"created_by": "stsfusion:buildmdd", "inputs": inputs})
+        except BaseException:
+            for w in writers:
+                w.abort()
+            for stack in committed:  # a failure after some renames: undo them
+                for p in (stack.path, stack.mask_path):
+                    if os.path.exists(p):
+                        os.remove(p)
+            raise
+        progress(1.0, f"MDD written: {output}")
+        return MDD.open(output)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _build(
-    output,
-    given,
-    overrides,
-    work_dir,
-    mask_classes,
-    mask_buffer,
-    target_crs,
-    pixel_size,
-    target_extent,
-    extent_crs,
-    cb,
-    block_memory_mb,
-    block,
-) -> MDD:
-    progress = cb.progress
-    roles = {role: _inspect_role(role, given[role], overrides, work_dir, mask_classes, mask_buffer) for role in ROLES}
-
-    try:
-        crs_wkt = crs_from_user(str(target_crs)) if target_crs else roles["fine_ms"][0].crs_wkt
-        ext_crs = crs_from_user(str(extent_crs)) if extent_crs else None
-    except RasterInputError as e:
-        raise BuildMddError(f"TARGET_CRS: {e}") from None
-    px = float(pixel_size) if pixel_size is not None else pixel_size_in_crs(roles["fine_ms"][0], crs_wkt)
-    grid = _target_grid(roles, crs_wkt, px, target_extent, ext_crs)
-    progress(0.0, f"Target grid: {grid.width} x {grid.height} pixels of {px:g}, extent {_fmt(grid.extent)}")
-
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    stacks, native = {}, {}
-    for role in ROLES:
-        sizes = [pixel_size_in_crs(i, crs_wkt) for i in roles[role]]
-        native[role] = sizes
-        stacks[role] = _role_stack(role, roles[role], output, float(np.mean(sizes)))
-    writers, committed, inputs = [], [], {}
-    try:
-        for role in ROLES:
-            writers.append(RoleStackWriter(stacks[role], grid))
-        pixels = grid.width * grid.height
-        total = sum(len(roles[r]) for r in ROLES) * pixels
-        done = 0
-        for role, writer in zip(ROLES, writers):
-            inputs[role] = []
-            for t, info in enumerate(roles[role]):
-                method = _resampling(native[role][t], px)
-                progress(
-                    done / total,
-                    f"{ROLE_LABELS[role]} {info.date} '{info.name}' (date from "
-                    f"{info.date_source}): {native[role][t]:g} -> {px:g}, {method}",
-                )
-                valid_fraction = _copy_layer(
-                    info,
-                    grid,
-                    method,
-                    writer,
-                    t,
-                    stacks[role].bbl,
-                    block_memory_mb,
-                    block,
-                    cb,
-                    lambda n, done=done: progress((done + n) / total, ""),
-                )
-                done += pixels
-                inputs[role].append(
-                    {
-                        "layer": info.name,
-                        "source": info.origin or info.source,
-                        "date": info.date,
-                        "date_source": info.date_source,
-                        "resampling": method,
-                        "valid_fraction": round(valid_fraction, 6),
-                    }
-                )
-                note = f"; masked by its quality layer: {info.masked}" if info.masked is not None else ""
-                progress(done / total, f"  valid: {100 * valid_fraction:.1f} % of the grid{note}")
-        for w in writers:
-            w.commit()
-            committed.append(w.stack)
-        write_manifest(output, grid, stacks, {"created_by": "stsfusion:buildmdd", "inputs": inputs})
-    except BaseException:
-        for w in writers:
-            w.abort()
-        for stack in committed:  # a failure after some renames: undo them
-            for p in (stack.path, stack.mask_path):
-                if os.path.exists(p):
-                    os.remove(p)
-        raise
-    progress(1.0, f"MDD written: {output}")
-    return MDD.open(output)
 
 
 def _windows(grid, band_count, block, block_memory_mb):

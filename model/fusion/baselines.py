@@ -141,6 +141,7 @@ class TwoStage:
         self.fine_dates = mdd.roles["fine_ms"].dates
         self.dense_dates = mdd.roles["dense_ms"].dates
         self.max_days = check_max_days(max_days_apart)
+        self._dense_days = [day_number(d) for d in self.dense_dates]
         self._dense_memo = (None, None)  # (window, (values, validity) of every dense MS date)
         self.band_map = self._fit_band_map()
         self.sigma = self._fine_std()
@@ -156,7 +157,7 @@ class TwoStage:
             values = self.mdd.read("dense_ms", window)
             self._dense_memo = (tuple(window), (values, np.isfinite(values).all(axis=1)))
         values, valid = self._dense_memo[1]
-        out, ok = fill_in_time(values, valid, [day_number(d) for d in self.dense_dates], day_number(date))
+        out, ok = fill_in_time(values, valid, self._dense_days, day_number(date))
         out[:, ~ok] = np.nan
         return out
 

@@ -139,12 +139,13 @@ class TrainingSet:
         self.hs_of = {d: i for i, d in enumerate(self.hs.dates)}
         with_fine = [i for i in range(len(self.fine.dates)) if self.fine.valid[i].any()]
         self.spatial_dates = with_fine
+        self._usable_fine_dates = [self.fine.dates[i] for i in with_fine]  # the fine MS a date may pair with
         self.pairs = [(q, t) for t in with_fine for q in with_fine if q != t]
         self.hs_dates = [i for i in range(len(self.hs.dates)) if self.hs.valid[i].any()]
         # The fine MS that stands for each HS date: the nearest within max_days (calendar rule).
         self.hs_fine = {}
         for h in self.hs_dates:
-            paired = paired_date([self.fine.dates[i] for i in with_fine], self.hs.dates[h], self.max_days)
+            paired = paired_date(self._usable_fine_dates, self.hs.dates[h], self.max_days)
             self.hs_fine[h] = self.fine_of[paired] if paired else None
         self.valid_flat = {("fine", i): np.flatnonzero(self.fine.valid[i]) for i in range(len(self.fine.dates))}
         self.valid_flat.update({("hs", i): np.flatnonzero(self.hs.valid[i]) for i in self.hs_dates})
@@ -244,8 +245,7 @@ class TrainingSet:
         (``core.calendar.fine_for``)."""
         if date is None:
             return None
-        usable = [self.fine.dates[i] for i in self.spatial_dates]
-        own = fine_for(usable, date, self.hs.dates, self.max_days)
+        own = fine_for(self._usable_fine_dates, date, self.hs.dates, self.max_days)
         return self.fine_of[own] if own else self.fine_of.get(date)
 
     def fine_batch(self, rng: np.random.Generator, batch: int) -> dict:

@@ -31,6 +31,8 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
     OUTPUT = "OUTPUT"
     MASK_CLASSES = "MASK_CLASSES"
     MASK_BUFFER = "MASK_BUFFER"
+    MASK_VALUES = "MASK_VALUES"
+    MASKS_SUFFIX = "_MASKS"  # FINE_MS_MASKS, DENSE_MS_MASKS, HS_MASKS
     _ROLES = (("fine_ms", FINE_MS), ("dense_ms", DENSE_MS), ("hs", HS))
 
     def shortHelpString(self):
@@ -54,7 +56,18 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             "cloud, cirrus, haze, snow, cloud_shadow; Sentinel-2 SCL: saturated, cloud_shadow, "
             "cloud_medium_probability, cloud_high_probability, cirrus, snow; Landsat QA_PIXEL: fill, "
             "dilated_cloud, cirrus, cloud, cloud_shadow).\n"
-            "MASK_BUFFER (optional): grow the masked pixels by this many product pixels (default 0).\n"
+            "FINE_MS_MASKS, DENSE_MS_MASKS, HS_MASKS (optional): explicit mask rasters (class values or "
+            "bit flags, band 1) for the role's layers or products, e.g. your own cloud masks. A mask is "
+            "matched to the layer of its date (read like a layer's: ACQUISITION_DATE metadata or the file "
+            "name), so only some dates may get one; when a mask has no date, the masks are matched by "
+            "position (the i-th mask to the i-th layer, one per layer). It is read on the grid with "
+            "nearest neighbour; its nodata and the area outside it are valid. A product's quality layer "
+            "masks as well: both add up.\n"
+            "MASK_VALUES (optional): which mask values are invalid: empty = any non-zero value (0 is "
+            "valid); '3,8,9' = those class values; 'bits:1,3,4' = pixels with any of those bits set "
+            "(bit 0 = least significant, up to 31).\n"
+            "MASK_BUFFER (optional): grow the masked pixels by this many product or mask pixels (default "
+            "0). The log says per date what share was masked and by which class, value or bit.\n"
             "Each layer's date comes from DATES, else its metadata (ACQUISITION_DATE, start_time, "
             "SENSING_TIME, DATE_ACQUIRED, ENVI 'acquisition time', TIFFTAG_DATETIME, ...), else its "
             "file name (YYYYMMDD, YYYY-MM-DD, YYYY_MM_DD, Sentinel-2/Landsat/MODIS product names).\n"
@@ -117,10 +130,27 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                 optional=True,
             )
         )
+        for key, label in (
+            (self.FINE_MS, "Fine multispectral masks (class values or bit flags)"),
+            (self.DENSE_MS, "Dense multispectral masks (class values or bit flags)"),
+            (self.HS, "Hyperspectral masks (class values or bit flags)"),
+        ):
+            self.addParameter(
+                QgsProcessingParameterMultipleLayers(
+                    key + self.MASKS_SUFFIX, self.tr(label), QgsProcessing.TypeRaster, optional=True
+                )
+            )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.MASK_VALUES,
+                self.tr("Invalid mask values ('3,8,9' or 'bits:1,3,4') [default: any non-zero value]"),
+                optional=True,
+            )
+        )
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MASK_BUFFER,
-                self.tr("Grow masked clouds and shadows by (source pixels)"),
+                self.tr("Grow masked clouds and shadows by (product or mask pixels)"),
                 QgsProcessingParameterNumber.Integer,
                 0,
                 minValue=0,
@@ -145,17 +175,23 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                 return False, empty_role_message(role)
         return super().checkParameterValues(parameters, context)
 
+    def _file_layers(self, parameters, key, context):
+        """(layer name, source) of the file rasters given for ``key``."""
+        out = []
+        for layer in self.parameterAsLayerList(parameters, key, context):
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException(
+                    f"{key} layer '{layer.name()}' is not a file raster ({layer.providerType()}): "
+                    "save it as a GeoTIFF (Raster > Conversion > Translate) and use that."
+                )
+            out.append((layer.name(), layer.source()))
+        return out
+
     def process(self, parameters, context, feedback):
-        layers = {}
+        layers, masks = {}, {}
         for role, key in self._ROLES:
-            layers[role] = []
-            for layer in self.parameterAsLayerList(parameters, key, context):
-                if layer.providerType() != "gdal":
-                    raise QgsProcessingException(
-                        f"{key} layer '{layer.name()}' is not a file raster ({layer.providerType()}): "
-                        "save it as a GeoTIFF (Raster > Conversion > Translate) and use that."
-                    )
-                layers[role].append((layer.name(), layer.source()))
+            layers[role] = self._file_layers(parameters, key, context)
+            masks[role] = self._file_layers(parameters, key + self.MASKS_SUFFIX, context)
             for path in self._products(parameters, key, context):
                 name = os.path.basename(os.path.normpath(path))
                 layers[role].append(
@@ -178,6 +214,15 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
         feedback.pushInfo(
             "Layers: " + "; ".join(f"{key}: {', '.join(n for n, _ in layers[role])}" for role, key in self._ROLES)
         )
+        if any(masks.values()):
+            feedback.pushInfo(
+                "Masks: "
+                + "; ".join(
+                    f"{key}{self.MASKS_SUFFIX}: {', '.join(n for n, _ in masks[role])}"
+                    for role, key in self._ROLES
+                    if masks[role]
+                )
+            )
         build_mdd_stack(
             output,
             layers["fine_ms"],
@@ -191,6 +236,8 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             callbacks=feedback_callbacks(feedback, log_progress_messages=True),
             mask_classes=[c for c in classes if c] or None,
             mask_buffer=self.parameterAsInt(parameters, self.MASK_BUFFER, context),
+            masks={role: m for role, m in masks.items() if m} or None,
+            mask_values=self.parameterAsString(parameters, self.MASK_VALUES, context) or None,
         )
         return {self.OUTPUT: output}
 

@@ -22,8 +22,8 @@ from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.grid import Grid
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
 from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
-from .products import ProductError, open_product
-from .products.quality import QualityMask
+from .products import ProductError, QualityRule, open_product
+from .products.quality import QualityMask, explicit_mask, parse_mask_values
 from .raster_io import (
     LayerInfo,
     RasterInputError,
@@ -85,7 +85,11 @@ def empty_role_message(role: str) -> str:
     )
 
 
-def _inspect_role(role, layers, overrides, work_dir=None, mask_classes=None, mask_buffer=0) -> list:
+def _inspect_role(
+    role, layers, overrides, work_dir=None, mask_classes=None, mask_buffer=0, masks=None, mask_rule=None, log=None
+) -> list:
+    """The role's layers inspected and checked, sorted by date; ``masks`` (name, path) are matched
+    to them (``_match_masks``), its log lines appended to ``log``."""
     label, param = ROLE_LABELS[role], ROLE_PARAMS[role]
     if not layers:
         raise BuildMddError(empty_role_message(role))
@@ -121,6 +125,7 @@ def _inspect_role(role, layers, overrides, work_dir=None, mask_classes=None, mas
                 "(e.g. ..._20220724.tif)."
             )
         infos.append(info)
+    given_order = list(infos)
     infos.sort(key=lambda i: i.date)
     first = infos[0]
     for info in infos[1:]:
@@ -145,7 +150,73 @@ def _inspect_role(role, layers, overrides, work_dir=None, mask_classes=None, mas
                     "metadata 'wavelength' and 'wavelength_units' (nm) per band, or give the raster an "
                     "ENVI header with 'wavelength = {...}' and 'wavelength units'."
                 )
+    if masks:
+        lines = _match_masks(role, given_order, masks, mask_rule or parse_mask_values(None), mask_buffer)
+        if log is not None:
+            log.extend(lines)
     return infos
+
+
+def _match_masks(role, infos, masks, rule: QualityRule, buffer_px) -> list:
+    """Gives each layer of ``infos`` (in the order given) its explicit mask from ``masks`` ((name,
+    path) pairs): by date when every mask has one (metadata or file name, as layers), else by
+    position (the i-th mask to the i-th layer). Returns the log lines saying which went where."""
+    label, key = ROLE_LABELS[role], ROLE_PARAMS[role] + "_MASKS"
+    found = []
+    for name, source in masks:
+        try:
+            m = inspect_layer(source, name)
+        except RasterInputError as e:
+            raise BuildMddError(f"{key}: {e}") from None
+        m.name = os.path.basename(source)
+        if not m.crs_wkt or not m.georeferenced:
+            raise BuildMddError(
+                f"{key} mask '{m.name}' has no CRS or no geotransform: give a georeferenced mask raster "
+                "(assign one with gdal_edit.py -a_srs EPSG:<code> / -a_ullr, or Raster > Projections)."
+            )
+        found.append(m)
+    undated = [m.name for m in found if m.date is None]
+    pairs = []
+    if not undated:
+        by_date, taken = {i.date: i for i in infos}, {}
+        for m in found:
+            layer = by_date.get(m.date)
+            if layer is None:
+                raise BuildMddError(
+                    f"{key} mask '{m.name}' has the date {m.date} (from its {m.date_source}), but no {label} "
+                    f"layer has that date (theirs: {', '.join(sorted(by_date))}): give the mask of one of "
+                    "these dates, correct the date in its file name, or remove it."
+                )
+            if m.date in taken:
+                raise BuildMddError(
+                    f"{key} masks '{taken[m.date].name}' and '{m.name}' are both for {label} layer "
+                    f"'{layer.name}' ({m.date}): give one mask per layer (combine them first, e.g. with the "
+                    "Raster Calculator), or remove one."
+                )
+            taken[m.date] = m
+            pairs.append((layer, m, f"by date {m.date}"))
+    else:
+        if len(found) != len(infos):
+            raise BuildMddError(
+                f"{key} gives {len(found)} mask(s) for {len(infos)} {label} layer(s). Mask(s) without a date "
+                f"in the file name or metadata ({', '.join(undated)}) are matched by position (the i-th "
+                "mask to the i-th layer, in the order given), so give exactly one mask per layer, in the "
+                "layers' order; or put each mask's date in its file name (e.g. mask_2022-07-24.tif) to "
+                "match by date and mask only some layers."
+            )
+        pairs = [(layer, m, f"by position {k + 1}") for k, (layer, m) in enumerate(zip(infos, found))]
+    lines = []
+    for layer, m, how in pairs:
+        e, le = extent_in_crs(m, layer.crs_wkt), layer.extent
+        if e[0] >= le[2] or e[2] <= le[0] or e[1] >= le[3] or e[3] <= le[1]:
+            raise BuildMddError(
+                f"{key} mask '{m.name}' does not overlap its {label} layer '{layer.name}' ({how}): the mask's "
+                f"extent is {_fmt(e)}, the layer's {_fmt(le)} (the layer's CRS). Give the mask of that "
+                "layer's area, or check which layer it belongs to."
+            )
+        layer.masks.append(explicit_mask(m.source, rule, buffer_px))
+        lines.append(f"{key}: mask '{m.name}' -> {label} layer '{layer.name}' ({how})")
+    return lines
 
 
 def _snap(lo, hi, anchor, px, inward) -> tuple:
@@ -263,6 +334,8 @@ def build_mdd_stack(
     block: int = 256,
     mask_classes: Sequence[str] | None = None,
     mask_buffer: int = 0,
+    masks: dict[str, Sequence[str | tuple[str, str]]] | None = None,
+    mask_values: str | None = None,
 ) -> MDD:
     """Builds the MDD whose manifest is ``output`` (.json); returns it opened.
 
@@ -276,6 +349,11 @@ def build_mdd_stack(
     allows. A path may also be a product (EnMAP L2A, Sentinel-2 L2A, Landsat C2 L2: model/mdd/
     products): it is read with its date, wavelengths and scaling, and its quality layer masks the
     classes ``mask_classes`` (None: the family's default), grown by ``mask_buffer`` source pixels.
+    masks: role -> explicit MASK rasters (paths or (name, path) pairs) for that role's layers, matched
+    by date (their metadata or file name) when every mask has one, else by position; ``mask_values``
+    says which mask values are invalid (``parse_mask_values``: "" any non-zero, "3,8,9" those
+    values, "bits:1,3,4" those bits); grown by ``mask_buffer`` mask pixels, added to a product's
+    own quality layer. The mask's nodata and the area outside it are valid.
     Raises BuildMddError for bad input and Canceled on cancel, leaving no file behind.
     """
     cb = callbacks_or_default(callbacks)
@@ -285,6 +363,19 @@ def build_mdd_stack(
             "give e.g. 10 (metres), or leave it empty for the fine MS pixel size."
         )
     overrides = parse_dates_override(dates)
+    try:
+        mask_rule = parse_mask_values(mask_values)
+    except ValueError as e:
+        raise BuildMddError(str(e)) from None
+    unknown_roles = sorted(set(masks or {}) - set(ROLES))
+    if unknown_roles:
+        raise BuildMddError(f"masks are given for {', '.join(unknown_roles)}: use the roles {', '.join(ROLES)}.")
+    given_masks = {role: _as_sources((masks or {}).get(role)) for role in ROLES}
+    if (mask_values or "").strip() and not any(given_masks.values()):
+        cb.warn(
+            f"MASK_VALUES '{mask_values}' is ignored: it applies to explicit masks (FINE_MS_MASKS, "
+            "DENSE_MS_MASKS, HS_MASKS) and none is given; a product's quality classes are MASK_CLASSES."
+        )
     given = {role: _as_sources(layers) for role, layers in zip(ROLES, (fine_ms, dense_ms, hs))}
     unknown = sorted(set(overrides) - {n for layers in given.values() for n, _ in layers})
     if unknown:
@@ -298,8 +389,20 @@ def build_mdd_stack(
     work_dir = tempfile.mkdtemp(prefix=".stsfusion_products_", dir=os.path.dirname(os.path.abspath(output)))
     try:
         progress = cb.progress
+        mask_log = []
         roles = {
-            role: _inspect_role(role, given[role], overrides, work_dir, mask_classes, mask_buffer) for role in ROLES
+            role: _inspect_role(
+                role,
+                given[role],
+                overrides,
+                work_dir,
+                mask_classes,
+                mask_buffer,
+                given_masks[role],
+                mask_rule,
+                mask_log,
+            )
+            for role in ROLES
         }
 
         try:
@@ -310,6 +413,8 @@ def build_mdd_stack(
         px = float(pixel_size) if pixel_size is not None else pixel_size_in_crs(roles["fine_ms"][0], crs_wkt)
         grid = _target_grid(roles, crs_wkt, px, target_extent, ext_crs)
         progress(0.0, f"Target grid: {grid.width} x {grid.height} pixels of {px:g}, extent {_fmt(grid.extent)}")
+        for line in mask_log:
+            progress(0.0, line)
 
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         stacks, native = {}, {}
@@ -333,7 +438,7 @@ def build_mdd_stack(
                         f"{ROLE_LABELS[role]} {info.date} '{info.name}' (date from "
                         f"{info.date_source}): {native[role][t]:g} -> {px:g}, {method}",
                     )
-                    valid_fraction = _copy_layer(
+                    valid_fraction, masked_fraction = _copy_layer(
                         info,
                         grid,
                         method,
@@ -346,17 +451,19 @@ def build_mdd_stack(
                         lambda n, done=done: progress((done + n) / total, ""),
                     )
                     done += pixels
-                    inputs[role].append(
-                        {
-                            "layer": info.name,
-                            "source": info.origin or info.source,
-                            "date": info.date,
-                            "date_source": info.date_source,
-                            "resampling": method,
-                            "valid_fraction": round(valid_fraction, 6),
-                        }
-                    )
-                    note = f"; masked by its quality layer: {info.masked}" if info.masked is not None else ""
+                    entry = {
+                        "layer": info.name,
+                        "source": info.origin or info.source,
+                        "date": info.date,
+                        "date_source": info.date_source,
+                        "resampling": method,
+                        "valid_fraction": round(valid_fraction, 6),
+                    }
+                    if info.masks:  # only with explicit masks: without, the manifest stays as it was
+                        entry["masks"] = [q.path for q in info.masks]
+                        entry["masked_fraction"] = round(masked_fraction, 6)
+                    inputs[role].append(entry)
+                    note = f"; masked {info.masked}" if info.masked is not None else ""
                     progress(done / total, f"  valid: {100 * valid_fraction:.1f} % of the grid{note}")
             for w in writers:
                 w.commit()
@@ -394,12 +501,15 @@ def _windows(grid, band_count, block, block_memory_mb):
 
 def _copy_layer(
     info: LayerInfo, grid, method, writer, t, bbl, block_memory_mb, block, cb: Callbacks, on_pixels
-) -> float:
-    """Warps one layer onto the grid and writes it window by window; returns its valid fraction."""
+) -> tuple:
+    """Warps one layer onto the grid and writes it window by window; returns its valid fraction and
+    the fraction its quality layer and explicit masks flag (``info.masked`` says by what)."""
     src = open_source(info)
     good = np.ones(info.band_count, bool) if not bbl else np.asarray(bbl, bool)
     n_valid, band_seen, done = 0, np.zeros(info.band_count, bool), 0
-    quality = QualityMask(info.quality, grid) if info.quality is not None else None
+    # The product's own quality layer, then the explicit masks: each one's invalid pixels are invalid.
+    qualities = [QualityMask(q, grid) for q in ([info.quality] if info.quality is not None else []) + info.masks]
+    n_masked, total = 0, grid.width * grid.height
     for window in _windows(grid, info.band_count, block, block_memory_mb):
         cb.check("Build MDD stack was canceled; no output was written.")
         values = warp_window(src, info, grid, window, method)
@@ -412,8 +522,12 @@ def _copy_layer(
             # the rim of a hole from the valid neighbours, shrinking it by up to a source pixel.
             under = np.isfinite(warp_window(src, info, grid, window, "near"))
             valid &= under[good].all(axis=0) if good.any() else under.any(axis=0)
-        if quality is not None:  # the product's own quality classes (clouds, shadows...) are invalid
-            valid &= ~quality.invalid(window)
+        if qualities:  # quality classes (clouds, shadows...) and explicit mask values are invalid
+            hit = qualities[0].invalid(window)
+            for q in qualities[1:]:
+                hit |= q.invalid(window)
+            valid &= ~hit
+            n_masked += int(hit.sum())
         band_seen |= finite.any(axis=(1, 2))
         # A value that is not there (non-finite) or not to be trusted (a bad band) is nodata, also in
         # a valid pixel: it reads back as NaN, stays out of the PCA and comes out as nodata.
@@ -421,11 +535,13 @@ def _copy_layer(
         n_valid += int(valid.sum())
         done += window[2] * window[3]
         on_pixels(done)
-    if n_valid == 0 and quality is not None and any(quality.counts.values()):
+    masked = "; ".join(f"{q.quality.label}: {q.summary(total)}" for q in qualities)
+    if n_valid == 0 and any(any(q.counts.values()) for q in qualities):
+        fixes = (["MASK_CLASSES"] if info.quality is not None else []) + (["MASK_VALUES"] if info.masks else [])
+        fix = " or ".join(fixes) + (" (or check its mask)" if info.masks else "")
         raise BuildMddError(
-            f"Layer '{info.name}' is masked everywhere on the target grid by its quality layer "
-            f"({quality.summary(grid.width * grid.height)}): leave this date out, or choose fewer "
-            "MASK_CLASSES."
+            f"Layer '{info.name}' is masked everywhere on the target grid ({masked}): leave this date "
+            f"out, or choose fewer {fix}."
         )
     if n_valid == 0:
         empty = [str(b + 1) for b in np.flatnonzero(~band_seen & good)]
@@ -439,6 +555,6 @@ def _copy_layer(
             f"Layer '{info.name}' has no valid pixel on the target grid {_fmt(grid.extent)}: {why}"
             "choose a TARGET_EXTENT where it has data, or remove it."
         )
-    if quality is not None:
-        info.masked = quality.summary(grid.width * grid.height)
-    return n_valid / float(grid.width * grid.height)
+    if qualities:
+        info.masked = f"{100.0 * n_masked / total:.1f} % ({masked})"
+    return n_valid / float(total), n_masked / float(total)

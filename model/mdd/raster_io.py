@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from osgeo import gdal, osr
@@ -48,6 +48,7 @@ class LayerInfo:
     quality: object | None = None  # a product's QualityLayer (products/__init__.py), or None
     origin: str = ""  # what the user gave (a product folder, zip, MTL...), when not ``source``
     masked: str | None = None  # what the quality layer masked, for the log ("cloud 12.3 %, ...")
+    masks: list = field(default_factory=list)  # explicit MASK rasters (QualityLayers), added to ``quality``
 
     @property
     def corners(self) -> list:
@@ -240,9 +241,12 @@ def open_source(info: LayerInfo) -> gdal.Dataset:
     return gdal.Open(info.source)
 
 
-def warp_window(src: gdal.Dataset, info: LayerInfo, grid: Grid, window: tuple, resampling: str) -> np.ndarray:
+def warp_window(
+    src: gdal.Dataset, info: LayerInfo, grid: Grid, window: tuple, resampling: str, float64: bool = False
+) -> np.ndarray:
     """The window (xoff, yoff, xsize, ysize) of ``grid`` warped from the layer, all bands, float32
-    in physical units (band scale/offset applied), NaN where invalid.
+    (float64 when asked: integers above 2**24 stay exact, as bit flags need) in physical units
+    (band scale/offset applied), NaN where invalid.
 
     Source nodata, NaN and everything outside the source footprint come out as NaN; each band's
     nodata counts on its own (UNIFIED_SRC_NODATA=NO), so a band that is nodata everywhere does not
@@ -263,14 +267,14 @@ def warp_window(src: gdal.Dataset, info: LayerInfo, grid: Grid, window: tuple, r
         width=xs,
         height=ys,
         resampleAlg=resampling,
-        outputType=gdal.GDT_Float32,
-        workingType=gdal.GDT_Float32,
+        outputType=gdal.GDT_Float64 if float64 else gdal.GDT_Float32,
+        workingType=gdal.GDT_Float64 if float64 else gdal.GDT_Float32,
         srcNodata=src_nodata,
         dstNodata="nan",
         warpOptions=["UNIFIED_SRC_NODATA=NO", "INIT_DEST=NO_DATA"],
     )
     out = gdal.Warp("", src, options=options)
-    a = np.asarray(out.ReadAsArray(), dtype=np.float32).reshape(info.band_count, ys, xs)
+    a = np.asarray(out.ReadAsArray(), dtype=np.float64 if float64 else np.float32).reshape(info.band_count, ys, xs)
     scale = np.asarray(info.scale, dtype=np.float32)[:, None, None]
     offset = np.asarray(info.offset, dtype=np.float32)[:, None, None]
     return a * scale + offset

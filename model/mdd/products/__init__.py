@@ -40,11 +40,18 @@ class QualityRule:
 @dataclass
 class QualityLayer:
     """A quality raster (GDAL-readable) and its rule. ``sources`` may hold several single-class
-    masks (EnMAP's QL_QUALITY_CLOUD, _CIRRUS, ...): name -> path, each read with kind "mask"."""
+    masks (EnMAP's QL_QUALITY_CLOUD, _CIRRUS, ...): name -> path, each read with kind "mask".
+
+    ``label`` names the layer in the log ("quality layer" for a product's own, "mask <file>" for an
+    explicit MASK raster). ``nodata_valid``: the raster's nodata pixels are never invalid (explicit
+    masks); otherwise every value, the nodata value too, is a class (a product's quality layer).
+    """
 
     rule: QualityRule
     path: str | None = None
     sources: dict = field(default_factory=dict)
+    label: str = "quality layer"
+    nodata_valid: bool = False
 
 
 @dataclass

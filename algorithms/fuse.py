@@ -5,7 +5,9 @@ import os
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputMultipleLayers,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
@@ -26,6 +28,11 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     DEVICE = "DEVICE"
     THREADS = "THREADS"
+    OUTPUT_TYPE = "OUTPUT_TYPE"
+    COMPRESSION = "COMPRESSION"
+    SKIP_EXISTING = "SKIP_EXISTING"
+    OUTPUT_TYPES = ("float32", "int16")
+    COMPRESSIONS = ("DEFLATE", "ZSTD")
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     OUTPUT_LAYERS = "OUTPUT_LAYERS"
 
@@ -34,8 +41,8 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
             "Applies a model made by 'Train fusion model' to an MDD made by 'Build MDD stack' and "
             "writes one fine-resolution hyperspectral GeoTIFF per date, fused_YYYY-MM-DD.tif: the "
             "MDD's grid and CRS, one band per HS band of the model (band metadata 'wavelength' and "
-            "'fwhm' in nm, descriptions such as '650 nm'), float32, nodata -9999 where no input was "
-            "valid on any date, tiled and DEFLATE-compressed. Pixels that are cloudy or missing in "
+            "'fwhm' in nm, descriptions such as '650 nm'), float32 with nodata -9999 (or int16, see Output "
+            "type) where no input was valid on any date, tiled and compressed. Pixels that are cloudy or missing in "
             "some inputs are filled by the model. In QGIS each file is added to the project in "
             "natural colours (bands nearest 650/560/480 nm, 2-98 % stretch) with its date as a fixed "
             "temporal range, so the Temporal Controller steps through the dates; the same style is "
@@ -55,9 +62,21 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
             "bfloat16 (compute capability 8.0 and later) fuses in bfloat16, an older one in float16; the CPU "
             "and MPS use float32. The log states the device, the precision and why.\n"
             "CPU threads (advanced): threads PyTorch uses; 0 (default) = PyTorch's default, every core.\n"
-            "Output folder: where the GeoTIFFs are written. Files are written under temporary "
-            "names and renamed at the end: a failure or a cancel leaves no new or half-written "
-            "file, and existing files of the same names are only replaced on success.\n\n"
+            "Output type: float32 (default; the HS's own units, nodata -9999) or int16 (half the size: "
+            "the value / scale, rounded, nodata -32768, with the band scale set so GDAL, QGIS and the "
+            "EnMAP-Box read physical values; the scale is 0.0001 for reflectance in 0-1, as EnMAP L2A "
+            "ships, and is chosen from the model for other units; values beyond the int16 range are "
+            "clipped with a warning).\n"
+            "Compression (advanced): DEFLATE (default) or ZSTD (faster to write and read, QGIS 3.22 and "
+            "GDAL 2.3 or later); compression runs on every core.\n"
+            "Skip dates already fused: keep each fused_YYYY-MM-DD.tif that an earlier run of the same "
+            "model and MDD completed (same size, bands and type), and fuse only the others: rerun a "
+            "killed or cancelled job with it to resume.\n"
+            "Output folder: where the GeoTIFFs are written. Dates are fused in passes of up to 8, "
+            "each written under temporary names (*.tif.partial) and renamed when the pass is complete: "
+            "a failure or a cancel loses only the pass under way, never leaves a half-written GeoTIFF, "
+            "and replaces an existing file of the same name only with a complete one. Partial files a "
+            "killed run left behind are removed by the next run.\n\n"
             "Outputs: Fused GeoTIFFs (the list of written files, for the graphical modeler) and "
             "the output folder."
         )
@@ -91,6 +110,21 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
         tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(tile)
         self.add_device_parameters()
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.OUTPUT_TYPE, self.tr("Output type"), options=list(self.OUTPUT_TYPES), defaultValue=0
+            )
+        )
+        compression = QgsProcessingParameterEnum(
+            self.COMPRESSION, self.tr("Compression"), options=list(self.COMPRESSIONS), defaultValue=0
+        )
+        compression.setFlags(compression.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(compression)
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.SKIP_EXISTING, self.tr("Skip dates already fused (resume an interrupted run)"), False
+            )
+        )
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, self.tr("Fused GeoTIFFs")))
 
@@ -108,6 +142,9 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
         device = self.parameterAsString(parameters, self.DEVICE, context).strip() or DEFAULT_DEVICE
         threads = self.parameterAsInt(parameters, self.THREADS, context)
         folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
+        output_type = self.OUTPUT_TYPES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)]
+        compression = self.COMPRESSIONS[self.parameterAsEnum(parameters, self.COMPRESSION, context)]
+        skip_existing = self.parameterAsBoolean(parameters, self.SKIP_EXISTING, context)
         for label, path in (("MDD", mdd_path), ("Model file", model_path)):
             if not path or not os.path.isfile(path):
                 raise QgsProcessingException(f"{label} '{path}' does not exist: choose an existing file.")
@@ -117,7 +154,9 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
 
         device = select_device(device)
         feedback.pushInfo(
-            f"MDD: {mdd_path}\nModel: {model_path}\nOutput folder: {folder}\nDevice: {device}; tile size {tile_size} px"
+            f"MDD: {mdd_path}\nModel: {model_path}\nOutput folder: {folder}\nDevice: {device}; tile size "
+            f"{tile_size} px; output {output_type}, {compression}"
+            + ("; skipping dates already fused" if skip_existing else "")
         )
         paths = fuse_time_series(
             mdd_path,
@@ -128,6 +167,9 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
             device=device,
             threads=threads,
             callbacks=feedback_callbacks(feedback),
+            output_type=output_type,
+            compression=compression,
+            skip_existing=skip_existing,
         )
 
         styles = style_outputs(paths, feedback)  # the .qml beside each GeoTIFF, now that all exist

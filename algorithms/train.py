@@ -30,6 +30,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
     SEED = "SEED"
     MAX_DAYS_APART = "MAX_DAYS_APART"
     SELF_CHECK = "SELF_CHECK"
+    RESUME = "RESUME"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_REPORT = "OUTPUT_REPORT"
 
@@ -63,10 +64,17 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             "network and the two-stage baseline with it at the HS pixel size: CC, SAM, PSNR and SSIM in "
             "the log, the report and the model file, and a warning naming every metric on which the "
             "network is worse (default on; it more than doubles the training time).\n"
+            "RESUME: every 5 epochs the run is saved beside the model file (<model>.checkpoint); after a "
+            "cancel, a crash or a killed batch job, run again with RESUME on and the same MDD and "
+            "parameters to continue from the last checkpoint (on the CPU the model is then the same, bit "
+            "for bit, as one uninterrupted run; the self-check is not repeated). A checkpoint of another "
+            "MDD or other parameters is ignored, and the log says so. The checkpoint is removed once the "
+            "model file is written (default off: start from scratch).\n"
             "OUTPUT_MODEL: the model file (.pt) with weights, normalisation, PCA and band lists.\n"
             "OUTPUT_REPORT: optional HTML training report (losses and learned task weights per epoch).\n\n"
             "The log shows each task's loss and its learned weight c per epoch, the time and the peak "
-            "memory. Cancel stops within a step and writes no model file."
+            "memory. Cancel stops within a step and writes no model file (only the checkpoint, if one "
+            "was saved)."
         )
 
     def initAlgorithm(self, config=None):
@@ -142,6 +150,11 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
                 True,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.RESUME, self.tr("Resume from the checkpoint of an interrupted run"), False
+            )
+        )
         self.add_device_parameters()
         for p in advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -187,6 +200,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             threads=self.parameterAsInt(parameters, self.THREADS, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
             max_days_apart=self.parameterAsDouble(parameters, self.MAX_DAYS_APART, context),
+            resume=self.parameterAsBoolean(parameters, self.RESUME, context),
         )
         feedback.pushInfo(f"Training on {mdd}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
         summary = train_with_self_check(

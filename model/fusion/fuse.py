@@ -6,17 +6,22 @@ the edge). Each tile is predicted from a window grown by the predictor's ``halo`
 would see in a one-tile run, so no seam shows at tile borders. Memory is bounded by
 ``(tile_size + 2 * halo)²`` pixels times the MDD's bands and dates, never by the raster size.
 
-Outputs are written by window through ``GeoTiffWriter`` under temporary names and renamed only when
-every date is complete: a failure or a cancel removes all temporary files and leaves the output
-folder exactly as it was (including an earlier run's files of the same names).
+Dates are fused in passes (``DATES_PER_PASS``): within a pass the tiles are the outer loop, so each
+tile's inputs are read once for all its dates. Outputs are written by window through
+``GeoTiffWriter`` under temporary names (``*.tif.partial``) and renamed when their pass is complete:
+a failure or a cancel removes the pass's temporary files, keeps the passes already complete, and
+leaves any earlier file of the same name as it was. ``skip_existing`` resumes from there. On a GPU
+out-of-memory error tiles are halved until they fit.
 No QGIS import here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,12 +29,24 @@ from osgeo import gdal
 
 from ..core.callbacks import Callbacks, callbacks_or_default
 from ..mdd.format import MDD, NODATA
-from ..mdd.geotiff import GeoTiffWriter, WriterGroup, read_band_wavelengths, spectral_band_metadata
+from ..mdd.geotiff import (
+    COMPRESSIONS,
+    GDAL_CACHE_MB,
+    GeoTiffWriter,
+    WriterGroup,
+    gdal_cache,
+    read_band_wavelengths,
+    remove_leftovers,
+    spectral_band_metadata,
+)
+from ..nn.device import is_out_of_memory, release_gpu_memory
 from .tiling import FusionError, TileReadCache, expand_window, requested_dates, tile_windows, valid_anywhere
 
 __all__ = [
     "FusionError",
+    "OutputFormat",
     "fuse_time_series",
+    "int16_scale",
     "fuse_with_predictor",
     "rgb_band_indices",
     "rgb_band_indices_of_file",
@@ -40,6 +57,14 @@ gdal.UseExceptions()
 
 OUTPUT_PATTERN = "fused_{date}.tif"
 RGB_TARGETS_NM = (650.0, 560.0, 480.0)  # red, green, blue band centres for the default rendering
+OUTPUT_TYPES = ("float32", "int16")
+INT16_NODATA = -32768
+INT16_MAX = 32767
+# Dates fused together (tiles outer loop, so each tile's inputs are read once for all of them) and
+# committed together: a killed run loses at most this many dates, a run over N dates reads the MDD
+# ceil(N / DATES_PER_PASS) times.
+DATES_PER_PASS = 8
+MIN_TILE = 16  # px: the smallest tile a GPU out-of-memory error may shrink to
 
 
 def rgb_band_indices(wavelengths: Sequence[float]) -> tuple:
@@ -72,10 +97,17 @@ def fuse_time_series(
     device: str = "auto",
     callbacks: Callbacks | None = None,
     threads: int = 0,
+    output_type: str = "float32",
+    compression: str = "DEFLATE",
+    skip_existing: bool = False,
+    gdal_cache_mb: int = GDAL_CACHE_MB,
 ) -> list:
     """Fuses every requested date of the MDD into ``output_folder/fused_YYYY-MM-DD.tif``.
 
     ``device``: a DEVICE text (``select_device``); ``threads``: CPU threads, 0 = torch's default.
+    ``output_type``/``compression``: see ``OutputFormat``; ``skip_existing``: keep the dates an
+    earlier run completed (see ``fuse_with_predictor``); ``gdal_cache_mb``: GDAL's block cache while
+    fusing (set explicitly, not GDAL's default of 5 % of the RAM, and restored afterwards).
 
     ``dates``: None (every date of the MDD), a list of ISO dates, or a comma/semicolon separated
     string. ``callbacks``: progress after each tile, cancel checked before each tile. Returns the
@@ -90,6 +122,7 @@ def fuse_time_series(
     if tile_size < 16:
         raise FusionError(f"Tile size {tile_size} is too small: use at least 16 pixels (default 256).")
 
+    fmt = OutputFormat(output_type, compression)
     mdd = MDD.open(mdd_path)
     targets = requested_dates(mdd, dates)
     threads = configure_threads(threads)
@@ -97,7 +130,98 @@ def fuse_time_series(
     predictor.check_compatible(mdd)
     callbacks_or_default(callbacks).log(describe_device(predictor.device, threads, training=False))
     report_self_check(predictor.meta, callbacks_or_default(callbacks))
-    return fuse_with_predictor(mdd, predictor, output_folder, targets, tile_size, callbacks, model_path=model_path)
+    with gdal_cache(gdal_cache_mb):
+        return fuse_with_predictor(
+            mdd,
+            predictor,
+            output_folder,
+            targets,
+            tile_size,
+            callbacks,
+            model_path=model_path,
+            output_format=fmt,
+            skip_existing=skip_existing,
+        )
+
+
+@dataclass
+class OutputFormat:
+    """How the fused GeoTIFFs are stored.
+
+    ``data_type``: "float32" (default; the HS's own units, nodata -9999) or "int16" (the value
+    divided by ``scale``, rounded, nodata -32768, with the band scale written so that GDAL, QGIS
+    and the EnMAP-Box read physical values; scale None: chosen from the model, see ``int16_scale``).
+    ``compression``: DEFLATE or ZSTD. ``threads``: GDAL's compression threads (ALL_CPUS: every core).
+    """
+
+    data_type: str = "float32"
+    compression: str = "DEFLATE"
+    scale: float | None = None
+    threads: str | int | None = "ALL_CPUS"
+
+    def __post_init__(self) -> None:
+        self.data_type = str(self.data_type).lower()
+        self.compression = str(self.compression).upper()
+        if self.data_type not in OUTPUT_TYPES:
+            raise FusionError(f"Unknown output type '{self.data_type}': choose {' or '.join(OUTPUT_TYPES)}.")
+        if self.compression not in COMPRESSIONS:
+            raise FusionError(f"Unknown compression '{self.compression}': choose {' or '.join(COMPRESSIONS)}.")
+
+    @property
+    def gdal_type(self) -> int:
+        return gdal.GDT_Int16 if self.data_type == "int16" else gdal.GDT_Float32
+
+    @property
+    def nodata(self) -> float:
+        return INT16_NODATA if self.data_type == "int16" else NODATA
+
+
+def int16_scale(typical_max: float) -> float:
+    """The band scale for int16 output: the power of ten that stores values up to ``typical_max``
+    within int16 at the finest step, e.g. 1e-4 for reflectance in 0-1 (EnMAP L2A's convention),
+    1 for reflectance already x 10000, 0.01 for percent."""
+    typical_max = abs(float(typical_max))
+    if not np.isfinite(typical_max) or typical_max <= 0:
+        return 1e-4
+    return float(10.0 ** np.ceil(np.log10(typical_max / INT16_MAX)))
+
+
+def _encode(values: np.ndarray, keep: np.ndarray, fmt: OutputFormat, scale: float) -> tuple[np.ndarray, int]:
+    """(array to write, number of values clipped to the int16 range)."""
+    if fmt.data_type == "float32":
+        return np.where(keep, values, np.float32(NODATA)).astype(np.float32, copy=False), 0
+    stored = np.rint(np.where(keep, values, 0.0) / scale)
+    over = keep & (np.abs(stored) > INT16_MAX)
+    stored = np.clip(stored, -INT16_MAX, INT16_MAX).astype(np.int16)
+    stored[~keep] = INT16_NODATA
+    return stored, int(over.sum())
+
+
+def _file_fingerprint(path: str) -> str:
+    """The first 16 hex digits of a file's SHA-256: which model (or MDD manifest) made an output."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _complete_output(path: str, grid: Any, n_bands: int, fmt: OutputFormat, file_md: dict) -> str | None:
+    """None when ``path`` is a complete output of this very run's inputs and format (so
+    SKIP_EXISTING may keep it); else why it must be fused again."""
+    try:
+        ds = gdal.Open(path)
+    except RuntimeError:
+        return "it cannot be read"
+    if (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) != (grid.width, grid.height, n_bands):
+        return "its size or band count differs"
+    if ds.GetRasterBand(1).DataType != fmt.gdal_type:
+        return "its data type differs"
+    md = ds.GetMetadata() or {}
+    for key in ("STSFUSION_MODEL_SHA256", "STSFUSION_MDD_SHA256"):
+        if key in file_md and md.get(key) != file_md[key]:
+            return "another model or MDD made it"
+    return None
 
 
 def fuse_with_predictor(
@@ -108,11 +232,22 @@ def fuse_with_predictor(
     tile_size: int = 256,
     callbacks: Callbacks | None = None,
     model_path: str | None = None,
+    output_format: OutputFormat | None = None,
+    skip_existing: bool = False,
+    dates_per_pass: int = DATES_PER_PASS,
 ) -> list:
     """The tiling loop, for any object with ``halo``, ``hs_wavelengths``, ``hs_fwhm`` and
-    ``predict(mdd, window, date)`` (``fuse_time_series`` loads and checks the real model first)."""
+    ``predict(mdd, window, date)`` (``fuse_time_series`` loads and checks the real model first).
+
+    The dates are fused in passes of ``dates_per_pass``: within a pass the tiles are the outer loop,
+    so each tile's inputs are read once for all the pass's dates (a prediction reads every date of
+    the window); at the end of a pass its files are renamed into place together. A cancel, a
+    failure or a killed process loses at most the pass under way; ``skip_existing`` then keeps the
+    dates already complete (same grid, bands, type, model and MDD) instead of fusing them again.
+    Returns the paths of every requested date, in date order (kept ones included)."""
     cb = callbacks_or_default(callbacks)
     log, progress = cb.log, cb.progress
+    fmt = output_format or OutputFormat()
     grid = mdd.grid
     wavelengths = [float(w) for w in predictor.hs_wavelengths]
     fwhm = getattr(predictor, "hs_fwhm", None)
@@ -120,61 +255,156 @@ def fuse_with_predictor(
     halo = int(predictor.halo)
     tiles = tile_windows(grid.width, grid.height, tile_size)
     os.makedirs(output_folder, exist_ok=True)
+    for path in remove_leftovers(output_folder, OUTPUT_PATTERN.format(date="*")):
+        log(f"Removed {os.path.basename(path)}, left by an earlier run that did not finish.")
 
-    log(
-        f"Fusing {len(dates)} date(s) on the {grid.width}x{grid.height} px grid, {n_bands} HS bands, "
-        f"{len(tiles)} tile(s) of {tile_size} px with a {halo} px halo, device "
-        f"{getattr(predictor, 'device', 'cpu')}."
-    )
     descriptions = [f"{w:g} nm" for w in wavelengths]
     file_md = {"STSFUSION_MDD": os.path.basename(mdd.path)}
     if model_path:
         file_md["STSFUSION_MODEL"] = os.path.basename(model_path)
+        file_md["STSFUSION_MODEL_SHA256"] = _file_fingerprint(model_path)
+    if mdd.path and os.path.isfile(mdd.path):
+        file_md["STSFUSION_MDD_SHA256"] = _file_fingerprint(mdd.path)
+    scale = None
+    if fmt.data_type == "int16":
+        scale = fmt.scale or int16_scale(getattr(predictor, "hs_typical_max", 1.0))
+        log(f"Output int16: value / {scale:g}, rounded (band scale {scale:g}, nodata {INT16_NODATA}).")
 
-    # Every date's file stays open (temporary name) until the last tile: tiles are the outer loop,
-    # so each tile's inputs are read once for all dates and one cancel aborts everything.
-    with WriterGroup() as writers:
+    todo = list(dates)
+    if skip_existing:
+        todo = []
         for date in dates:
+            path = output_path(output_folder, date)
+            why = _complete_output(path, grid, n_bands, fmt, file_md) if os.path.exists(path) else "absent"
+            if why is None:
+                log(f"{os.path.basename(path)} is complete: kept (SKIP_EXISTING).")
+            else:
+                todo.append(date)
+                if why != "absent":
+                    log(f"{os.path.basename(path)} is fused again: {why}.")
+    passes = [todo[i : i + max(1, int(dates_per_pass))] for i in range(0, len(todo), max(1, int(dates_per_pass)))]
+    log(
+        f"Fusing {len(todo)} date(s) on the {grid.width}x{grid.height} px grid, {n_bands} HS bands, "
+        f"{len(tiles)} tile(s) of {tile_size} px with a {halo} px halo, device "
+        f"{getattr(predictor, 'device', 'cpu')}, {fmt.data_type} {fmt.compression}"
+        + (f", in {len(passes)} passes of up to {dates_per_pass} dates" if len(passes) > 1 else "")
+        + "."
+    )
+
+    total = max(1, len(tiles) * len(todo))
+    done = clipped = 0
+    started = time.monotonic()
+    cache = TileReadCache(mdd)
+    shrink = {"side": max(grid.width, grid.height)}  # lowered for good after a GPU out-of-memory error
+    for group in passes:
+        bands = (wavelengths, fwhm, descriptions)
+        done, clipped = _fuse_pass(
+            mdd,
+            predictor,
+            output_folder,
+            group,
+            tiles,
+            cache,
+            fmt,
+            scale,
+            file_md,
+            bands,
+            cb,
+            (done, total, clipped),
+            shrink,
+        )
+        log(f"Written {', '.join(os.path.basename(output_path(output_folder, d)) for d in group)}.")
+    elapsed = time.monotonic() - started
+    if todo:
+        rate = grid.width * grid.height * n_bands * len(todo) / max(elapsed, 1e-9)
+        log(f"Fused {len(todo)} date(s) in {elapsed:.1f} s ({rate:,.0f} pixel-bands per second).")
+    if clipped:
+        cb.warn(
+            f"{clipped:,} fused values lay outside the int16 range at scale {scale:g} and were clipped: "
+            "use OUTPUT_TYPE float32, or a coarser scale."
+        )
+    if not todo:
+        progress(1.0, "every date was already complete")
+    return [output_path(output_folder, d) for d in dates]
+
+
+def _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb) -> np.ndarray:
+    """The prediction (bands, rows, cols) for ``tile`` on ``date``, from a window grown by the halo.
+
+    On a GPU out-of-memory error the tile is cut into quarters (and every later tile too) until it
+    fits; the output is the same, since every pixel sees the same context whatever the tiling."""
+    side = shrink["side"]
+    x0, y0, w, h = tile
+    if w > side or h > side:
+        out = np.empty((n_bands, h, w), np.float32)
+        for sx, sy, sw, sh in tile_windows(w, h, side):
+            sub = (x0 + sx, y0 + sy, sw, sh)
+            out[:, sy : sy + sh, sx : sx + sw] = _predict_tile(predictor, cache, sub, date, grid, n_bands, shrink, cb)
+        return out
+    window, crop = expand_window(tile, int(predictor.halo), grid.width, grid.height)
+    try:
+        values = np.asarray(predictor.predict(cache, window, date), dtype=np.float32)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        device = str(getattr(predictor, "device", "cpu"))
+        if max(w, h) <= MIN_TILE:
+            raise FusionError(
+                f"{device} ran out of memory even on a {w}x{h} px tile: fuse on the CPU (DEVICE=cpu), or "
+                "free the GPU of other work."
+            ) from None
+        release_gpu_memory(device)
+        shrink["side"] = max(MIN_TILE, (max(w, h) + 1) // 2)
+        cb.log(f"Out of memory on {device} for a {w}x{h} px tile: tiles of {shrink['side']} px from now on.")
+        return _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb)
+    expected = (n_bands, window[3], window[2])
+    if values.shape != expected:
+        raise FusionError(
+            f"The model returned an array of shape {values.shape} for window "
+            f"{window}, expected {expected}: the model file is inconsistent."
+        )
+    return values[:, crop[0], crop[1]]
+
+
+def _fuse_pass(mdd, predictor, folder, group, tiles, cache, fmt, scale, file_md, bands, cb, counters, shrink) -> tuple:
+    """One pass: every tile for the dates of ``group``, their files committed together at the end."""
+    wavelengths, fwhm, descriptions = bands
+    done, total, clipped = counters
+    n_bands, grid = len(wavelengths), mdd.grid
+    with WriterGroup() as writers:
+        for date in group:
             band_md = spectral_band_metadata(wavelengths, fwhm, extra={"date": date})
             writers.append(
                 GeoTiffWriter(
-                    output_path(output_folder, date),
+                    output_path(folder, date),
                     grid,
                     n_bands,
-                    gdal.GDT_Float32,
-                    NODATA,
+                    fmt.gdal_type,
+                    fmt.nodata,
                     descriptions,
                     band_md,
                     dict(file_md, ACQUISITION_DATE=date),
+                    scale=scale,
+                    offset=0.0 if scale is not None else None,
+                    compression=fmt.compression,
+                    threads=fmt.threads,
+                    predictor=2 if fmt.data_type == "int16" else None,
                 )
             )
-        total = len(tiles) * len(dates)
-        done = 0
-        started = time.monotonic()
-        cache = TileReadCache(mdd)
         for i, tile in enumerate(tiles):
-            cb.check("Fusion canceled: no GeoTIFF was written.")
+            cb.check("Fusion canceled: the dates under way were not written.")
             cache.clear()
-            window, crop = expand_window(tile, halo, grid.width, grid.height)
             valid = valid_anywhere(mdd, tile)
-            for date, writer in zip(dates, writers):
-                values = np.asarray(predictor.predict(cache, window, date), dtype=np.float32)
-                expected = (n_bands, window[3], window[2])
-                if values.shape != expected:
-                    raise FusionError(
-                        f"The model returned an array of shape {values.shape} for window "
-                        f"{window}, expected {expected}: the model file is inconsistent."
-                    )
-                values = values[:, crop[0], crop[1]]
+            for date, writer in zip(group, writers):
+                values = _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb)
                 keep = valid[None] & np.isfinite(values)
-                writer.write(np.where(keep, values, np.float32(NODATA)), tile)
+                stored, over = _encode(values, keep, fmt, scale)
+                writer.write(stored, tile)
+                clipped += over
                 done += 1
-            progress(done / total, f"tile {i + 1}/{len(tiles)} done")
+            cb.progress(done / total, f"tile {i + 1}/{len(tiles)} done")
         cache.clear()
-    elapsed = time.monotonic() - started
-    rate = grid.width * grid.height * n_bands * len(dates) / max(elapsed, 1e-9)
-    log(f"Fused {len(dates)} date(s) in {elapsed:.1f} s ({rate:,.0f} pixel-bands per second).")
-    return [w.path for w in writers]
+    return done, clipped
 
 
 def rgb_band_indices_of_file(path: str) -> tuple:

@@ -25,7 +25,14 @@ from ..mdd.format import MDD
 from ..nn.device import select_device
 from ..nn.predictor import FusionPredictor
 from ..nn.samples import check_mdd
-from ..nn.training import DEFAULTS, build_metadata, check_parameters, fit_network, train_fusion_model
+from ..nn.training import (
+    DEFAULTS,
+    build_metadata,
+    check_parameters,
+    fit_network,
+    make_checkpointer,
+    train_fusion_model,
+)
 from .baselines import BaselineError, TwoStage
 from .tiling import TileReadCache, expand_window, tile_windows
 
@@ -208,10 +215,19 @@ def train_with_self_check(
     )
     check_max_days(params["max_days_apart"])
     extra, span, result = {}, (0.0, 1.0), None
-    if self_check:
+    saved = None
+    if self_check and params.get("resume"):  # a resumed run keeps the self-check its checkpoint holds
+        run_keys = ("resume", "checkpoint_every", "device", "threads")
+        keyed = {k: v for k, v in params.items() if k not in run_keys}
+        saved = make_checkpointer(mdd_path, model_path, True, **keyed).saved_extra()
+    if self_check and saved and "self_check" in saved:
+        result = saved["self_check"]
+        extra, span = {"self_check": result}, (0.4, 1.0)
+        cb.log("Self-check: taken from the checkpoint being resumed.")
+    elif self_check:
         mdd = MDD.open(mdd_path)
         check_mdd(mdd, params["patch_size"])
-        fit_params = {k: v for k, v in params.items() if k != "device"}
+        fit_params = {k: v for k, v in params.items() if k not in ("device", "resume", "checkpoint_every")}
         result = run_self_check(mdd, fit_params, select_device(params["device"]), cb, (0.0, 0.4))
         extra, span = {"self_check": result}, (0.4, 1.0)
     summary = train_fusion_model(mdd_path, model_path, callbacks=cb, extra_info=extra, progress_span=span, **params)

@@ -1,14 +1,18 @@
 """GeoTIFF writing and band-metadata reading shared by every module that touches raster files.
 
-Writers create the file under a temporary name in the destination folder and rename it when
-complete (``commit``), so a failure or a cancel never leaves a half-written GeoTIFF behind.
+Writers create the file under a temporary name in the destination folder (``<name>.partial``,
+never ending in ``.tif``, so no tool mistakes it for a result) and rename it when complete
+(``commit``), so a failure or a cancel never leaves a half-written GeoTIFF behind. A process that is
+killed cannot clean up after itself: ``remove_leftovers`` lets the next run do it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -25,6 +29,10 @@ CREATION_OPTIONS = [
     "BIGTIFF=IF_SAFER",
     "INTERLEAVE=BAND",
 ]
+GDAL_CACHE_MB = 256  # GDAL's block cache in our steps: bounded, not GDAL's default of 5 % of the RAM
+PARTIAL_SUFFIX = ".partial"
+LEGACY_PARTIAL_SUFFIX = ".part.tif"  # what version 0.1 and 0.2 left behind when killed
+COMPRESSIONS = ("DEFLATE", "ZSTD")
 _UNIT_TO_NM = {
     "nm": 1.0,
     "nanometers": 1.0,
@@ -41,12 +49,13 @@ _UNIT_TO_NM = {
 
 
 class GeoTiffWriter:
-    """A tiled, compressed GeoTIFF written by window under ``<path>.part.tif``.
+    """A tiled, compressed GeoTIFF written by window under ``<path>.partial``.
 
     ``band_metadata``: one dict per band (e.g. wavelength, wavelength_units, fwhm);
     ``descriptions``: one string per band; ``scale``/``offset``: the band scaling that turns
     stored values into physical ones (e.g. int16 reflectance x 1e4 with scale 0.0001).
-    Use as a context manager: an exception aborts.
+    ``compression``: DEFLATE (default) or ZSTD; ``threads``: GDAL's compression threads (a number or
+    ALL_CPUS; None: one, GDAL's default); ``predictor``: see ``creation_options``. Use as a context manager: an exception aborts.
     """
 
     def __init__(
@@ -61,12 +70,13 @@ class GeoTiffWriter:
         metadata: dict | None = None,
         scale: float | None = None,
         offset: float | None = None,
+        compression: str = "DEFLATE",
+        threads: str | int | None = None,
+        predictor: int | None = None,
     ) -> None:
         self.path = path
-        self._tmp = path + ".part.tif"
-        options = list(CREATION_OPTIONS)
-        if dtype in (gdal.GDT_Float32, gdal.GDT_Float64):
-            options.append("PREDICTOR=3")
+        self._tmp = partial_path(path)
+        options = creation_options(dtype, compression, threads, predictor)
         self._ds = gdal.GetDriverByName("GTiff").Create(self._tmp, grid.width, grid.height, n_bands, dtype, options)
         self._ds.SetGeoTransform(tuple(grid.geotransform))
         self._ds.SetProjection(grid.crs_wkt)
@@ -110,6 +120,57 @@ class GeoTiffWriter:
         else:
             self.abort()
         return False
+
+
+def creation_options(
+    dtype: int, compression: str = "DEFLATE", threads: str | int | None = None, predictor: int | None = None
+) -> list:
+    """GTiff creation options: 256 px tiles, band interleave, the compression with a predictor
+    (None: 3, floating point, for float data, none for integers; 2 suits int16 reflectance) and,
+    optionally, GDAL's own multi-threaded compression (the bytes written are the same whatever the
+    thread count)."""
+    compression = str(compression).upper()
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"Unknown compression '{compression}': choose {' or '.join(COMPRESSIONS)}.")
+    options = [o for o in CREATION_OPTIONS if not o.startswith("COMPRESS=")] + [f"COMPRESS={compression}"]
+    if predictor is None and dtype in (gdal.GDT_Float32, gdal.GDT_Float64):
+        predictor = 3
+    if predictor:
+        options.append(f"PREDICTOR={int(predictor)}")
+    if threads is not None and str(threads) not in ("", "1"):
+        options.append(f"NUM_THREADS={threads}")
+    return options
+
+
+@contextlib.contextmanager
+def gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
+    """GDAL's block cache set to ``megabytes`` for the duration, then restored (QGIS desktop runs
+    in the same process and keeps its own setting)."""
+    previous = gdal.GetCacheMax()
+    gdal.SetCacheMax(int(megabytes) * 2**20)
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(previous)
+
+
+def partial_path(path: str) -> str:
+    """Where ``GeoTiffWriter`` writes ``path`` until it is complete."""
+    return path + PARTIAL_SUFFIX
+
+
+def remove_leftovers(folder: str, pattern: str = "*.tif") -> list:
+    """Removes the partial files a killed run left in ``folder`` for outputs matching ``pattern``
+    (``<name>.partial`` and version 0.1's ``<name>.part.tif``); returns the removed paths."""
+    removed = []
+    for suffix in (PARTIAL_SUFFIX, LEGACY_PARTIAL_SUFFIX):
+        for path in sorted(glob.glob(os.path.join(glob.escape(folder), pattern + suffix))):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:  # another process may hold it (Windows): leave it, it is never read
+                pass
+    return removed
 
 
 class WriterGroup(list):

@@ -236,3 +236,20 @@ def configure_threads(threads: int = 0) -> int:
             torch.set_num_threads(_THREADS_BEFORE)
         _THREADS_BEFORE = None
     return torch.get_num_threads()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a GPU out-of-memory error (``torch.cuda.OutOfMemoryError``, or the RuntimeError
+    older PyTorch and the MPS backend raise), which a smaller tile or batch may avoid."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(error, oom):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def release_gpu_memory(device: str) -> None:
+    """Hands cached GPU blocks back after an out-of-memory error, before the smaller retry."""
+    torch = sys.modules.get("torch")
+    if torch is not None and is_cuda(device) and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -68,6 +68,13 @@ class FusionPredictor:
             {k[4:]: v for k, v in arrays.items() if k.startswith("pca_")}, meta.get("pca_explained_variance", [])
         )
 
+    @property
+    def hs_typical_max(self) -> float:
+        """The largest HS value training saw as typical (band mean + 4 std over the usable bands):
+        what int16 output must hold (``fusion.fuse.int16_scale``)."""
+        usable = self.pca.usable if self.pca.usable.any() else np.ones_like(self.pca.usable)
+        return float(np.max(np.abs(self.pca.band_mean[usable]) + 4 * self.pca.band_std[usable]))
+
     def check_compatible(self, mdd: MDD) -> None:
         problems = []
         for role, want in self.roles.items():

@@ -7,9 +7,10 @@ and writes nothing.
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +19,18 @@ from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.memory import format_mb, peak_rss_mb
 from ..core.vocabulary import ROLES
 from ..mdd.format import MDD
-from .device import autocast, configure_threads, describe_device, grad_scaler, is_cuda, precision_for, select_device
+from .checkpoint import CHECKPOINT_EVERY, Checkpointer, checkpoint_path, restore_rng, rng_state, training_fingerprint
+from .device import (
+    autocast,
+    configure_threads,
+    describe_device,
+    grad_scaler,
+    is_cuda,
+    is_out_of_memory,
+    precision_for,
+    release_gpu_memory,
+    select_device,
+)
 from .model_file import save_model
 from .preprocessing import TrainingDataError
 from .samples import TrainingSet
@@ -195,6 +207,22 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
     return meta, arrays
 
 
+def _training_step(net, mtl, opt, scaler, data, rng, batch_size: int, device: str, amp_dtype) -> dict:
+    """One optimiser step on one batch per task; returns the task losses."""
+    with autocast(device, amp_dtype):  # float32 (CPU, MPS): no autocast at all
+        losses = task_losses(net, data, rng, batch_size, device)
+    loss = mtl({k: v.float() for k, v in losses.items()})
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return losses
+
+
 def fit_network(
     mdd: MDD,
     kernels: str = "1",
@@ -209,11 +237,13 @@ def fit_network(
     callbacks: Callbacks | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
     threads: int = 0,
+    checkpointer: Checkpointer | None = None,
 ) -> dict:
     """Trains a FusionNetwork on an open MDD (or a view of one, see ``MDD.hiding``), in memory.
 
     ``device`` is a device from ``select_device``; ``threads``: CPU threads (0 = torch's default,
-    see ``configure_threads``). Returns {"net", "data" (the TrainingSet), "history", "steps",
+    see ``configure_threads``); ``checkpointer``: save every few epochs and, when it resumes, go on
+    from its saved state (see ``checkpoint.py``). Returns {"net", "data" (the TrainingSet), "history", "steps",
     "device", "threads", "precision"}. Raises ``Canceled`` when the user cancels.
     """
     import torch
@@ -263,23 +293,40 @@ def fit_network(
         f"{100 * sum(data.pca.explained):.1f}% of the weighted HS variance; halo {net.halo} px; "
         f"{epochs} epochs x {steps} steps."
     )
-    history = []
-    for epoch in range(epochs):
+    history, first_epoch = [], 0
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        net.load_state_dict(saved["net"])
+        mtl.load_state_dict(saved["mtl"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        restore_rng(rng, saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        history, first_epoch = json.loads(saved["history_json"]), int(saved["epoch"])
+        log(f"Resumed from {checkpointer.path} after epoch {first_epoch}/{epochs}.")
+    for epoch in range(first_epoch, epochs):
         te = time.time()
         sums = dict.fromkeys(data.tasks, 0.0)
         for step in range(steps):
             cb.check(CANCELED)
-            with autocast(device, amp_dtype):  # float32 (CPU, MPS): no autocast at all
-                losses = task_losses(net, data, rng, batch_size, device)
-            loss = mtl({k: v.float() for k, v in losses.items()})
-            opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+            while True:
+                try:
+                    losses = _training_step(net, mtl, opt, scaler, data, rng, batch_size, device, amp_dtype)
+                    break
+                except Exception as e:  # a GPU out of memory: the same step again with half the batch
+                    if not is_out_of_memory(e):
+                        raise
+                    opt.zero_grad(set_to_none=True)
+                    release_gpu_memory(device)
+                    if batch_size <= 1:
+                        raise TrainingDataError(
+                            f"{device} ran out of memory even with a batch of 1 patch of {patch_size} px: lower "
+                            "PATCH_SIZE, train on the CPU (DEVICE=cpu), or free the GPU of other work."
+                        ) from None
+                    batch_size //= 2
+                    log(f"Out of memory on {device}: batch size halved to {batch_size} for the rest of the run.")
             sched.step()
             for k, v in losses.items():
                 sums[k] += float(v.detach())
@@ -296,6 +343,20 @@ def fit_network(
             + ", ".join(f"{k} loss {entry['loss'][k]:.4f} c {entry['c'][k]:.3f}" for k in data.tasks)
             + f" ({entry['time_s']:.1f} s)"
         )
+        if checkpointer is not None and checkpointer.due(epoch + 1, epochs):
+            checkpointer.save(
+                {
+                    "net": net.state_dict(),
+                    "mtl": mtl.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "rng": rng_state(rng),
+                    "torch_rng": torch.get_rng_state(),
+                    "history_json": json.dumps(history),
+                    "epoch": epoch + 1,
+                }
+            )
     net.eval()
     precision = str(amp_dtype or torch.float32).replace("torch.", "")
     return {
@@ -307,6 +368,20 @@ def fit_network(
         "threads": threads,
         "precision": precision,
     }
+
+
+def make_checkpointer(
+    mdd_path: str,
+    model_path: str,
+    resume: bool = False,
+    every: int = CHECKPOINT_EVERY,
+    extra: dict | None = None,
+    **params: Any,
+) -> Checkpointer:
+    """The checkpointer of a training run of ``params`` on ``mdd_path`` into ``model_path``."""
+    return Checkpointer(
+        checkpoint_path(model_path), training_fingerprint(mdd_path, params), resume, int(every), dict(extra or {})
+    )
 
 
 def train_fusion_model(
@@ -325,10 +400,15 @@ def train_fusion_model(
     extra_info: dict | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
     threads: int = 0,
+    resume: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> dict:
     """Trains a FusionNetwork on the MDD at `mdd_path` and writes it to `model_path`.
 
     ``device``: a DEVICE text (``select_device``); ``threads``: CPU threads, 0 = torch's default.
+    Every ``checkpoint_every`` epochs (0: never) the run is saved to ``<model_path>.checkpoint``;
+    ``resume`` continues from that checkpoint when it was made from the same MDD and parameters
+    (else training starts afresh, and says so). The checkpoint is removed once the model is written.
     ``extra_info`` (e.g. the self-check) goes into the model file's info. Returns {"model_path",
     "history": [per-epoch dicts], "info": {...}}. Raises TrainingDataError / MDDError (ValueError)
     with a message for the user on bad input, and ``Canceled`` when the user cancels (no file is
@@ -348,6 +428,19 @@ def train_fusion_model(
     mdd = MDD.open(mdd_path)
     if is_cuda(dev):
         torch.cuda.reset_peak_memory_stats(dev)
+    fit_params = dict(
+        kernels=kernels,
+        pca_components=pca_components,
+        epochs=epochs,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        max_days_apart=max_days_apart,
+    )
+    checkpointer = make_checkpointer(mdd_path, model_path, resume, checkpoint_every, extra_info, **fit_params)
+    if resume and checkpointer.load() is None:
+        log(f"No checkpoint of this MDD and these parameters at {checkpointer.path}: training from the start.")
     fit = fit_network(
         mdd,
         kernels,
@@ -362,6 +455,7 @@ def train_fusion_model(
         cb,
         progress_span,
         threads=threads,
+        checkpointer=checkpointer,
     )
     net, data, history, steps = fit["net"], fit["data"], fit["history"], fit["steps"]
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if is_cuda(dev) else peak_rss_mb()
@@ -392,6 +486,7 @@ def train_fusion_model(
     meta, arrays = build_metadata(data, net, params, history, info)
     cb.check(CANCELED)
     save_model(model_path, meta, arrays, net.state_dict())
+    checkpointer.remove()
     info["time_s"] = time.time() - t0
     log(
         f"Model written to {model_path} in {info['time_s']:.1f} s; peak memory {format_mb(peak)} "

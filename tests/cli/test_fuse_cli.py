@@ -16,7 +16,17 @@ def real(tmp_path_factory):
 def test_help_lists_every_parameter():
     proc = run_qgis_process("help", "stsfusion:fuse")
     assert proc.returncode == 0, proc.stderr
-    for key in ("MDD", "MODEL", "DATES", "TILE_SIZE", "DEVICE", "OUTPUT_FOLDER", "OUTPUT_LAYERS"):
+    for key in (
+        "MDD",
+        "MODEL",
+        "DATES",
+        "TILE_SIZE",
+        "DEVICE",
+        "OUTPUT_TYPE",
+        "COMPRESSION",
+        "SKIP_EXISTING",
+        "OUTPUT_FOLDER",
+    ):
         assert key in proc.stdout
 
 
@@ -54,3 +64,31 @@ def test_an_unknown_date_fails_with_the_fix_and_writes_nothing(real, tmp_path):
     assert proc.returncode != 0
     assert "The MDD has no date 2021-01-01" in proc.stdout + proc.stderr
     assert not out.exists() or os.listdir(out) == []
+
+
+@pytest.mark.slow
+def test_int16_output_and_skip_existing_through_qgis_process(real, tmp_path):
+    manifest, model = real
+    out = tmp_path / "fused"
+    common = [f"MDD={manifest}", f"MODEL={model}", "TILE_SIZE=32", "DEVICE=cpu", f"OUTPUT_FOLDER={out}"]
+    run_qgis_process_json("stsfusion:fuse", common + ["DATES=2022-05-15"])
+    reference = gdal.Open(str(out / "fused_2022-05-15.tif")).ReadAsArray()
+    os.rename(out / "fused_2022-05-15.tif", tmp_path / "float.tif")
+    (out / "fused_2022-05-15.tif.part.tif").write_bytes(b"left by a killed run")
+    run_qgis_process_json("stsfusion:fuse", common + ["DATES=2022-05-15", "OUTPUT_TYPE=1", "COMPRESSION=1"])
+    ds = gdal.Open(str(out / "fused_2022-05-15.tif"))
+    band = ds.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Int16 and band.GetScale() == pytest.approx(1e-4)
+    assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "ZSTD"
+    raw = ds.ReadAsArray()
+    valid = raw != -32768
+    assert valid.mean() > 0.5 and ((reference == -9999) == ~valid).all()
+    assert abs(raw[valid] * 1e-4 - reference[valid]).max() <= 0.5e-4 + 1e-6
+    assert not (out / "fused_2022-05-15.tif.part.tif").exists()
+    stamp = os.stat(out / "fused_2022-05-15.tif").st_mtime_ns
+    result = run_qgis_process_json(
+        "stsfusion:fuse", common + ["DATES=2022-05-15,2022-06-09", "OUTPUT_TYPE=1", "SKIP_EXISTING=true"]
+    )
+    assert os.stat(out / "fused_2022-05-15.tif").st_mtime_ns == stamp  # kept, not fused again
+    assert result["results"]["OUTPUT_LAYERS"] == [str(out / "fused_2022-05-15.tif"), str(out / "fused_2022-06-09.tif")]
+    assert gdal.Open(str(out / "fused_2022-06-09.tif")).GetRasterBand(1).DataType == gdal.GDT_Int16

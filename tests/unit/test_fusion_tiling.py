@@ -1,5 +1,5 @@
 """Tiled inference with a window-independent stand-in model: tiles, halos, seams, nodata, memory,
-cancel and failure (no partial GeoTIFF), date selection."""
+cancel and failure (no partial GeoTIFF), date selection, int16 output, passes and resuming."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from osgeo import gdal
 
 from stsfusion.model.core.callbacks import Callbacks, Canceled
 from stsfusion.model.core.vocabulary import DateError, parse_date_list
-from stsfusion.model.fusion.fuse import fuse_with_predictor, rgb_band_indices
+from stsfusion.model.fusion.fuse import OutputFormat, fuse_with_predictor, int16_scale, rgb_band_indices
 from stsfusion.model.fusion.tiling import FusionError, expand_window, requested_dates, select_dates, tile_windows
 from stsfusion.model.mdd.format import NODATA
 
@@ -121,10 +121,10 @@ def test_a_failing_model_leaves_no_file(tmp_path):
     class Broken(ConvPredictor):
         def predict(self, mdd, window, date):
             if len(self.windows) == 4:
-                raise RuntimeError("CUDA out of memory")
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
             return super().predict(mdd, window, date)
 
-    with pytest.raises(RuntimeError, match="out of memory"):
+    with pytest.raises(RuntimeError, match="illegal memory access"):
         fuse_with_predictor(mdd, Broken(), str(tmp_path / "out"), DATES, tile_size=16)
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -222,3 +222,167 @@ def test_real_model_refuses_another_mdd_naming_what_differs(real, tmp_path):
     with pytest.raises(ModelError, match="HS has 30 bands, the model was trained on 40"):
         fuse_time_series(other, real[1], str(tmp_path / "out"), device="cpu")
     assert not (tmp_path / "out").exists()
+
+
+def test_int16_output_holds_the_float_values_at_its_scale(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    floats = fuse_with_predictor(mdd, ConvPredictor(), str(tmp_path / "f"), DATES[:1], tile_size=16)
+    fmt = OutputFormat("int16", "ZSTD", scale=1e-3)
+    ints = fuse_with_predictor(mdd, ConvPredictor(), str(tmp_path / "i"), DATES[:1], tile_size=16, output_format=fmt)
+    ds = gdal.Open(ints[0])
+    band = ds.GetRasterBand(3)
+    assert band.DataType == gdal.GDT_Int16 and band.GetNoDataValue() == -32768
+    assert band.GetScale() == pytest.approx(1e-3) and band.GetOffset() == 0
+    assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "ZSTD"
+    raw = ds.ReadAsArray()
+    ref = _read(floats[0])
+    assert ((raw == -32768) == (ref == NODATA)).all()  # the same pixels are nodata
+    valid = ref != NODATA
+    assert np.abs(raw[valid] * 1e-3 - ref[valid]).max() <= 0.5e-3 + 1e-6  # rounded to the scale
+    assert not list((tmp_path / "i").glob("*.partial"))
+
+
+def test_int16_scale_follows_the_units_and_clipping_warns(tmp_path):
+    assert int16_scale(0.6) == pytest.approx(1e-4)  # reflectance 0-1: EnMAP L2A's x 10000
+    assert int16_scale(6000.0) == pytest.approx(1.0)  # already x 10000
+    assert int16_scale(60.0) == pytest.approx(1e-2)  # percent
+    assert int16_scale(0.0) == pytest.approx(1e-4) and int16_scale(float("nan")) == pytest.approx(1e-4)
+    mdd = make_mdd(tmp_path / "m.json")
+    warnings = []
+    fmt = OutputFormat("int16", scale=1e-6)  # far too fine for these values: most overflow
+    path = fuse_with_predictor(
+        mdd,
+        ConvPredictor(),
+        str(tmp_path / "o"),
+        DATES[:1],
+        tile_size=16,
+        output_format=fmt,
+        callbacks=Callbacks(warn=warnings.append),
+    )[0]
+    raw = gdal.Open(path).ReadAsArray()
+    assert raw.max() == 32767 or raw[raw != -32768].min() == -32767
+    assert len(warnings) == 1 and "clipped" in warnings[0] and "float32" in warnings[0]
+    with pytest.raises(FusionError, match="float32 or int16"):
+        OutputFormat("uint8")
+    with pytest.raises(FusionError, match="DEFLATE or ZSTD"):
+        OutputFormat("float32", "JPEG")
+
+
+def test_a_cancel_keeps_the_passes_already_complete_and_skip_existing_resumes(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    whole = fuse_with_predictor(mdd, ConvPredictor(), str(tmp_path / "whole"), DATES, tile_size=16)
+    out = tmp_path / "out"
+    calls = []
+    with pytest.raises(Canceled):  # 6 tiles a date, one date a pass: canceled during the second
+        fuse_with_predictor(
+            mdd,
+            ConvPredictor(),
+            str(out),
+            DATES,
+            tile_size=16,
+            dates_per_pass=1,
+            callbacks=Callbacks(progress=lambda f, m: calls.append(f), is_canceled=lambda: len(calls) >= 8),
+        )
+    assert sorted(p.name for p in out.iterdir()) == [f"fused_{DATES[0]}.tif"]  # nothing partial left
+    first = out / f"fused_{DATES[0]}.tif"
+    np.testing.assert_array_equal(_read(first), _read(whole[0]))
+    stamp = first.stat().st_mtime_ns
+    log = []
+    p = ConvPredictor()
+    paths = fuse_with_predictor(
+        mdd, p, str(out), DATES, tile_size=16, dates_per_pass=1, skip_existing=True, callbacks=Callbacks(log=log.append)
+    )
+    assert first.stat().st_mtime_ns == stamp and any("complete: kept" in m for m in log)
+    assert len(p.windows) == 6 * (len(DATES) - 1)  # only the missing dates were predicted
+    for a, b in zip(paths, whole):
+        np.testing.assert_array_equal(_read(a), _read(b))
+
+
+def test_skip_existing_fuses_again_what_another_run_made(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    out = tmp_path / "out"
+    fuse_with_predictor(mdd, ConvPredictor(), str(out), DATES[:1], tile_size=16)
+    log = []
+    fmt = OutputFormat("int16")  # another output type: not the file this run would write
+    fuse_with_predictor(
+        mdd,
+        ConvPredictor(),
+        str(out),
+        DATES[:1],
+        tile_size=16,
+        skip_existing=True,
+        output_format=fmt,
+        callbacks=Callbacks(log=log.append),
+    )
+    assert any("fused again: its data type differs" in m for m in log)
+    assert gdal.Open(str(out / f"fused_{DATES[0]}.tif")).GetRasterBand(1).DataType == gdal.GDT_Int16
+    (out / f"fused_{DATES[0]}.tif").write_bytes(b"not a GeoTIFF")
+    log.clear()
+    fuse_with_predictor(
+        mdd, ConvPredictor(), str(out), DATES[:1], tile_size=16, skip_existing=True, callbacks=Callbacks(log=log.append)
+    )
+    assert any("fused again: it cannot be read" in m for m in log)
+    assert gdal.Open(str(out / f"fused_{DATES[0]}.tif")).RasterCount == len(HS_WAVELENGTHS)
+
+
+def test_partial_files_never_end_in_tif_and_leftovers_are_removed(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fused_2022-01-01.tif.part.tif").write_bytes(b"killed by version 0.1")
+    (out / "fused_2022-01-02.tif.partial").write_bytes(b"killed")
+    (out / "notes.tif.partial").write_bytes(b"not ours: stays")
+    seen = []
+
+    class Watching(ConvPredictor):
+        def predict(self, mdd, window, date):
+            seen.append(sorted(p.name for p in out.iterdir()))
+            return super().predict(mdd, window, date)
+
+    log = []
+    fuse_with_predictor(mdd, Watching(), str(out), DATES[:2], tile_size=16, callbacks=Callbacks(log=log.append))
+    during = seen[0]
+    assert f"fused_{DATES[0]}.tif.partial" in during and not [
+        n for n in during if n.startswith("fused_") and n.endswith(".tif")
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.tif.partial"] + [f"fused_{d}.tif" for d in DATES[:2]]
+    )
+    assert sum("left by an earlier run" in m for m in log) == 2
+
+
+class OutOfMemory(RuntimeError):
+    """Stands for torch.cuda.OutOfMemoryError (a RuntimeError whose text says "out of memory")."""
+
+
+def test_gpu_out_of_memory_halves_the_tiles_and_gives_the_same_output(tmp_path):
+    mdd = make_mdd(tmp_path / "m.json")
+    reference = fuse_with_predictor(mdd, ConvPredictor(), str(tmp_path / "ref"), DATES[:2], tile_size=64)
+
+    class SmallGpu(ConvPredictor):
+        device = "cuda:0"
+
+        def predict(self, mdd, window, date):
+            if window[2] * window[3] > 24 * 24:  # the whole 37 x 29 grid does not fit
+                raise OutOfMemory("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().predict(mdd, window, date)
+
+    log = []
+    p = SmallGpu()
+    paths = fuse_with_predictor(
+        mdd, p, str(tmp_path / "o"), DATES[:2], tile_size=64, callbacks=Callbacks(log=log.append)
+    )
+    for a, b in zip(paths, reference):
+        np.testing.assert_array_equal(_read(a), _read(b))
+    halved = [m for m in log if "Out of memory on cuda:0" in m]
+    assert halved == ["Out of memory on cuda:0 for a 37x29 px tile: tiles of 19 px from now on."]  # once, then kept
+
+    class NoGpu(ConvPredictor):
+        device = "cuda:0"
+
+        def predict(self, mdd, window, date):
+            raise OutOfMemory("CUDA out of memory")
+
+    with pytest.raises(FusionError, match="ran out of memory even on a 16x"):
+        fuse_with_predictor(mdd, NoGpu(), str(tmp_path / "n"), DATES[:1], tile_size=64)
+    assert not list((tmp_path / "n").iterdir())

@@ -49,13 +49,17 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             "'wavelength' + 'wavelength_units', or an ENVI header).\n"
             "FINE_MS_PRODUCTS, DENSE_MS_PRODUCTS, HS_PRODUCTS (optional): satellite products as paths, "
             "read directly with their date, wavelengths, reflectance scale/offset and quality layer: "
-            "an EnMAP L2A folder or zip, a Sentinel-2 L2A .SAFE folder or zip, a Landsat Collection 2 "
-            "L2 folder, tar or MTL file. Each role needs layers or products.\n"
+            "an EnMAP L2A folder or zip, a PRISMA L2D .he5 file (or its zip), a Sentinel-2 L2A .SAFE "
+            "folder or zip, a Landsat Collection 2 L2 folder, tar or MTL file. Each role needs layers or "
+            "products.\n"
             "MASK_CLASSES (optional): the product quality classes that make a pixel invalid, comma-"
             "separated (e.g. cloud,cloud_shadow,cirrus); default each product's usual set (EnMAP: "
             "cloud, cirrus, haze, snow, cloud_shadow; Sentinel-2 SCL: saturated, cloud_shadow, "
             "cloud_medium_probability, cloud_high_probability, cirrus, snow; Landsat QA_PIXEL: fill, "
-            "dilated_cloud, cirrus, cloud, cloud_shadow).\n"
+            "dilated_cloud, cirrus, cloud, cloud_shadow; PRISMA: cloud, where the file has a Cloud_Mask). "
+            "One list serves every family: each product uses the names its family knows (e.g. "
+            "cloud_high_probability is Sentinel-2's alone); a name that none of the given products knows "
+            "is an error.\n"
             "FINE_MS_MASKS, DENSE_MS_MASKS, HS_MASKS (optional): explicit mask rasters (class values or "
             "bit flags, band 1) for the role's layers or products, e.g. your own cloud masks. A mask is "
             "matched to the layer of its date (read like a layer's: ACQUISITION_DATE metadata or the file "
@@ -92,7 +96,7 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                 QgsProcessingParameterMultipleLayers(key, self.tr(label), QgsProcessing.TypeRaster, optional=True)
             )
             # Products (a Sentinel-2 .SAFE folder or zip, a Landsat folder, tar or MTL, an EnMAP L2A
-            # folder or zip) are paths, not raster layers: read with their date, wavelengths,
+            # folder or zip, a PRISMA L2D .he5) are paths, not raster layers: read with their date, wavelengths,
             # scaling and quality layer by model/mdd/products.
             self.addParameter(
                 QgsProcessingParameterMultipleLayers(

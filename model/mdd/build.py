@@ -22,7 +22,7 @@ from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.grid import Grid
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
 from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
-from .products import ProductError, QualityRule, open_product
+from .products import ProductError, QualityRule, open_product, readers, unknown_classes
 from .products.quality import QualityMask, explicit_mask, parse_mask_values
 from .raster_io import (
     LayerInfo,
@@ -86,7 +86,16 @@ def empty_role_message(role: str) -> str:
 
 
 def _inspect_role(
-    role, layers, overrides, work_dir=None, mask_classes=None, mask_buffer=0, masks=None, mask_rule=None, log=None
+    role,
+    layers,
+    overrides,
+    work_dir=None,
+    mask_classes=None,
+    mask_buffer=0,
+    masks=None,
+    mask_rule=None,
+    log=None,
+    families=None,
 ) -> list:
     """The role's layers inspected and checked, sorted by date; ``masks`` (name, path) are matched
     to them (``_match_masks``), its log lines appended to ``log``."""
@@ -102,6 +111,8 @@ def _inspect_role(
             else:
                 info = inspect_layer(product.stack_path, name)
                 info.origin, info.quality = source, product.quality
+                if families is not None:
+                    families.add(product.family)
                 if product.quality is not None:
                     product.quality.rule.buffer_px = int(mask_buffer)
         except (RasterInputError, ProductError) as e:
@@ -389,7 +400,7 @@ def build_mdd_stack(
     work_dir = tempfile.mkdtemp(prefix=".stsfusion_products_", dir=os.path.dirname(os.path.abspath(output)))
     try:
         progress = cb.progress
-        mask_log = []
+        mask_log, families = [], set()
         roles = {
             role: _inspect_role(
                 role,
@@ -401,9 +412,17 @@ def build_mdd_stack(
                 given_masks[role],
                 mask_rule,
                 mask_log,
+                families,
             )
             for role in ROLES
         }
+        unknown = unknown_classes(mask_classes, families)
+        if families and unknown:
+            names = "; ".join(f"{r.FAMILY}: {', '.join(r.CLASS_NAMES)}" for r in readers() if r.FAMILY in families)
+            raise BuildMddError(
+                f"MASK_CLASSES names {', '.join(unknown)}, which none of the given products' families knows "
+                f"({names}); each family uses the names it knows and ignores the others'."
+            )
 
         try:
             crs_wkt = crs_from_user(str(target_crs)) if target_crs else roles["fine_ms"][0].crs_wkt

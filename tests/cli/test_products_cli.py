@@ -95,3 +95,28 @@ def test_sentinel2_safe_zip_builds_with_the_baseline_offset_and_the_scl(tmp_path
     np.testing.assert_array_equal(valid, expected)
     values = read_values(mdd, "fine_ms")[0]
     np.testing.assert_allclose(values[0][expected], s2.reflectance(fx, "B02")[expected], atol=1e-6)
+
+
+def test_prisma_l2d_zip_builds_with_ascending_bands_l2_scaling_and_its_cloud_mask(tmp_path):
+    from helpers import products_prisma as prisma
+
+    product = prisma.make_prisma_zip(tmp_path / "in")
+    mdd = _build(tmp_path, product)
+    stack = mdd.roles["hs"]
+    assert stack.dates == ["2020-06-12"]
+    # VNIR + SWIR ascending, without the zero-wavelength bands and the VNIR band in the SWIR range
+    wavelengths = [452.1, 559.8, 660.3, 865.5, 948.1, 1020.9, 1240.4, 1650.7, 2195.3]
+    assert stack.wavelengths == pytest.approx(wavelengths, abs=1e-3) and stack.wavelengths == sorted(stack.wavelengths)
+    assert stack.fwhm == pytest.approx(prisma.FWHMS, abs=1e-4)
+    valid = mdd.read_mask("hs")[0]
+    expected = np.ones(valid.shape, bool)
+    for r, c in prisma.CLOUD_PX + prisma.NODATA_PIXELS:  # Cloud_Mask 1, and 0 in every band
+        expected[r, c] = False
+    np.testing.assert_array_equal(valid, expected)
+    assert (~valid).sum() == 7
+    values = read_values(mdd, "hs")[0]
+    assert np.isnan(values[:, ~expected]).all()  # masked pixels are nodata in the MDD
+    np.testing.assert_allclose(values[:, expected], prisma.reflectance()[:, expected], atol=1e-6)
+    assert values[0, 2, 3] == pytest.approx(11109 / 65535, abs=1e-6)  # VNIR: Min 0, Max 1
+    assert values[8, 5, 5] == pytest.approx(-0.02 + 1735 * 0.92 / 65535, abs=1e-6)  # SWIR: Min -0.02, Max 0.9
+    assert values[2, 6, 3] == pytest.approx(1 / 65535, abs=1e-7)  # a lone 0 DN is dark, not nodata

@@ -11,7 +11,15 @@ from helpers import products_enmap as fx
 from helpers.rasters import make_raster
 from osgeo import gdal
 
-from stsfusion.model.mdd.products import ProductError, QualityRule, enmap, invalid_pixels, open_product
+from stsfusion.model.mdd.products import (
+    ProductError,
+    QualityRule,
+    enmap,
+    family_classes,
+    invalid_pixels,
+    open_product,
+    unknown_classes,
+)
 from stsfusion.model.mdd.raster_io import inspect_layer
 
 gdal.UseExceptions()
@@ -167,6 +175,17 @@ def test_quality_classes_choose_the_sources(product, tmp_path):
 def test_unknown_class_names_the_valid_ones(product, tmp_path):
     with pytest.raises(ProductError, match="cloud, cirrus, haze, snow, cloud_shadow"):
         enmap.read(product, str(tmp_path / "w"), ["cloud", "saturated"])
+
+
+def test_one_mask_classes_list_serves_every_family(product, tmp_path):
+    # Sentinel-2's names are ignored by EnMAP, which takes the ones it knows ("Shadow" is its alias).
+    names = ["cloud_high_probability", "Shadow", "fill"]
+    assert family_classes(enmap, names) == ["Shadow"]
+    layer = open_product(product, str(tmp_path / "w"), names)
+    assert list(layer.quality.sources) == ["cloud_shadow"]
+    assert open_product(product, str(tmp_path / "w2"), ["cloud_high_probability"]).quality is None
+    assert unknown_classes(names) == [] and unknown_classes(["clouds", "smoke"]) == ["smoke"]
+    assert unknown_classes(names, {"EnMAP L2A"}) == ["cloud_high_probability", "fill"]
 
 
 def test_source_rules_carry_the_buffer(product, tmp_path):

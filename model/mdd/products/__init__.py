@@ -2,7 +2,8 @@
 family in its own module behind one interface.
 
 A reader recognises a product from its own files (``recognise(path)``) and turns it into a
-``ProductLayer``: one GDAL-readable stack (a VRT written into ``work_dir``) whose bands carry the
+``ProductLayer``: one GDAL-readable stack (a VRT, or for PRISMA's HDF5 cube a tiled GeoTIFF, written
+into ``work_dir``) whose bands carry the
 physical scale/offset, nodata, ``wavelength``/``fwhm`` (nm) band metadata and the acquisition date
 (``ACQUISITION_DATE``), plus the product's quality layer and the rule that says which of its pixels
 are invalid. Build MDD stack then reads the stack like any raster and masks the quality layer's
@@ -94,12 +95,35 @@ def readers() -> list:
     return out
 
 
+def class_key(name: str) -> str:
+    """A MASK_CLASSES name as the readers spell theirs: lower case, '_' for spaces and hyphens."""
+    return str(name).strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def family_classes(reader, classes: list | None) -> list | None:
+    """The names of ``classes`` that ``reader``'s family knows (None stays None: its default).
+    One MASK_CLASSES list serves every family of a build, so each takes its own names from it."""
+    if classes is None:
+        return None
+    known = {class_key(c) for c in getattr(reader, "CLASS_NAMES", ())}
+    return [c for c in classes if class_key(c) in known]
+
+
+def unknown_classes(classes: list | None, families: set | None = None) -> list:
+    """The names in ``classes`` that no product family knows (of ``families``; None: of any)."""
+    chosen = [r for r in readers() if families is None or r.FAMILY in families]
+    known = {class_key(c) for reader in chosen for c in getattr(reader, "CLASS_NAMES", ())}
+    return [c for c in classes or [] if class_key(c) not in known]
+
+
 def open_product(path: str, work_dir: str, classes: list | None = None) -> ProductLayer | None:
     """The product at ``path`` (folder, zip, tar, .he5 or MTL file) read by the first reader that
     recognises it, or None when ``path`` is no known product (then it is read as a plain raster).
-    ``classes``: the quality classes that count as invalid (names; None: the family's default)."""
+    ``classes``: the quality classes that count as invalid (names; None: the family's default); a
+    family uses the names it knows and ignores the others' (e.g. ``cloud_high_probability`` is
+    Sentinel-2's alone), so none of its classes counts when none of its names is given."""
     for reader in readers():
         if reader.recognise(path):
             os.makedirs(work_dir, exist_ok=True)
-            return reader.read(path, work_dir, classes)
+            return reader.read(path, work_dir, family_classes(reader, classes))
     return None

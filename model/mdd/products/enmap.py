@@ -52,6 +52,7 @@ CLASSES = {
 }
 DEFAULT_CLASSES = ("cloud", "cirrus", "haze", "snow", "cloud_shadow")
 ALIASES = {"shadow": "cloud_shadow", "cloudshadow": "cloud_shadow", "clouds": "cloud"}
+CLASS_NAMES = tuple(CLASSES) + tuple(ALIASES)  # every name MASK_CLASSES may use for this family
 NODATA = -32768.0  # the L2A fill value, when the SPECTRAL_IMAGE does not say
 DEFAULT_GAIN, DEFAULT_OFFSET = 1e-4, 0.0  # the L2A values, when a bandID does not give them
 

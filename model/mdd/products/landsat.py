@@ -38,6 +38,7 @@ _BANDS = {"LC08": _OLI, "LC09": _OLI, "LO08": _OLI, "LO09": _OLI, "LT04": _TM, "
 # QA_PIXEL bits (https://www.usgs.gov/landsat-missions/landsat-collection-2-quality-assessment-bands).
 QA_BITS = {0: "fill", 1: "dilated_cloud", 2: "cirrus", 3: "cloud", 4: "cloud_shadow", 5: "snow", 7: "water"}
 DEFAULT_CLASSES = ("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow")
+CLASS_NAMES = tuple(QA_BITS.values())  # every name MASK_CLASSES may use for this family
 NODATA = 0  # SR fill
 
 

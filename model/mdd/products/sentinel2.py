@@ -111,6 +111,7 @@ ALIASES = {
     "dark_area_pixels": ("dark_area",),
     "dark_features": ("dark_area",),
 }
+CLASS_NAMES = tuple(SCL_CLASSES.values()) + tuple(ALIASES)  # every name MASK_CLASSES may use for this family
 
 _BAND_FILE = re.compile(
     r"(?:^|/)GRANULE/[^/]+/IMG_DATA/R(10|20|60)m/[^/]*_(B\d\d|B8A|SCL)_(\d\d)m\.jp2$", re.IGNORECASE

@@ -261,12 +261,23 @@ class ProfileSource:
             if stack is None or not stack.wavelengths:
                 continue  # an MS input without band centres cannot be placed on a wavelength axis
             nb = stack.n_bands
-            values = read_pixel(self._open(stack.path), *px).reshape(stack.n_dates, nb)
-            valid = read_pixel(self._open(stack.mask_path), *px) > 0
+            at = _stored_pixel(stack, self.mdd.grid, *px)  # a coarse role: its own pixel under the point
+            values = read_pixel(self._open(stack.path), *at).reshape(stack.n_dates, nb)
+            valid = read_pixel(self._open(stack.mask_path), *at) > 0
             for t, date in enumerate(stack.dates):
                 v = values[t] if valid[t] else np.full(nb, np.nan)
                 out.append(Spectrum(role, date, list(stack.wavelengths), v, stack.fwhm, observed=True))
         return out
+
+
+def _stored_pixel(stack, grid, col: int, row: int) -> tuple:
+    """(col, row) in the role's stored grid of the grid pixel (col, row): the observed pixel under
+    its centre (a role stored at its own, coarser pixel size; the same pixel on the grid otherwise)."""
+    ratio = getattr(stack, "pixel_ratio", 1.0)
+    if ratio == 1:
+        return col, row
+    stored = stack.stored_grid(grid)
+    return min(int((col + 0.5) // ratio), stored.width - 1), min(int((row + 0.5) // ratio), stored.height - 1)
 
 
 def _series_items(path: str, prefix: str) -> list:

@@ -22,6 +22,7 @@ from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.grid import Grid
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
 from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
+from .geotiff import with_gdal_cache
 from .products import ProductError, QualityRule, open_product, readers, unknown_classes
 from .products.quality import QualityMask, explicit_mask, parse_mask_values
 from .raster_io import (
@@ -36,6 +37,7 @@ from .raster_io import (
     transform_bounds,
     warp_window,
 )
+from .resample import storage_ratio
 
 MAX_PIXELS = 2**31  # a grid larger than this is a unit mistake (PIXEL_SIZE in metres vs degrees)
 _EPS = 1e-6  # in pixels: coordinates within this of a grid line are on it (float noise)
@@ -330,6 +332,7 @@ def _role_stack(role, infos, manifest, native_px) -> RoleStack:
     )
 
 
+@with_gdal_cache
 def build_mdd_stack(
     output: str,
     fine_ms: Sequence[str | tuple[str, str]],
@@ -441,25 +444,29 @@ def build_mdd_stack(
             sizes = [pixel_size_in_crs(i, crs_wkt) for i in roles[role]]
             native[role] = sizes
             stacks[role] = _role_stack(role, roles[role], output, float(np.mean(sizes)))
+            # Stored at its own pixel size (aligned with the grid), brought to the grid as it is read.
+            stacks[role].pixel_ratio = storage_ratio(float(np.mean(sizes)), px) if role != "fine_ms" else 1.0
         writers, committed, inputs = [], [], {}
         try:
             for role in ROLES:
                 writers.append(RoleStackWriter(stacks[role], grid))
-            pixels = grid.width * grid.height
-            total = sum(len(roles[r]) for r in ROLES) * pixels
+            stored = {role: stacks[role].stored_grid(grid) for role in ROLES}
+            total = sum(len(roles[r]) * stored[r].width * stored[r].height for r in ROLES)
             done = 0
             for role, writer in zip(ROLES, writers):
                 inputs[role] = []
+                pixels = stored[role].width * stored[role].height
                 for t, info in enumerate(roles[role]):
-                    method = _resampling(native[role][t], px)
+                    method = _resampling(native[role][t], stored[role].pixel_size)
                     progress(
                         done / total,
                         f"{ROLE_LABELS[role]} {info.date} '{info.name}' (date from "
-                        f"{info.date_source}): {native[role][t]:g} -> {px:g}, {method}",
+                        f"{info.date_source}): {native[role][t]:g} -> {stored[role].pixel_size:g}, {method}"
+                        + (f" (stored at its own pixel size, {px:g} as read)" if stored[role] is not grid else ""),
                     )
                     valid_fraction, masked_fraction = _copy_layer(
                         info,
-                        grid,
+                        stored[role],
                         method,
                         writer,
                         t,

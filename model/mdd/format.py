@@ -6,6 +6,12 @@ On disk an MDD is a JSON manifest plus, per role, two tiled compressed GeoTIFFs 
   ``NODATA`` where the input was invalid;
 - ``<stem>_<role>_mask.tif``: uint8, one band per date, 1 where the input was valid.
 
+Each role is stored at its own pixel size (format version 2): on a grid aligned with the fine grid,
+same CRS and origin, pixels ``pixel_ratio`` times larger (``resample.role_grid``; 1 for the fine MS
+and any role less than 1.5 times coarser). A coarse HS is so stored ratio² times smaller than on the
+fine grid; ``MDD.read`` brings each window to the fine grid as it reads it (``resample.py``), so
+every reader sees the fine grid.
+
 Readers use windowed reads only, so an MDD larger than memory can be read tile by tile.
 No QGIS import here: this module is used by the algorithms, the tests and the benchmarks alike.
 """
@@ -22,11 +28,12 @@ from osgeo import gdal
 from ..core.grid import Grid
 from ..core.vocabulary import ROLE_LABELS, ROLES
 from .geotiff import GeoTiffWriter, WriterGroup, write_text_atomic
+from .resample import axis_taps, bilinear, nearest_mask, role_grid
 
 gdal.UseExceptions()
 
 FORMAT = "sts-fusion-mdd"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each role at its own pixel size (``pixel_ratio``); 1: every role on the fine grid
 NODATA = -9999.0
 
 
@@ -48,6 +55,7 @@ class RoleStack:
     layers: list = field(default_factory=list)  # source layer names, one per date
     band_names: list | None = None
     bbl: list | None = None  # bad band list (1 good, 0 bad): bad bands do not count for validity
+    pixel_ratio: float = 1.0  # stored pixels are this many times the fine grid's (resample.role_grid)
 
     @property
     def n_dates(self) -> int:
@@ -69,7 +77,12 @@ class RoleStack:
             "native_pixel_size": self.native_pixel_size,
             "layers": self.layers,
             "bbl": self.bbl,
+            "pixel_ratio": self.pixel_ratio,
         }
+
+    def stored_grid(self, grid: Grid) -> Grid:
+        """The grid its files are on, given the MDD's fine grid."""
+        return role_grid(grid, self.pixel_ratio)
 
 
 def band_description(date: str, wavelength: float | None, band_index: int) -> str:
@@ -114,6 +127,12 @@ class MDD:
             raise MDDError(
                 f"{manifest_path} is not an STS Fusion MDD manifest: choose the .json written by 'Build MDD stack'."
             )
+        if d.get("format_version") == 1:
+            raise MDDError(
+                f"MDD {manifest_path} was built by STS Fusion 0.2 or earlier, which stored every role on the "
+                "fine grid; this version stores each role at its own pixel size (a coarse HS takes ratio² "
+                "times less disk and reading): rebuild it with 'Build MDD stack' from the same layers."
+            )
         if d.get("format_version") != FORMAT_VERSION:
             raise MDDError(
                 f"MDD {manifest_path} has format version {d.get('format_version')}, this "
@@ -136,6 +155,7 @@ class MDD:
                 layers=list(r.get("layers") or []),
                 band_names=r.get("band_names"),
                 bbl=r.get("bbl"),
+                pixel_ratio=float(r.get("pixel_ratio") or 1.0),
             )
             for p in (stack.path, stack.mask_path):
                 if not os.path.exists(p):
@@ -144,7 +164,16 @@ class MDD:
                         "missing: keep the manifest and its stacks together, or rebuild the MDD."
                     )
             roles[role] = stack
-        return cls(os.path.abspath(manifest_path), Grid.from_json(d["grid"]), roles)
+        grid = Grid.from_json(d["grid"])
+        for stack in roles.values():
+            want, ds = stack.stored_grid(grid), gdal.Open(stack.path)
+            if (ds.RasterXSize, ds.RasterYSize) != (want.width, want.height):
+                raise MDDError(
+                    f"The {ROLE_LABELS[stack.role]} stack {stack.path} is {ds.RasterXSize}x{ds.RasterYSize} px, "
+                    f"its manifest says {want.width}x{want.height}: the files do not belong together; rebuild "
+                    "the MDD with 'Build MDD stack'."
+                )
+        return cls(os.path.abspath(manifest_path), grid, roles)
 
     @property
     def dates(self) -> list:
@@ -172,15 +201,41 @@ class MDD:
             raise MDDError(f"{ROLE_LABELS[stack.role]} has no image on {', '.join(missing)}.")
         return [stack.dates.index(d) for d in dates]
 
+    def _taps(self, stack: RoleStack, xoff: int, yoff: int, xs: int, ys: int) -> tuple:
+        """The bilinear/nearest taps of a fine window on a role stored at a coarser pixel size."""
+        stored = stack.stored_grid(self.grid)
+        return (
+            axis_taps(yoff, ys, stack.pixel_ratio, stored.height),
+            axis_taps(xoff, xs, stack.pixel_ratio, stored.width),
+        )
+
+    def _stored_mask(self, stack: RoleStack, idx: list, xoff: int, yoff: int, xs: int, ys: int) -> np.ndarray:
+        ds = gdal.Open(stack.mask_path)
+        out = np.empty((len(idx), ys, xs), dtype=bool)
+        for i, t in enumerate(idx):
+            out[i] = ds.GetRasterBand(t + 1).ReadAsArray(xoff, yoff, xs, ys) > 0
+        return out
+
+    def _stored_values(self, stack: RoleStack, idx: list, xoff: int, yoff: int, xs: int, ys: int) -> np.ndarray:
+        nb = stack.n_bands
+        ds = gdal.Open(stack.path)
+        out = np.empty((len(idx), nb, ys, xs), dtype=np.float32)
+        for i, t in enumerate(idx):
+            for b in range(nb):
+                out[i, b] = ds.GetRasterBand(t * nb + b + 1).ReadAsArray(xoff, yoff, xs, ys)
+        return out
+
     def read_mask(self, role: str, window: tuple | None = None, dates: list[str] | None = None) -> np.ndarray:
         """Validity, bool (time, row, col): True where the role's input was valid."""
         stack = self.roles[role]
         xoff, yoff, xs, ys = self._window(window)
         idx = self._date_indices(stack, dates)
-        ds = gdal.Open(stack.mask_path)
-        out = np.empty((len(idx), ys, xs), dtype=bool)
-        for i, t in enumerate(idx):
-            out[i] = ds.GetRasterBand(t + 1).ReadAsArray(xoff, yoff, xs, ys) > 0
+        if stack.pixel_ratio == 1:
+            out = self._stored_mask(stack, idx, xoff, yoff, xs, ys)
+        else:
+            ty, tx = self._taps(stack, xoff, yoff, xs, ys)
+            coarse = self._stored_mask(stack, idx, tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start)
+            out = nearest_mask(coarse, ty, tx)
         for (r, date), (hx, hy, hw, hh) in self.hidden.items():
             if r == role and date in (dates if dates is not None else stack.dates):
                 i = (dates if dates is not None else stack.dates).index(date)
@@ -195,12 +250,14 @@ class MDD:
         stack = self.roles[role]
         xoff, yoff, xs, ys = self._window(window)
         idx = self._date_indices(stack, dates)
-        nb = stack.n_bands
-        ds = gdal.Open(stack.path)
-        out = np.empty((len(idx), nb, ys, xs), dtype=np.float32)
-        for i, t in enumerate(idx):
-            for b in range(nb):
-                out[i, b] = ds.GetRasterBand(t * nb + b + 1).ReadAsArray(xoff, yoff, xs, ys)
+        if stack.pixel_ratio == 1:
+            out = self._stored_values(stack, idx, xoff, yoff, xs, ys)
+        else:  # bilinear from the valid coarse pixels; a band's NODATA (no value there) is not used
+            ty, tx = self._taps(stack, xoff, yoff, xs, ys)
+            cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
+            coarse = self._stored_values(stack, idx, cx, cy, cw, ch)
+            usable = self._stored_mask(stack, idx, cx, cy, cw, ch)[:, None] & (coarse != NODATA)
+            out = bilinear(coarse, usable, ty, tx, NODATA)
         valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
         out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
         return out
@@ -222,7 +279,9 @@ class RoleStackWriter:
     """
 
     def __init__(self, stack: RoleStack, grid: Grid) -> None:
+        """``grid``: the MDD's fine grid; the files are written on ``stack.stored_grid(grid)``."""
         self.stack = stack
+        grid = stack.stored_grid(grid)
         nb = stack.n_bands
         descriptions, band_md = [], []
         for date in stack.dates:
@@ -296,7 +355,9 @@ def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
     """Writes a whole MDD from in-memory arrays (tests, samples, simulations).
 
     ``roles``: role -> dict(dates=[...], values=float32 (time, band, row, col) with NaN where
-    invalid, wavelengths=[...] or None, fwhm=None, native_pixel_size=float, layers=None, bbl=None).
+    invalid, wavelengths=[...] or None, fwhm=None, native_pixel_size=float, layers=None, bbl=None,
+    pixel_ratio=1.0). With a ``pixel_ratio`` other than 1, ``values`` lie on ``role_grid(grid,
+    pixel_ratio)`` (the role at its own pixel size), else on ``grid``.
     """
     stacks = {}
     with WriterGroup() as writers:
@@ -315,7 +376,14 @@ def write_mdd_from_arrays(manifest_path: str, grid: Grid, roles: dict) -> MDD:
                 layers=list(r.get("layers") or r["dates"]),
                 band_names=None if wl is not None else [f"band {b + 1}" for b in range(values.shape[1])],
                 bbl=[int(v) for v in r["bbl"]] if r.get("bbl") is not None else None,
+                pixel_ratio=float(r.get("pixel_ratio", 1.0)),
             )
+            stored = stack.stored_grid(grid)
+            if values.shape[2:] != (stored.height, stored.width):
+                raise MDDError(
+                    f"{ROLE_LABELS[role]} values are {values.shape[3]}x{values.shape[2]} px, its grid (pixel ratio "
+                    f"{stack.pixel_ratio:g}) is {stored.width}x{stored.height}."
+                )
             w = RoleStackWriter(stack, grid)
             writers.append(w)
             for t in range(values.shape[0]):

@@ -9,10 +9,11 @@ killed cannot clean up after itself: ``remove_leftovers`` lets the next run do i
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -152,6 +153,18 @@ def gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
         yield
     finally:
         gdal.SetCacheMax(previous)
+
+
+def with_gdal_cache(func: Callable) -> Callable:
+    """Runs ``func`` with GDAL's block cache at ``GDAL_CACHE_MB`` (``gdal_cache``): a step's memory
+    then does not grow with the raster through GDAL's default cache of 5 % of the RAM."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with gdal_cache():
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def partial_path(path: str) -> str:

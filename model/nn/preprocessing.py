@@ -34,6 +34,25 @@ class BandNormalizer:
         floor = max(float(std.max(initial=0.0)) * 1e-6, 1e-12)
         return cls(mean.astype(np.float32), np.maximum(std, floor).astype(np.float32))
 
+    @staticmethod
+    def add_moments(moments: tuple | None, values: np.ndarray, valid: np.ndarray) -> tuple:
+        """(count, sum, sum of squares) per band, float64, of the finite values in valid pixels, added
+        to ``moments`` (None: start): ``fit`` one window at a time, for grids larger than memory."""
+        px = np.moveaxis(values, 1, -1)[valid].astype(np.float64)  # (n, band)
+        finite = np.isfinite(px)
+        filled = np.where(finite, px, 0.0)
+        part = (finite.sum(axis=0).astype(np.float64), filled.sum(axis=0), (filled**2).sum(axis=0))
+        return part if moments is None else tuple(a + b for a, b in zip(moments, part))
+
+    @classmethod
+    def from_moments(cls, count: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> BandNormalizer:
+        """The normaliser ``fit`` gives, from ``add_moments`` over all windows."""
+        n = np.maximum(count, 1.0)
+        mean = np.where(count > 0, total / n, 0.0)
+        std = np.where(count > 0, np.sqrt(np.maximum(total_sq / n - mean**2, 0.0)), 1.0)
+        floor = max(float(std.max(initial=0.0)) * 1e-6, 1e-12)
+        return cls(mean.astype(np.float32), np.maximum(std, floor).astype(np.float32))
+
     def apply(self, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """values (..., band, row, col) physical -> float32 z-scores, 0 where invalid or NaN."""
         z = (values - self.mean[:, None, None]) / self.std[:, None, None]

@@ -19,6 +19,7 @@ from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.memory import format_mb, peak_rss_mb
 from ..core.vocabulary import ROLES
 from ..mdd.format import MDD
+from ..mdd.geotiff import with_gdal_cache
 from .checkpoint import CHECKPOINT_EVERY, Checkpointer, checkpoint_path, restore_rng, rng_state, training_fingerprint
 from .device import (
     autocast,
@@ -121,40 +122,45 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
             if conv.bias is not None:
                 conv.bias.copy_(torch.from_numpy(b.astype(np.float32)))
 
-    f, d, fb = data.fine, data.dense, data.fine_b
     xs, ys = [], []
     band_map = None  # dense MS -> fine MS, (W (fine, dense), b (fine,))
-    for t in data.spatial_dates:
-        dt = data.dense_of[f.dates[t]]
-        ok = f.valid[t] & d.valid[dt]
-        xs.append(_pixels(d.z, dt, ok))
-        ys.append(_pixels(f.z, t, ok))
+    for reg in data.regions:  # the pixels of every region in the pool (the whole grid when it is one)
+        f, d = reg.fine, reg.dense
+        for t in data.spatial_dates:
+            dt = data.dense_of[f.dates[t]]
+            ok = f.valid[t] & d.valid[dt]
+            xs.append(_pixels(d.z, dt, ok))
+            ys.append(_pixels(f.z, t, ok))
     if xs and sum(len(x) for x in xs):
         band_map = _ridge(np.concatenate(xs), np.concatenate(ys), rng=rng)
         set_conv(net.spatial.linear, *band_map)
     xs, ys = [], []
-    for q, t in data.pairs:
-        dq, dt = data.dense_of[f.dates[q]], data.dense_of[f.dates[t]]
-        ok = f.valid[t] & f.valid[q] & d.valid[dq] & d.valid[dt]
-        xs.append(_pixels(d.z, dt, ok) - _pixels(d.z, dq, ok))
-        ys.append(_pixels(f.z, t, ok) - _pixels(f.z, q, ok))
+    for reg in data.regions:
+        f, d = reg.fine, reg.dense
+        for q, t in data.pairs:
+            dq, dt = data.dense_of[f.dates[q]], data.dense_of[f.dates[t]]
+            ok = f.valid[t] & f.valid[q] & d.valid[dq] & d.valid[dt]
+            xs.append(_pixels(d.z, dt, ok) - _pixels(d.z, dq, ok))
+            ys.append(_pixels(f.z, t, ok) - _pixels(f.z, q, ok))
     if xs and sum(len(x) for x in xs):
         set_conv(net.temporal.change, *_ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
     elif band_map is not None:  # one fine MS date: the change of the fine MS is the mapped dense change
         set_conv(net.temporal.change, band_map[0], np.zeros(band_map[0].shape[0]))
     xs, ys = [], []
-    for h in data.hs_dates:
-        t = data.hs_fine.get(h)
-        if t is not None:
-            ok = data.hs.valid[h] & fb[1][t]
-            xs.append(_pixels(fb[0], t, ok))
-        elif band_map is not None:  # no fine MS near this HS date: its dense MS mapped to the fine bands
-            dh = data.dense_of[data.hs.dates[h]]
-            ok = data.hs.valid[h] & data.dense_b[1][dh]
-            xs.append(_pixels(data.dense_b[0], dh, ok) @ band_map[0].T + band_map[1])
-        else:
-            continue
-        ys.append(_pixels(data.hs.z, h, ok))
+    for reg in data.regions:
+        fb = reg.fine_b
+        for h in data.hs_dates:
+            t = data.hs_fine.get(h)
+            if t is not None:
+                ok = reg.hs.valid[h] & fb[1][t]
+                xs.append(_pixels(fb[0], t, ok))
+            elif band_map is not None:  # no fine MS near this HS date: its dense MS mapped to the fine bands
+                dh = data.dense_of[reg.hs.dates[h]]
+                ok = reg.hs.valid[h] & reg.dense_b[1][dh]
+                xs.append(_pixels(reg.dense_b[0], dh, ok) @ band_map[0].T + band_map[1])
+            else:
+                continue
+            ys.append(_pixels(reg.hs.z, h, ok))
     if xs and sum(len(x) for x in xs):
         set_conv(net.spectral.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
 
@@ -265,8 +271,8 @@ def fit_network(
     data = TrainingSet(mdd, pca_components, patch_size, seed, log, max_days_apart)
     cb.check(CANCELED)
     net = FusionNetwork(
-        data.fine.z.shape[1],
-        data.dense.z.shape[1],
+        data.n_fine_bands,
+        data.n_dense_bands,
         data.pca.n_components,
         kernels,
         hs_ratio=data.hs_ratio,
@@ -308,6 +314,8 @@ def fit_network(
         log(f"Resumed from {checkpointer.path} after epoch {first_epoch}/{epochs}.")
     for epoch in range(first_epoch, epochs):
         te = time.time()
+        if epoch > 0:
+            data.refresh(rng)  # a grid larger than one region: a new pool of regions each epoch
         sums = dict.fromkeys(data.tasks, 0.0)
         for step in range(steps):
             cb.check(CANCELED)
@@ -384,6 +392,7 @@ def make_checkpointer(
     )
 
 
+@with_gdal_cache
 def train_fusion_model(
     mdd_path: str,
     model_path: str,

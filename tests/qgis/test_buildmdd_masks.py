@@ -75,14 +75,19 @@ def test_masks_by_date_with_class_values_and_buffer(qgis_app, dirs):
     assert (~fm[0]).sum() == 5 and (~fm[1]).sum() == 20
     assert np.isnan(mdd.read("fine_ms")[1][:, ~fm[1]]).all()
     hm = mdd.read_mask("hs")
-    assert not hm[1][19:].any()  # rows 20.. and the buffer row 19
-    np.testing.assert_array_equal(hm[1][:19], hm[0][:19])  # above: as the unmasked date
+    # The HS is stored at its own 87 m pixels (8.7 grid rows each): a stored pixel is masked when the
+    # mask under its centre is; its second row (grid rows 17.4-26.1, centre 21.75) is, its first is not.
+    assert mdd.roles["hs"].pixel_ratio == pytest.approx(8.7, abs=0.1)
+    assert not hm[1][17:].any()  # rows 20.., the buffer row 19, and the rest of that stored pixel
+    np.testing.assert_array_equal(hm[1][:17], hm[0][:17])  # above: as the unmasked date
     assert hm[0][19:].all()
     assert "Masks: FINE_MS_MASKS: fine_mask_2022-08-01, fine_mask_2022-07-01; HS_MASKS: hs_mask_20220801" in log
     assert "FINE_MS_MASKS: mask 'fine_mask_2022-07-01.tif' -> fine MS layer 'fine_b' (by date 2022-07-01)" in log
     assert any(m.endswith("masked 0.5 % (mask fine_mask_2022-07-01.tif: value 3 0.5 %)") for m in log), log
     assert any(m.endswith("masked 2.0 % (mask fine_mask_2022-08-01.tif: value 9 2.0 %)") for m in log), log
-    assert any(m.endswith("masked 40.6 % (mask hs_mask_20220801.tif: value 9 40.6 %)") for m in log), log
+    # Shares of the HS stored pixels (4 x 4 of 87 m): its lower two rows of four (the 10 m buffer is
+    # worth no 87 m pixel).
+    assert any(m.endswith("masked 50.0 % (mask hs_mask_20220801.tif: value 9 50.0 %)") for m in log), log
 
 
 def expect_failure(params, out, *fragments):

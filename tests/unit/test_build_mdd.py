@@ -68,10 +68,18 @@ def test_three_crs_grid_dates_wavelengths_masks_values(tmp_path):
         for b in range(3):
             v = dm[k, b][dmask[k]]
             np.testing.assert_allclose(v, 0.3 + 0.01 * b + 0.001 * k, atol=1e-6)
-    # The cloud keeps its outline: a pixel is masked exactly when its centre falls in a cloudy
-    # source pixel (rows and columns 4..6 of the 3857 raster).
-    in_cloud = source_pixel_of_centres(mdd.grid, 3857, (1669700.0, 6863800.0), 50.0)
-    expected = ~(((in_cloud[0] >= 4) & (in_cloud[0] <= 6)) & ((in_cloud[1] >= 4) & (in_cloud[1] <= 6)))
+    # Stored at its own pixel size (3.05 x the grid's, within 2 % of 3: an integer ratio), 11 x 11 px.
+    stored = mdd.roles["dense_ms"].stored_grid(mdd.grid)
+    assert mdd.roles["dense_ms"].pixel_ratio == 3 and mdd.roles["hs"].pixel_ratio == pytest.approx(8.7, abs=0.15)
+    assert (stored.width, stored.height) == (11, 11) and stored.geotransform[:2] == (500000.0, 30.0)
+    assert gdal.Open(mdd.roles["dense_ms"].path).RasterXSize == 11 and mdd.roles["fine_ms"].pixel_ratio == 1
+    # The cloud keeps its outline: a stored pixel is masked exactly when its centre falls in a cloudy
+    # source pixel (rows and columns 4..6 of the 3857 raster), and a grid pixel reads the stored pixel
+    # under its centre.
+    in_cloud = source_pixel_of_centres(stored, 3857, (1669700.0, 6863800.0), 50.0)
+    coarse = ~(((in_cloud[0] >= 4) & (in_cloud[0] <= 6)) & ((in_cloud[1] >= 4) & (in_cloud[1] <= 6)))
+    under = (np.arange(32) + 0.5) // 3
+    expected = coarse[under.astype(int)][:, under.astype(int)]
     assert 60 < (~expected).sum() < 110
     for k in range(3):
         np.testing.assert_array_equal(dmask[k], expected)
@@ -80,9 +88,12 @@ def test_three_crs_grid_dates_wavelengths_masks_values(tmp_path):
     hv, hmask = mdd.read("hs"), mdd.read_mask("hs")
     np.testing.assert_allclose(hv[0][:, hmask[0]], 0.2, atol=1e-6)
     np.testing.assert_allclose(hv[1][:, hmask[1]], 0.25, atol=1e-6)
-    in_nodata = source_pixel_of_centres(mdd.grid, 4326, (14.998, 52.3515), 0.001)
-    expected = ~((in_nodata[0] == 1) & (in_nodata[1] == 2))
-    assert 20 < (~expected).sum() < 80  # the nodata pixel covers the grid's upper-left corner
+    stored = mdd.roles["hs"].stored_grid(mdd.grid)  # a rational ratio: 87 m pixels on the 10 m grid
+    in_nodata = source_pixel_of_centres(stored, 4326, (14.998, 52.3515), 0.001)
+    coarse = ~((in_nodata[0] == 1) & (in_nodata[1] == 2))
+    under = np.minimum(np.floor((np.arange(32) + 0.5) / mdd.roles["hs"].pixel_ratio).astype(int), stored.width - 1)
+    expected = coarse[under][:, under]
+    assert 20 < (~expected).sum() <= 81  # the nodata pixel covers the grid's upper-left corner (9 x 9 at most)
     np.testing.assert_array_equal(hmask[0], expected)
     np.testing.assert_array_equal(hmask[1], expected)
 

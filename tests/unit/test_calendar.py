@@ -125,7 +125,7 @@ def test_one_fine_date_starts_the_temporal_branch_from_the_band_map(tmp_path):
     assert data.tasks == ["spatial", "spectral", "fusion"] and not data.pairs
     assert any("Only one fine MS date" in line for line in logs)
     torch.manual_seed(0)
-    net = FusionNetwork(data.fine.z.shape[1], data.dense.z.shape[1], data.pca.n_components, "1")
+    net = FusionNetwork(data.n_fine_bands, data.n_dense_bands, data.pca.n_components, "1")
     init_linear_priors(net, data, np.random.default_rng(0))
     # B1: no random weights left in the temporal prior: it is the fitted dense -> fine band map
     torch.testing.assert_close(net.temporal.change.weight, net.spatial.linear.weight)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def class_key(name: str) -> str:
     return str(name).strip().lower().replace(" ", "_").replace("-", "_")
 
 
-def family_classes(reader, classes: list | None) -> list | None:
+def family_classes(reader: ModuleType, classes: list | None) -> list | None:
     """The names of ``classes`` that ``reader``'s family knows (None stays None: its default).
     One MASK_CLASSES list serves every family of a build, so each takes its own names from it."""
     if classes is None:

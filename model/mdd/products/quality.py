@@ -5,7 +5,7 @@ its values are invalid).
 Each quality raster is warped onto the grid with nearest neighbour (a class value is never
 interpolated), over the window grown by the buffer, so a cloud just outside a window still grows
 into it and windows stay seamless. Classes are grown by ``buffer_px`` source pixels, converted to
-grid pixels.
+grid pixels (to the nearest: the grid is a role's own, possibly coarser, storage grid).
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ class QualityMask:
             self._sources[name] = (info, gdal.Open(path))
             pixel = pixel or pixel_size_in_crs(info, grid.crs_wkt)
         ratio = (pixel or grid.pixel_size) / grid.pixel_size
-        self.buffer = int(math.ceil(quality.rule.buffer_px * ratio)) if quality.rule.buffer_px > 0 else 0
+        # The buffer's distance in grid pixels, to the nearest: a mask finer than the grid (a 10 m cloud
+        # mask on an HS stored at 30 m) grows by what the distance is worth there, possibly nothing.
+        self.buffer = int(math.floor(quality.rule.buffer_px * ratio + 0.5)) if quality.rule.buffer_px > 0 else 0
         self.counts = {}  # class -> invalid pixels so far
 
     def invalid(self, window: tuple) -> np.ndarray:

@@ -94,12 +94,14 @@ class TileReadCache:
     def __init__(self, mdd: MDD) -> None:
         self._mdd = mdd
         self._memo = {}
+        self.derived = {}  # what a predictor computed from this tile's reads (e.g. reference residuals)
 
     def __getattr__(self, name):  # grid, roles, dates, path, scale_ratio, ...
         return getattr(self._mdd, name)
 
     def clear(self) -> None:
         self._memo.clear()
+        self.derived.clear()
 
     def _cached(self, kind, role, window, dates):
         key = (

@@ -321,12 +321,17 @@ class FusionNetwork(nn.Module):
         v_ref = torch.zeros_like(vm)
         gap_ref = torch.zeros_like(vm)
         for ref in x["refs"]:
-            r, v = self.reference_residual(ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"])
+            if "rho" in ref:  # computed by the caller (the predictor reuses it for every date of a tile)
+                r, v = ref["rho"], ref["vrho"]
+            else:
+                r, v = self.reference_residual(ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"])
             take = v * (1 - v_ref)
             rho = rho + take * r
             h_ref = h_ref + take * ref["h"]
             gap_ref = gap_ref + take * ref["gap"]
             v_ref = v_ref + take
+            if not self.training and not bool((v_ref < 1).any()):
+                break  # every pixel has its reference: the next ones would add exactly nothing
         prior = s_t + rho if self.reference_in_prior else s_t
         gap_q = x["gap_q"] * vt
         if not self.reference_gap:

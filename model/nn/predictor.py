@@ -145,20 +145,42 @@ class FusionPredictor:
             x["fq2"], x["vfq2"] = self._read(mdd, "fine_ms", q2, window)
             x["dq2"], x["vdq2"] = self._read(mdd, "dense_ms", q2, window, dense)
             x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"])
-        refs = []
+        refs, covered = [], None
+        memo = getattr(mdd, "derived", None)  # a TileReadCache: what one date of the tile computed, the next reuses
         for r in by_distance(mdd.roles["hs"].dates, day):
-            ref = {}
-            ref["ar"], ref["var"] = self._read(mdd, "fine_ms", fine_for(fine_dates, r, hs_dates, self.max_days), window)
-            ref["dr"], ref["vdr"] = self._read(mdd, "dense_ms", r, window, dense)
-            values = read_values(mdd, "hs", window=window, dates=[r])[0]
-            valid = mdd.read_mask("hs", window=window, dates=[r])[0]
-            ref["h"] = self.pca.transform(values, valid)[None]
-            ref["vh"] = valid[None, None].astype(np.float32)
-            ref["gap"] = np.full((1, 1, 1, 1), abs(day - day_number(r)) / 365.0, np.float32)
-            refs.append({k: torch.from_numpy(v).to(self.device) for k, v in ref.items()})
+            key = ("reference", tuple(int(v) for v in window), r)
+            ref = memo.get(key) if memo is not None else None
+            if ref is None:
+                ref = self._reference(mdd, window, r, dense, fine_dates, hs_dates)
+                if memo is not None:
+                    memo[key] = ref
+            gap = np.full((1, 1, 1, 1), abs(day - day_number(r)) / 365.0, np.float32)
+            refs.append(dict(ref, gap=torch.from_numpy(gap).to(self.device)))
+            covered = ref["vrho"] if covered is None else torch.maximum(covered, ref["vrho"])
+            if not bool((covered < 1).any()):
+                break  # every pixel has a reference: the farther dates would add nothing (see FusionNetwork.fuse)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
         x["refs"] = refs
         return x
+
+    def _reference(self, mdd, window, r, dense, fine_dates, hs_dates) -> dict:
+        """The tensors of reference HS date ``r`` in ``window`` and its residual (which depends on
+        ``r`` alone, not on the date being fused)."""
+        import torch
+
+        ref = {}
+        ref["ar"], ref["var"] = self._read(mdd, "fine_ms", fine_for(fine_dates, r, hs_dates, self.max_days), window)
+        ref["dr"], ref["vdr"] = self._read(mdd, "dense_ms", r, window, dense)
+        values = read_values(mdd, "hs", window=window, dates=[r])[0]
+        valid = mdd.read_mask("hs", window=window, dates=[r])[0]
+        ref["h"] = self.pca.transform(values, valid)[None]
+        ref["vh"] = valid[None, None].astype(np.float32)
+        ref = {k: torch.from_numpy(v).to(self.device) for k, v in ref.items()}
+        with torch.no_grad(), autocast(self.device, precision_for(self.device, training=False)[0]):
+            ref["rho"], ref["vrho"] = self.net.reference_residual(
+                ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"]
+            )
+        return ref
 
     def predict(self, mdd: MDD, window: tuple, date: str) -> np.ndarray:
         """Fine HS (n_hs_bands, ysize, xsize) float32 in the HS's units for window (xoff, yoff, xsize,

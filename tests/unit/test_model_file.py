@@ -141,7 +141,12 @@ def test_an_hs_date_uses_its_own_hs_first_and_a_date_between_fine_ms_dates_both_
     window = (0, 0, mdd.grid.width, mdd.grid.height)
     hs_date = mdd.roles["hs"].dates[1]
     x = p._inputs(mdd, window, hs_date)
-    assert float(x["refs"][0]["gap"]) == 0.0 and len(x["refs"]) == len(mdd.roles["hs"].dates)
+    assert float(x["refs"][0]["gap"]) == 0.0 and 1 <= len(x["refs"]) <= len(mdd.roles["hs"].dates)
+    gaps = [float(r["gap"]) for r in x["refs"]]
+    assert gaps == sorted(gaps)  # nearest first; farther ones only where the nearer leave pixels uncovered
+    covered = torch.stack([r["vrho"] for r in x["refs"]]).amax(0)
+    assert len(x["refs"]) == len(mdd.roles["hs"].dates) or bool((covered >= 1).all())
+    assert len(x["refs"]) == 1 or bool((x["refs"][0]["vrho"] < 1).any())
     own = mdd.read("hs", window, [hs_date])[0]
     ok = np.isfinite(own).all(0)
     np.testing.assert_allclose(p.pca.inverse(x["refs"][0]["h"][0].numpy())[:, ok], own[:, ok], atol=0.05)
@@ -153,3 +158,30 @@ def test_an_hs_date_uses_its_own_hs_first_and_a_date_between_fine_ms_dates_both_
     np.testing.assert_allclose(wq, (m2 + 0.05) / (m1 + m2 + 0.1), rtol=1e-5)  # less change, more weight
     p.bracketing = False
     assert "fq2" not in p._inputs(mdd, window, date)
+
+
+@pytest.mark.slow
+def test_reference_residuals_are_computed_once_per_tile_and_give_the_same_fusion(trained, monkeypatch):
+    from stsfusion.model.fusion.tiling import TileReadCache
+
+    manifest, path, _ = trained
+    mdd = MDD.open(manifest)
+    p = load_predictor(path, "cpu")
+    window = (0, 0, mdd.grid.width, mdd.grid.height)
+    calls = []
+    original = p.net.reference_residual
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(p.net, "reference_residual", counting)
+    cache = TileReadCache(mdd)
+    shared = [p.predict(cache, window, d) for d in mdd.dates]
+    once = len(calls)
+    assert once <= len(mdd.roles["hs"].dates)  # each reference date at most once for the whole tile
+    calls.clear()
+    alone = [p.predict(mdd, window, d) for d in mdd.dates]  # no memo: recomputed for every date
+    assert len(calls) > once
+    for a, b in zip(shared, alone):
+        np.testing.assert_array_equal(a, b)

@@ -29,11 +29,29 @@ benchmarks/output/dataset; any other scenario goes to benchmarks/output/dataset_
     one_fine    same-day calendar, fine MS on one date only (DATES[3]).
     one_hs      same-day calendar, HS on one date only (DATES[3]).
     cloudy_fine same-day calendar, the fine MS cloudy on every date (20-40 % cover).
+    products_clear  same-day calendar, the inputs written as the satellite products Build MDD stack
+                reads directly (model/simulation/products.py), none cloudy: fine MS as Sentinel-2 L2A
+                .SAFE folders (measured S2A MSI responses, srf/S2A_MSI.txt: B02-B08, B8A, B11, B12,
+                the ten bands the Sentinel-2 reader stacks; 30 m), dense MS as Landsat 8 OLI C2 L2
+                folders (srf/L8_OLI.txt bands 1-7, all of which the Landsat reader stacks; x2: 60 m),
+                HS as EnMAP L2A folders (the truth's own 218 bands; x3: 90 m). No NaN clouds.
+    products_cloudy products_clear's images (bit for bit where no cloud is), with clouds and their
+                shadows on every fine MS date (20-40 % cover), on the dense MS of DATES[1], [3], [4]
+                (3 of 7: a held-out, an HS and the tuning date) and on the HS of DATES[0] and [3]
+                (2 of 4), 10-30 % cover. The clouds are DATA, bright and nearly flat (0.4-0.8), with
+                a thin unflagged semi-transparent rim and dark shadows beside them; only the quality
+                layers (SCL, QA_PIXEL, QL_QUALITY_CLOUD/_CLOUDSHADOW) say where they are. Each image
+                draws its own clouds on the fine grid (sensor pixels are flagged once a fifth of
+                their footprint is cloud or shadow) from a stream of its own, apart from the noise.
 
 Each image draws its noise, gains, misregistration and clouds from the random stream of the
 same-day date it stands for, so a scenario differs from same_day only in what it changes on purpose
 (e.g. offset_1_3's dense MS images are same_day's, bit for bit). In every scenario the evaluation dates are the dense-MS-only dates of the same-day calendar
 (DATES[1], DATES[4], DATES[5]): two held out, one for tuning.
+
+The products scenarios write each image as a product folder under --out/<role>/ and list them in
+dataset.json ("products": role -> paths relative to --out; "clouds": the flagged shares per image);
+benchmarks/run_benchmark.py passes them as FINE_MS_PRODUCTS, DENSE_MS_PRODUCTS and HS_PRODUCTS.
 
 Everything written is simulated from real data: say so wherever results are reported.
 """
@@ -59,8 +77,9 @@ sys.path.insert(0, PLUGINS)
 
 from osgeo import gdal
 
-from stsfusion.model.core.grid import Grid
-from stsfusion.model.core.vocabulary import ROLES
+from stsfusion.model.core.grid import Grid, coarse_grid
+from stsfusion.model.core.vocabulary import ROLE_LABELS, ROLES
+from stsfusion.model.simulation import products as sim_products
 from stsfusion.model.simulation import sensors as sim_sensors
 from stsfusion.model.simulation import srf
 from stsfusion.model.simulation import truth as sim_truth
@@ -85,6 +104,19 @@ SCENARIOS = {
     "one_fine": "same-day calendar, fine MS on one date only",
     "one_hs": "same-day calendar, HS on one date only",
     "cloudy_fine": "same-day calendar, fine MS cloudy on every date (20-40 % cover)",
+    "products_clear": "same-day calendar as products: fine MS Sentinel-2 L2A, dense MS Landsat 8 C2 L2 (x2), "
+    "HS EnMAP L2A (x3); no clouds",
+    "products_cloudy": "products_clear with clouds and shadows flagged only in the quality layers: every fine MS "
+    "date (20-40 %), 3 of 7 dense MS dates and 2 of 4 HS dates (10-30 %)",
+}
+PRODUCT_SCENARIOS = ("products_clear", "products_cloudy")
+PRODUCT_FAMILIES = {"fine_ms": "Sentinel-2 L2A", "dense_ms": "Landsat C2 L2", "hs": "EnMAP L2A"}
+S2_BANDS = ("2", "3", "4", "5", "6", "7", "8", "8A", "11", "12")  # srf/S2A_MSI.txt names; what the reader stacks
+OLI_BANDS = ("1", "2", "3", "4", "5", "6", "7")  # srf/L8_OLI.txt names; the reader stacks all seven
+CLOUDY = {  # products_cloudy: role -> (DATES indices with clouds, cover range)
+    "fine_ms": (HS_INDICES, (0.2, 0.4)),
+    "dense_ms": ((1, 3, 4), (0.1, 0.3)),  # a held-out date, an HS date, the tuning date
+    "hs": ((0, 3), (0.1, 0.3)),
 }
 OFFSETS = {"offset_1_3": (1, 3), "offset_5_8": (5, 8)}
 ONE_DATE = DATES[3]
@@ -116,6 +148,16 @@ def scenario_design(name: str, seed: int, sensors: dict):
     calendar, extra = SCENARIOS[name], {}
     if name == "same_day":
         return sim_sensors.SeriesDesign.paper(DATES, HS_INDICES), sensors, calendar, extra
+    if name in PRODUCT_SCENARIOS:
+        # No NaN clouds: products_cloudy's clouds are data under quality flags (product_clouds).
+        clear = {role: dataclasses.replace(spec, cloud_probability=0.0) for role, spec in sensors.items()}
+        if name == "products_cloudy":
+            parts = [
+                f"{ROLE_LABELS[role]} {', '.join(DATES[i] for i in idx)} ({lo * 100:.0f}-{hi * 100:.0f} %)"
+                for role, (idx, (lo, hi)) in CLOUDY.items()
+            ]
+            calendar += f" (cloudy: {'; '.join(parts)})"
+        return sim_sensors.SeriesDesign.paper(DATES, HS_INDICES), clear, calendar, extra
     if name in OFFSETS:
         fine_off, hs_off = pair_offsets(*OFFSETS[name], seed)
         fine = [shift_date(d, o) for d, o in zip(pairs, fine_off)]
@@ -158,6 +200,79 @@ def simulate_inputs(truth, wl, fwhm, design, sensors, seed: int, nominal: dict |
             values = truth.values[truth.dates.index(date)]
             images.append(sim_sensors.observe(values, wl, fwhm, sensors[role], rng, role, date))
     return images
+
+
+def product_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
+    """(sensors, responses description) of the products scenarios: fine MS Sentinel-2A MSI, dense MS
+    Landsat 8 OLI (measured responses from ../shared/data/srf), HS the truth's own bands; noise,
+    gains and misregistration as in default_sensors."""
+    s2 = srf.subset(load_srf_file(os.path.join(data, "srf", "S2A_MSI.txt")), S2_BANDS)
+    oli = srf.subset(load_srf_file(os.path.join(data, "srf", "L8_OLI.txt")), OLI_BANDS)
+    sensors = sim_sensors.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, fine_response=s2, dense_response=oli)
+    names = {
+        "fine_ms": "Sentinel-2A MSI (simulated)",
+        "dense_ms": "Landsat 8 OLI (simulated)",
+        "hs": "EnMAP HSI (simulated)",
+    }
+    sensors = {role: dataclasses.replace(spec, sensor=names[role]) for role, spec in sensors.items()}
+    responses = {
+        "fine_ms": "measured Sentinel-2A MSI responses (srf/S2A_MSI.txt, from acolite): "
+        "B02, B03, B04, B05, B06, B07, B08, B8A, B11, B12 (the ten bands the Sentinel-2 reader stacks)",
+        "dense_ms": "measured Landsat 8 OLI responses (srf/L8_OLI.txt, from acolite): bands 1-7 "
+        "(the Landsat reader stacks all seven SR bands)",
+        "hs": "the truth's own bands (EnMAP)",
+    }
+    return sensors, responses
+
+
+def product_clouds(images: list, shape: tuple, seed: int, cloudy: bool) -> list:
+    """[(values, cloud flags, shadow flags, drawn cover)] per image: products_cloudy's clouds
+    (simulation/products.py: data that look like clouds, flagged only in the quality layer) on the
+    images CLOUDY names, from a stream of each image's own (apart from its noise), so that every
+    pixel without a cloud keeps products_clear's value bit for bit; no flags elsewhere."""
+    out = []
+    for im in images:
+        r, t = ROLES.index(im.role), DATES.index(im.date)
+        indices, cover_range = CLOUDY[im.role]
+        if not cloudy or t not in indices:
+            out.append((im.values, None, None, 0.0))
+            continue
+        rng = sim_truth.rng_stream(seed, 300 + r, t)
+        cover = float(rng.uniform(*cover_range))
+        scene = sim_products.simulate_clouds(shape, cover, rng)
+        values, cloud, shadow = sim_products.apply_clouds(im.values, im.wavelengths, im.factor, scene)
+        out.append((values, cloud, shadow, cover))
+    return out
+
+
+def write_products(out: str, images: list, grid: Grid, seed: int, cloudy: bool) -> tuple[dict, dict, list]:
+    """Writes every image as its role's product under ``out/<role>/``; returns (role -> product
+    paths relative to ``out``, role -> {date: flagged shares}, the images with cloud_fraction set to
+    their flagged share)."""
+    files = {role: [] for role in ROLES}
+    shares = {role: {} for role in ROLES}
+    updated = []
+    for im, (values, cloud, shadow, cover) in zip(
+        images, product_clouds(images, (grid.height, grid.width), seed, cloudy)
+    ):
+        path = sim_products.write_product(
+            PRODUCT_FAMILIES[im.role],
+            os.path.join(out, im.role),
+            values,
+            im.band_names,
+            im.wavelengths,
+            im.fwhm,
+            coarse_grid(grid, im.factor),
+            im.date,
+            cloud,
+            shadow,
+        )
+        files[im.role].append(os.path.relpath(path, out))
+        c = float(cloud.mean()) if cloud is not None else 0.0
+        sh = float(shadow.mean()) if shadow is not None else 0.0
+        shares[im.role][im.date] = {"cloud": round(c, 4), "shadow": round(sh, 4), "cover_drawn": round(cover, 4)}
+        updated.append(dataclasses.replace(im, values=values, cloud_fraction=c + sh))
+    return files, shares, updated
 
 
 def default_out(scenario: str) -> str:
@@ -227,6 +342,13 @@ def main(argv=None) -> int:
     dropped = [
         n for n in (measured or srf.sensor_preset("gf6_wfv")).names if n not in sensors["dense_ms"].response.names
     ]
+    responses = {
+        "fine_ms": "resources/sensors/zy1_02d_vnic.json (Gaussian bands)",
+        "dense_ms": f"{dense_source}; left out (outside the EnMAP range): {', '.join(dropped) or 'none'}",
+    }
+    products = args.scenario in PRODUCT_SCENARIOS
+    if products:
+        sensors, responses = product_sensors(args.data, wl, fwhm)
     design, sensors, calendar, extra = scenario_design(args.scenario, args.seed, sensors)
     t_setup = time.time() - t0
     # The truth on every acquisition date (the union of the roles' dates), so each sensor sees its own day.
@@ -235,7 +357,20 @@ def main(argv=None) -> int:
     images = simulate_inputs(truth, wl, fwhm, design, sensors, args.seed, extra.get("nominal_dates"))
     t_inputs = time.time() - t0 - t_setup - t_truth
     source = "simulated from the real EnMAP L2A image of Potsdam (2022-07-24) by STS Fusion benchmarks/make_dataset.py"
-    files = sim_writing.write_inputs(args.out, images, grid, {"SOURCE": source})
+    if products:
+        files, clouds, images = write_products(
+            args.out, images, grid, args.seed, cloudy=args.scenario == "products_cloudy"
+        )
+        extra = {
+            **extra,
+            "products": files,
+            "product_families": PRODUCT_FAMILIES,
+            "clouds": clouds,
+            "clouds_note": "shares of each image's own grid flagged cloud / cloud shadow by its quality "
+            "layer (the data there look like clouds and shadows: bright, dark; not nodata)",
+        }
+    else:
+        files = sim_writing.write_inputs(args.out, images, grid, {"SOURCE": source})
     truth_files = sim_writing.write_truth(os.path.join(args.out, "truth"), truth, grid, wl, fwhm, {"SOURCE": source})
     command = "python benchmarks/make_dataset.py"
     if args.scenario != "same_day":
@@ -253,10 +388,7 @@ def main(argv=None) -> int:
                 "bands_kept": int(len(wl)),
                 "bands_dropped": "6 with bbl=0 (1331-1391 nm)",
             },
-            "responses": {
-                "fine_ms": "resources/sensors/zy1_02d_vnic.json (Gaussian bands)",
-                "dense_ms": f"{dense_source}; left out (outside the EnMAP range): {', '.join(dropped) or 'none'}",
-            },
+            "responses": responses,
             "seed": args.seed,
             "command": command,
             "scenario": args.scenario,
@@ -281,9 +413,14 @@ def main(argv=None) -> int:
     )
     sim_writing.write_json(os.path.join(args.out, "dataset.json"), summary)
     total = time.time() - t0
-    size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(args.out, "**", "*.tif"), recursive=True))
+    size = sum(
+        os.path.getsize(p)
+        for p in glob.glob(os.path.join(args.out, "**", "*"), recursive=True)
+        if os.path.isfile(p) and p.lower().endswith((".tif", ".jp2"))
+    )
+    kind = "products" if products else "GeoTIFFs"
     print(
-        f"benchmark dataset in {args.out}: {sum(len(v) for v in files.values())} inputs + "
+        f"benchmark dataset in {args.out}: {sum(len(v) for v in files.values())} input {kind} + "
         f"{len(truth_files)} truth GeoTIFFs, {size / 1e6:.1f} MB"
     )
     print(
@@ -293,6 +430,9 @@ def main(argv=None) -> int:
     print(f"scenario {args.scenario}: {calendar}")
     for role in ("fine_ms", "dense_ms", "hs"):
         print(f"  {role}: {', '.join(design.role_dates[role])}")
+        for date, share in summary.get("clouds", {}).get(role, {}).items():
+            if share["cloud"] or share["shadow"]:
+                print(f"    {date}: flagged cloud {share['cloud']:.1%}, shadow {share['shadow']:.1%}")
     print(f"time: mosaic {t_mosaic:.1f} s, truth {t_truth:.1f} s, inputs {t_inputs:.1f} s, total {total:.1f} s")
     return 0
 

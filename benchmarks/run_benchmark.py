@@ -20,9 +20,18 @@ For each scenario (an acquisition calendar of benchmarks/make_dataset.py; defaul
 4. Writes BENCHMARKS.md: the main tables from same_day (run now or saved before), wall time and
    peak memory (max RSS of each qgis_process.bin run) and the machine; then "Acquisition calendars",
    one table of the network (kernel set 1), two-stage and interpolation on the dates without HS of
-   same_day and every scenario named. --report-only rewrites it from the saved results.json files.
+   every scenario run now or saved before (benchmarks/output/<scenario>/results.json), so running
+   some scenarios keeps the others' rows. --report-only rewrites it from the saved results.json files.
 
 Scenarios other than same_day run kernel set 1 only unless --kernels says otherwise.
+
+products_clear and products_cloudy write their inputs as satellite products (Sentinel-2 L2A, Landsat 8
+C2 L2, EnMAP L2A): Build MDD stack reads them through FINE_MS_PRODUCTS, DENSE_MS_PRODUCTS and
+HS_PRODUCTS with MASK_BUFFER=1, so products_cloudy's clouds reach the fusion only through the
+products' quality layers. For every fused image the benchmark counts its holes: pixels valid in the
+truth (every band) where the fused image has nodata (any band). BENCHMARKS.md then compares the two
+("Clouds from the products' quality layers"): ΔCC on the dates without HS, holes, and the shares
+the quality layers masked per date (from the Build MDD stack log).
 """
 
 from __future__ import annotations
@@ -43,12 +52,29 @@ if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
     os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
 sys.path.insert(0, PLUGINS)
 
-import numpy as np
+import re
 
-from stsfusion.model.evaluation.metrics import assess_rasters
+import numpy as np
+from osgeo import gdal
+
+from stsfusion.model.evaluation.metrics import align_to_reference, assess_rasters
+
+gdal.UseExceptions()
 
 KERNEL_SETS = ("1", "1/3", "1/3/5")
-SCENARIOS = ("same_day", "offset_1_3", "offset_5_8", "one_fine", "one_hs", "cloudy_fine")  # make_dataset.py's
+SCENARIOS = (  # make_dataset.py's
+    "same_day",
+    "offset_1_3",
+    "offset_5_8",
+    "one_fine",
+    "one_hs",
+    "cloudy_fine",
+    "products_clear",
+    "products_cloudy",
+)
+PRODUCTS_BAR = ("products_clear", "products_cloudy")  # compared in "Clouds from the products' quality layers"
+PRODUCT_MASK_BUFFER = 1  # grow the quality layers' clouds and shadows by one product pixel
+MAX_DELTA_CC = 0.05  # issue 14: the cloudy series within 0.05 CC of the clear one (dates without HS)
 CALENDAR_KERNELS = "1"  # the network's kernel set in the calendar table (and the default outside same_day)
 BASELINES = (
     ("interpolation", "Interpolation (nearest HS date, bicubic)"),
@@ -116,6 +142,60 @@ def assess_folder(folder: str, prefix: str, dataset: dict, dataset_dir: str, wor
         truth = os.path.join(dataset_dir, dataset["truth_dir"], f"truth_hs_{date}.tif")
         r = assess_rasters(fused, truth, dataset["hs_factor"], os.path.join(work, "assess.csv"))
         out[date] = {m: float(r["overall"][m.upper()]) for m in METRICS}
+    return out
+
+
+def _physical(band) -> np.ndarray:
+    a = band.ReadAsArray().astype(np.float64)
+    nodata = band.GetNoDataValue()
+    if nodata is not None and np.isfinite(nodata):
+        a[a == nodata] = np.nan
+    return a
+
+
+def count_holes(fused_path: str, truth_path: str) -> dict:
+    """{"holes": pixels valid in the truth (every band finite) where the fused image is nodata in
+    any band, "truth_valid": pixels valid in the truth}; the fused image warped onto the truth's grid
+    when the grids differ (as assess_rasters does)."""
+    fused_ds, truth_ds = gdal.Open(fused_path), gdal.Open(truth_path)
+    aligned = align_to_reference(fused_ds, truth_ds)
+    shape = (truth_ds.RasterYSize, truth_ds.RasterXSize)
+    truth_valid, fused_missing = np.ones(shape, bool), np.zeros(shape, bool)
+    for b in range(truth_ds.RasterCount):
+        truth_valid &= np.isfinite(_physical(truth_ds.GetRasterBand(b + 1)))
+        fused_missing |= ~np.isfinite(_physical(aligned.GetRasterBand(b + 1)))
+    return {"holes": int((truth_valid & fused_missing).sum()), "truth_valid": int(truth_valid.sum())}
+
+
+def holes_folder(folder: str, prefix: str, dataset: dict, dataset_dir: str) -> dict:
+    """date -> count_holes of `<prefix>_<date>.tif` against the truth."""
+    return {
+        date: count_holes(
+            os.path.join(folder, f"{prefix}_{date}.tif"),
+            os.path.join(dataset_dir, dataset["truth_dir"], f"truth_hs_{date}.tif"),
+        )
+        for date in dataset["dates"]
+    }
+
+
+_BUILD_LAYER = re.compile(r"(fine MS|dense MS|HS) (\d{4}-\d{2}-\d{2}) '")
+_BUILD_VALID = re.compile(r"valid: (.+)$")
+
+
+def build_summary(log_text: str) -> dict:
+    """role -> {date: "36.5 % of the grid; masked ... (quality layer: cloud ...)"}: what Build MDD
+    stack's log says of each layer's valid and masked shares."""
+    roles = {"fine MS": "fine_ms", "dense MS": "dense_ms", "HS": "hs"}
+    out, current = {}, None
+    for line in log_text.splitlines():
+        m = _BUILD_LAYER.search(line)
+        if m:
+            current = (roles[m.group(1)], m.group(2))
+            continue
+        v = _BUILD_VALID.search(line)
+        if v and current:
+            out.setdefault(current[0], {})[current[1]] = v.group(1).strip()
+            current = None
     return out
 
 
@@ -250,6 +330,9 @@ def run_scenario(scenario: str, kernel_sets: list, data: str, root_work: str) ->
             "truth_bands",
             "hs_factor",
             "offsets_days",
+            "products",
+            "product_families",
+            "clouds",
         )
         if k in dataset
     }
@@ -259,17 +342,26 @@ def run_scenario(scenario: str, kernel_sets: list, data: str, root_work: str) ->
     print(f"[{scenario}] Build MDD stack", flush=True)
     mdd = os.path.join(work, "mdd", "benchmark_mdd.json")
     os.makedirs(os.path.dirname(mdd), exist_ok=True)
-    params = [
-        f"{key}={os.path.join(dataset_dir, name)}"
-        for key, role in (("FINE_MS", "fine_ms"), ("DENSE_MS", "dense_ms"), ("HS", "hs"))
-        for name in dataset["roles"][role]["files"]
-    ]
+    keys = (("FINE_MS", "fine_ms"), ("DENSE_MS", "dense_ms"), ("HS", "hs"))
+    if dataset.get("products"):  # satellite products, read with their quality layers
+        params = [
+            f"{key}_PRODUCTS={os.path.join(dataset_dir, path)}"
+            for key, role in keys
+            for path in dataset["products"][role]
+        ]
+        params.append(f"MASK_BUFFER={PRODUCT_MASK_BUFFER}")
+        saved["mask_buffer"] = PRODUCT_MASK_BUFFER
+    else:
+        params = [
+            f"{key}={os.path.join(dataset_dir, name)}" for key, role in keys for name in dataset["roles"][role]["files"]
+        ]
+    build_log = os.path.join(logs, "buildmdd.log")
     try:
-        runs["buildmdd"] = qgis_process(
-            "stsfusion:buildmdd", params + [f"OUTPUT={mdd}"], os.path.join(logs, "buildmdd.log")
-        )
+        runs["buildmdd"] = qgis_process("stsfusion:buildmdd", params + [f"OUTPUT={mdd}"], build_log)
     except StepFailed as e:
         return fail_all(f"Build MDD: {e}")
+    with open(build_log, errors="replace") as f:
+        saved["build"] = build_summary(f.read())
 
     for kernels in kernel_sets:
         tag = "k" + kernels.replace("/", "")
@@ -300,6 +392,7 @@ def run_scenario(scenario: str, kernel_sets: list, data: str, root_work: str) ->
             step = "Assess"
             results[label] = {
                 "per_date": assess_folder(folder, "fused", dataset, dataset_dir, work),
+                "holes": holes_folder(folder, "fused", dataset, dataset_dir),
                 "time_s": train["time_s"] + fuse["time_s"],
                 "peak_mb": max(train["peak_mb"], fuse["peak_mb"]),
             }
@@ -320,6 +413,7 @@ def run_scenario(scenario: str, kernel_sets: list, data: str, root_work: str) ->
             step = "Assess"
             results[label] = {
                 "per_date": assess_folder(folder, method, dataset, dataset_dir, work),
+                "holes": holes_folder(folder, method, dataset, dataset_dir),
                 "time_s": run["time_s"],
                 "peak_mb": run["peak_mb"],
             }
@@ -384,8 +478,9 @@ def main(argv=None) -> int:
             print(f"== Scenario {scenario}", flush=True)
             saved[scenario] = run_scenario(scenario, kernels.split(","), args.data, args.work)
             print(f"   results in {results_path(args.work, scenario)}", flush=True)
-    # The report: the scenarios named, plus same_day's saved results (the main tables, the reference).
-    for scenario in dict.fromkeys(["same_day", *scenarios]):
+    # The report: the scenarios run now, plus every other scenario's saved results (same_day's: the main
+    # tables, the reference), so that running some scenarios never drops the others' rows.
+    for scenario in SCENARIOS:
         if scenario not in saved:
             loaded = load_saved(args.work, scenario)
             if loaded is not None:
@@ -404,7 +499,7 @@ def write_report(path: str, saved: dict):
     """BENCHMARKS.md from the scenarios' saved results (scenario -> results.json content)."""
     if "same_day" in saved:
         s = saved["same_day"]
-        lines = main_tables(s["dataset"], s["results"], s["runs"], s.get("date"), s.get("machine"))
+        lines = main_tables(s["dataset"], s["results"], s["runs"], s.get("date"), s.get("machine"), s.get("notes"))
     else:
         lines = [
             "# Benchmarks",
@@ -414,6 +509,7 @@ def write_report(path: str, saved: dict):
             "",
         ]
     lines += calendar_section(saved)
+    lines += products_section(saved)
     tmp = path + ".part"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -439,6 +535,13 @@ def calendar_section(saved: dict) -> list:
         "and clouds from the same random stream as the same-day image it stands for, so a scenario differs",
         "from same_day only in its calendar. Metrics averaged over the dates without HS: the dense-MS-only",
         "dates of the same-day calendar, in every scenario. ΔCC = CC − the same kernel set's CC on same_day.",
+    ]
+    if any(name in saved for name in PRODUCTS_BAR):
+        lines += [
+            "products_clear and products_cloudy also differ in their sensors (Sentinel-2, Landsat 8 and EnMAP",
+            'products read directly): see "Clouds from the products\' quality layers" below.',
+        ]
+    lines += [
         "",
         "| Scenario | Calendar | Method | CC | SAM (°) | PSNR (dB) | SSIM | ΔCC vs same day | Command |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -482,8 +585,110 @@ def calendar_section(saved: dict) -> list:
     return lines
 
 
+def total_holes(r: dict, dates: list | None = None) -> tuple[int, int] | None:
+    """(holes, truth-valid pixels) summed over ``dates`` (default all) of one method's results, or
+    None when they were not counted."""
+    holes = r.get("holes")
+    if not holes:
+        return None
+    dates = list(holes) if dates is None else dates
+    return sum(holes[d]["holes"] for d in dates), sum(holes[d]["truth_valid"] for d in dates)
+
+
+def products_section(saved: dict) -> list:
+    """## Clouds from the products' quality layers: products_cloudy against products_clear (issue 14's
+    bar: no holes, within MAX_DELTA_CC of the clear series on the dates without HS)."""
+    present = [name for name in PRODUCTS_BAR if name in saved]
+    if not present:
+        return []
+    clear, cloudy = saved.get("products_clear"), saved.get("products_cloudy")
+    any_s = saved[present[0]]
+    no_hs = any_s["dataset"].get("no_hs_dates", [])
+    buffer = any_s.get("mask_buffer", PRODUCT_MASK_BUFFER)
+    lines = [
+        "## Clouds from the products' quality layers",
+        "",
+        "products_clear and products_cloudy: the same simulated series on the same-day calendar, written",
+        "as satellite products (model/simulation/products.py) and read by Build MDD stack directly",
+        f"(FINE_MS_PRODUCTS, DENSE_MS_PRODUCTS, HS_PRODUCTS, MASK_BUFFER={buffer}): fine MS as Sentinel-2 L2A",
+        "(S2A MSI responses, the ten bands the reader stacks, 30 m), dense MS as Landsat 8 C2 L2 (OLI bands",
+        "1-7, 60 m), HS as EnMAP L2A (90 m). In products_cloudy the clouds and their shadows are in the data",
+        "(bright, nearly flat 0.4-0.8 reflectance with a thin unflagged rim; dark shadows beside them) and",
+        "only the products' quality layers (SCL, QA_PIXEL, QL_QUALITY_CLOUD/_CLOUDSHADOW) flag them; every",
+        "other pixel is products_clear's, bit for bit. Bar (issue 14): the cloudy series fuses with no",
+        f"holes and within {MAX_DELTA_CC:g} CC of the clear series on the dates without HS ({', '.join(no_hs)}).",
+        "Metrics averaged over those dates; holes = pixels valid in the truth (every band) where the fused",
+        "image is nodata (any band), summed over all fused dates.",
+        "",
+        "| Method | CC clear | CC cloudy | ΔCC | SAM clear (°) | SAM cloudy (°) | PSNR clear (dB) | PSNR cloudy (dB) "
+        "| SSIM clear | SSIM cloudy | Holes clear | Holes cloudy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    labels = []
+    for s in (clear, cloudy):
+        if s:
+            baselines = [label for _, label in reversed(BASELINES)]
+            labels += [label for label in network_labels(s["results"]) + baselines if label in s["results"]]
+    verdicts = []
+    for label in dict.fromkeys(labels):
+        cells, means, holes = [], {}, {}
+        for name, s in (("clear", clear), ("cloudy", cloudy)):
+            r = (s or {}).get("results", {}).get(label)
+            if r is None:
+                means[name], holes[name] = None, "not run"
+            elif "failed" in r:
+                means[name], holes[name] = None, "failed (see above)"
+            else:
+                means[name] = mean_over(r["per_date"], no_hs)
+                h = total_holes(r)
+                holes[name] = "not counted" if h is None else f"{h[0]:,} of {h[1]:,}"
+        a, b = means["clear"], means["cloudy"]
+        delta = f"{b['cc'] - a['cc']:+.4f}" if a and b else "n/a"
+        for key, fmt in (("cc", ".4f"), ("sam", ".3f"), ("psnr", ".2f"), ("ssim", ".4f")):
+            cells += [format(a[key], fmt) if a else "–", format(b[key], fmt) if b else "–"]
+            if key == "cc":
+                cells.append(delta)
+        name = label.replace("STS Fusion, kernels", "STS Fusion network, kernels")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {holes['clear']} | {holes['cloudy']} |")
+        if label.startswith("STS Fusion") and a and b:
+            h = total_holes(cloudy["results"][label])
+            within = abs(b["cc"] - a["cc"]) <= MAX_DELTA_CC
+            no_holes = h is not None and h[0] == 0
+            verdicts.append(
+                f"{name}: ΔCC {b['cc'] - a['cc']:+.4f} ({'within' if within else 'NOT within'} {MAX_DELTA_CC:g}), "
+                f"{'no holes' if no_holes else ('holes not counted' if h is None else f'{h[0]:,} hole pixels')}: "
+                f"bar {'met' if within and no_holes else 'NOT met'}."
+            )
+    lines.append("")
+    lines += [f"- {v}" for v in verdicts]
+    if cloudy and cloudy.get("build"):
+        lines += [
+            "",
+            "Valid and masked shares of the grid per input of products_cloudy, as Build MDD stack logged them",
+            "(the grid's share outside the EnMAP mosaic is nodata in every input; classes may overlap):",
+            "",
+            "| Input | Date | Build MDD stack log |",
+            "|---|---|---|",
+        ]
+        labels_ = {"fine_ms": "fine MS (Sentinel-2)", "dense_ms": "dense MS (Landsat 8)", "hs": "HS (EnMAP)"}
+        for role, per_date in cloudy["build"].items():
+            for date, text in per_date.items():
+                lines.append(f"| {labels_.get(role, role)} | {date} | valid: {cell(text)} |")
+    lines += [""]
+    for name in present:
+        s = saved[name]
+        lines.append(f"- {name}: `{s['command']}`, run {s.get('date', '?')}.")
+    lines.append("")
+    return lines
+
+
 def main_tables(
-    dataset: dict, results: dict, runs: dict, date: str | None = None, machine_text: str | None = None
+    dataset: dict,
+    results: dict,
+    runs: dict,
+    date: str | None = None,
+    machine_text: str | None = None,
+    notes: dict | None = None,
 ) -> list:
     """The same-day report (the paper's tables), as the benchmark has always written it."""
     hs_dates, no_hs = dataset["hs_dates"], dataset["no_hs_dates"]
@@ -553,7 +758,10 @@ def main_tables(
         for d in dataset["dates"]:
             kind = "HS" if d in hs_dates else ("held out" if d in held else "tuning")
             lines.append(fmt_row(f"{name} / {d} ({kind})", r["per_date"][d]))
-    lines += ["", "## Runs", "", "| step | wall time (s) | peak memory (MB) |", "|---|---|---|"]
+    lines += ["", "## Runs", ""]
+    if (notes or {}).get("runs"):  # a note saved with the run (results.json "notes": {"runs": text})
+        lines += [*notes["runs"].splitlines(), ""]
+    lines += ["| step | wall time (s) | peak memory (MB) |", "|---|---|---|"]
     lines += [f"| {k} | {v['time_s']:.1f} | {v['peak_mb']:.0f} |" for k, v in runs.items()]
     lines.append("")
     return lines

@@ -31,6 +31,7 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
     OUTPUT_TYPE = "OUTPUT_TYPE"
     COMPRESSION = "COMPRESSION"
     SKIP_EXISTING = "SKIP_EXISTING"
+    DASK_SCHEDULER = "DASK_SCHEDULER"
     OUTPUT_TYPES = ("float32", "int16")
     COMPRESSIONS = ("DEFLATE", "ZSTD")
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
@@ -61,7 +62,9 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
             "cpu, cuda (= cuda:0), cuda:N (CUDA GPU number N) or mps (Apple silicon). A CUDA GPU with native "
             "bfloat16 (compute capability 8.0 and later) fuses in bfloat16, an older one in float16; the CPU "
             "and MPS use float32. The log states the device, the precision and why.\n"
-            "CPU threads (advanced): threads PyTorch uses; 0 (default) = PyTorch's default, every core.\n"
+            "CPU threads (advanced): threads PyTorch uses for each group of dates fused at once; 0 (default) = "
+            "every core, shared out among the groups running at once (PyTorch's default where Dask is not "
+            "installed).\n"
             "Output type: float32 (default; the HS's own units, nodata -9999) or int16 (half the size: "
             "the value / scale, rounded, nodata -32768, with the band scale set so GDAL, QGIS and the "
             "EnMAP-Box read physical values; the scale is 0.0001 for reflectance in 0-1, as EnMAP L2A "
@@ -76,7 +79,23 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
             "each written under temporary names (*.tif.partial) and renamed when the pass is complete: "
             "a failure or a cancel loses only the pass under way, never leaves a half-written GeoTIFF, "
             "and replaces an existing file of the same name only with a complete one. Partial files a "
-            "killed run left behind are removed by the next run.\n\n"
+            "killed run left behind are removed by the next run.\n"
+            "Dask scheduler (advanced): where the dates are fused. Empty (default): the environment variable "
+            "DASK_SCHEDULER if it is set, else Dask tasks in this process on every core (groups of dates fused "
+            "at once, PyTorch's threads shared out among them; one at a time on a GPU), or, where the Python "
+            "packages dask and distributed are not installed, one pass after another as before (the log says "
+            "so). 'threads': Dask in this process even if DASK_SCHEDULER is set; 'none': without Dask. "
+            "tcp://host:port: the scheduler of a running dask.distributed cluster ('dask scheduler', then "
+            "'dask worker tcp://host:port' on each machine): each worker fuses whole groups of dates and writes "
+            "them itself, so the workers need GDAL's Python bindings, PyTorch and this plugin importable "
+            "(PYTHONPATH=<the QGIS plugins folder holding stsfusion>; the scheduler needs none of them), and "
+            "must see the MDD (with its GeoTIFFs), the model file and the output folder at the same paths as "
+            "QGIS (a shared folder); DEVICE is then chosen by each worker, and CPU threads means PyTorch's "
+            "threads per task (0: each machine's cores shared out among its Dask threads). The workers are "
+            "checked first, and the error names what one lacks. A cancel stops the running tasks at their next "
+            'tile; the dates already written stay. Dask itself: python -m pip install "dask[distributed]" '
+            "with the Python QGIS runs. The files are the same bytes whichever way they are fused, given the "
+            "same CPU threads per task.\n\n"
             "Outputs: Fused GeoTIFFs (the list of written files, for the graphical modeler) and "
             "the output folder."
         )
@@ -125,6 +144,14 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
                 self.SKIP_EXISTING, self.tr("Skip dates already fused (resume an interrupted run)"), False
             )
         )
+        scheduler = QgsProcessingParameterString(
+            self.DASK_SCHEDULER,
+            self.tr("Dask scheduler (empty = DASK_SCHEDULER variable, else this process; tcp://host:port; none)"),
+            defaultValue="",
+            optional=True,
+        )
+        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(scheduler)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, self.tr("Fused GeoTIFFs")))
 
@@ -145,18 +172,26 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
         output_type = self.OUTPUT_TYPES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)]
         compression = self.COMPRESSIONS[self.parameterAsEnum(parameters, self.COMPRESSION, context)]
         skip_existing = self.parameterAsBoolean(parameters, self.SKIP_EXISTING, context)
+        scheduler = (self.parameterAsString(parameters, self.DASK_SCHEDULER, context) or "").strip()
         for label, path in (("MDD", mdd_path), ("Model file", model_path)):
             if not path or not os.path.isfile(path):
                 raise QgsProcessingException(f"{label} '{path}' does not exist: choose an existing file.")
         require_torch(self.DISPLAY_NAME)
+        from ..model.fusion.distributed import is_cluster, resolve_scheduler
         from ..model.fusion.fuse import fuse_time_series
         from ..model.nn.device import select_device
 
-        device = select_device(device)
+        mode = resolve_scheduler(scheduler)  # the parameter, else the environment variable DASK_SCHEDULER
+        if is_cluster(mode):
+            where = f"; Dask scheduler {mode} (each worker chooses its device)"
+        else:
+            device = select_device(device)
+            where = "; Dask tasks in this process" if mode == "threads" else ""
         feedback.pushInfo(
             f"MDD: {mdd_path}\nModel: {model_path}\nOutput folder: {folder}\nDevice: {device}; tile size "
             f"{tile_size} px; output {output_type}, {compression}"
             + ("; skipping dates already fused" if skip_existing else "")
+            + where
         )
         paths = fuse_time_series(
             mdd_path,
@@ -170,6 +205,7 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
             output_type=output_type,
             compression=compression,
             skip_existing=skip_existing,
+            scheduler=mode,
         )
 
         styles = style_outputs(paths, feedback)  # the .qml beside each GeoTIFF, now that all exist

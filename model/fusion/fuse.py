@@ -12,6 +12,11 @@ tile's inputs are read once for all its dates. Outputs are written by window thr
 a failure or a cancel removes the pass's temporary files, keeps the passes already complete, and
 leaves any earlier file of the same name as it was. ``skip_existing`` resumes from there. On a GPU
 out-of-memory error tiles are halved until they fit.
+
+Where Dask is installed, ``fuse_time_series`` runs groups of dates as Dask tasks instead
+(``distributed.py``: this process's threads, or a dask.distributed cluster): each task is
+``fuse_date_group``, which opens the MDD and loads the model itself from a ``FusionJob`` (paths and
+small parameters) and writes and renames its own dates' files, the same bytes as this loop's.
 No QGIS import here.
 """
 
@@ -44,10 +49,14 @@ from .tiling import FusionError, TileReadCache, expand_window, requested_dates, 
 
 __all__ = [
     "FusionError",
+    "FusionJob",
     "OutputFormat",
+    "fuse_date_group",
     "fuse_time_series",
     "int16_scale",
     "fuse_with_predictor",
+    "prepare_outputs",
+    "report_fused",
     "rgb_band_indices",
     "rgb_band_indices_of_file",
     "output_path",
@@ -101,6 +110,7 @@ def fuse_time_series(
     compression: str = "DEFLATE",
     skip_existing: bool = False,
     gdal_cache_mb: int = GDAL_CACHE_MB,
+    scheduler: str | None = None,
 ) -> list:
     """Fuses every requested date of the MDD into ``output_folder/fused_YYYY-MM-DD.tif``.
 
@@ -113,9 +123,25 @@ def fuse_time_series(
     string. ``callbacks``: progress after each tile, cancel checked before each tile. Returns the
     written paths in date order. Raises ``FusionError``, ``MDDError`` or the predictor's
     ``ModelError`` (all ValueErrors with a message for the user), ``Canceled``.
+
+    ``scheduler`` (``distributed.resolve_scheduler``): None or "" = the environment variable
+    DASK_SCHEDULER if set, else groups of dates as Dask tasks on this process's threads where Dask
+    is installed (the loop below where it is not); "threads": Dask in this process;
+    "none": the loop below; an address such as tcp://host:port: a dask.distributed cluster whose
+    workers import this plugin and see the MDD, the model and ``output_folder`` at the same paths.
+    ``threads`` is then PyTorch's threads per task (0: the cores shared out among the tasks).
+    The outputs are the same bytes whichever way they are fused, given the same PyTorch threads
+    per task (oneDNN's sums depend on the thread count, by one unit in the last place).
     """
     from ..nn.device import configure_threads, describe_device
     from ..nn.predictor import load_predictor  # torch is imported only when fusion actually runs
+    from .distributed import (
+        DASK_MISSING_NOTE,
+        NO_DASK,
+        dask_available,
+        fuse_with_dask,
+        resolve_scheduler,
+    )
     from .self_check import report_self_check
 
     tile_size = int(tile_size)
@@ -125,6 +151,24 @@ def fuse_time_series(
     fmt = OutputFormat(output_type, compression)
     mdd = MDD.open(mdd_path)
     targets = requested_dates(mdd, dates)
+    mode = resolve_scheduler(scheduler)  # FusionError when Dask is asked for and missing
+    if mode != NO_DASK:
+        return fuse_with_dask(
+            mdd,
+            model_path,
+            output_folder,
+            targets,
+            mode,
+            tile_size=tile_size,
+            device=device,
+            callbacks=callbacks,
+            threads=threads,
+            output_format=fmt,
+            skip_existing=skip_existing,
+            gdal_cache_mb=gdal_cache_mb,
+        )
+    if not dask_available():
+        callbacks_or_default(callbacks).log(DASK_MISSING_NOTE)
     threads = configure_threads(threads)
     predictor = load_predictor(model_path, device=device)
     predictor.check_compatible(mdd)
@@ -224,6 +268,71 @@ def _complete_output(path: str, grid: Any, n_bands: int, fmt: OutputFormat, file
     return None
 
 
+@dataclass(frozen=True)
+class FusionJob:
+    """What every group of dates of one run shares, and all a Dask task carries: paths and small
+    parameters, never arrays or a model (``fuse_date_group`` opens the MDD and loads the model
+    itself). ``file_md`` and ``scale`` are settled once for the run (``prepare_outputs``), so every
+    group writes the same metadata whichever process fuses it; ``device`` is a DEVICE text, chosen
+    by the process that runs the group."""
+
+    mdd_path: str
+    model_path: str
+    output_folder: str
+    tile_size: int
+    output_format: OutputFormat
+    scale: float | None
+    file_md: dict
+    device: str = "cpu"
+
+
+def prepare_outputs(
+    mdd: MDD,
+    predictor: Any,
+    output_folder: str,
+    dates: list[str],
+    callbacks: Callbacks | None = None,
+    model_path: str | None = None,
+    output_format: OutputFormat | None = None,
+    skip_existing: bool = False,
+) -> tuple[float | None, dict, list[str]]:
+    """Before any date is fused: makes the folder, removes the partial files of a killed run,
+    settles the file metadata and the int16 scale, and with ``skip_existing`` keeps the dates
+    already complete. Returns (scale, file metadata, the dates still to fuse, in order)."""
+    log = callbacks_or_default(callbacks).log
+    fmt = output_format or OutputFormat()
+    grid = mdd.grid
+    n_bands = len(predictor.hs_wavelengths)
+    os.makedirs(output_folder, exist_ok=True)
+    for path in remove_leftovers(output_folder, OUTPUT_PATTERN.format(date="*")):
+        log(f"Removed {os.path.basename(path)}, left by an earlier run that did not finish.")
+
+    file_md = {"STSFUSION_MDD": os.path.basename(mdd.path)}
+    if model_path:
+        file_md["STSFUSION_MODEL"] = os.path.basename(model_path)
+        file_md["STSFUSION_MODEL_SHA256"] = _file_fingerprint(model_path)
+    if mdd.path and os.path.isfile(mdd.path):
+        file_md["STSFUSION_MDD_SHA256"] = _file_fingerprint(mdd.path)
+    scale = None
+    if fmt.data_type == "int16":
+        scale = fmt.scale or int16_scale(getattr(predictor, "hs_typical_max", 1.0))
+        log(f"Output int16: value / {scale:g}, rounded (band scale {scale:g}, nodata {INT16_NODATA}).")
+
+    todo = list(dates)
+    if skip_existing:
+        todo = []
+        for date in dates:
+            path = output_path(output_folder, date)
+            why = _complete_output(path, grid, n_bands, fmt, file_md) if os.path.exists(path) else "absent"
+            if why is None:
+                log(f"{os.path.basename(path)} is complete: kept (SKIP_EXISTING).")
+            else:
+                todo.append(date)
+                if why != "absent":
+                    log(f"{os.path.basename(path)} is fused again: {why}.")
+    return scale, file_md, todo
+
+
 def fuse_with_predictor(
     mdd: MDD,
     predictor: Any,
@@ -249,39 +358,10 @@ def fuse_with_predictor(
     log, progress = cb.log, cb.progress
     fmt = output_format or OutputFormat()
     grid = mdd.grid
-    wavelengths = [float(w) for w in predictor.hs_wavelengths]
-    fwhm = getattr(predictor, "hs_fwhm", None)
-    n_bands = len(wavelengths)
+    n_bands = len(predictor.hs_wavelengths)
     halo = int(predictor.halo)
     tiles = tile_windows(grid.width, grid.height, tile_size)
-    os.makedirs(output_folder, exist_ok=True)
-    for path in remove_leftovers(output_folder, OUTPUT_PATTERN.format(date="*")):
-        log(f"Removed {os.path.basename(path)}, left by an earlier run that did not finish.")
-
-    descriptions = [f"{w:g} nm" for w in wavelengths]
-    file_md = {"STSFUSION_MDD": os.path.basename(mdd.path)}
-    if model_path:
-        file_md["STSFUSION_MODEL"] = os.path.basename(model_path)
-        file_md["STSFUSION_MODEL_SHA256"] = _file_fingerprint(model_path)
-    if mdd.path and os.path.isfile(mdd.path):
-        file_md["STSFUSION_MDD_SHA256"] = _file_fingerprint(mdd.path)
-    scale = None
-    if fmt.data_type == "int16":
-        scale = fmt.scale or int16_scale(getattr(predictor, "hs_typical_max", 1.0))
-        log(f"Output int16: value / {scale:g}, rounded (band scale {scale:g}, nodata {INT16_NODATA}).")
-
-    todo = list(dates)
-    if skip_existing:
-        todo = []
-        for date in dates:
-            path = output_path(output_folder, date)
-            why = _complete_output(path, grid, n_bands, fmt, file_md) if os.path.exists(path) else "absent"
-            if why is None:
-                log(f"{os.path.basename(path)} is complete: kept (SKIP_EXISTING).")
-            else:
-                todo.append(date)
-                if why != "absent":
-                    log(f"{os.path.basename(path)} is fused again: {why}.")
+    scale, file_md, todo = prepare_outputs(mdd, predictor, output_folder, dates, cb, model_path, fmt, skip_existing)
     passes = [todo[i : i + max(1, int(dates_per_pass))] for i in range(0, len(todo), max(1, int(dates_per_pass)))]
     log(
         f"Fusing {len(todo)} date(s) on the {grid.width}x{grid.height} px grid, {n_bands} HS bands, "
@@ -297,7 +377,6 @@ def fuse_with_predictor(
     cache = TileReadCache(mdd)
     shrink = {"side": max(grid.width, grid.height)}  # lowered for good after a GPU out-of-memory error
     for group in passes:
-        bands = (wavelengths, fwhm, descriptions)
         done, clipped = _fuse_pass(
             mdd,
             predictor,
@@ -308,24 +387,84 @@ def fuse_with_predictor(
             fmt,
             scale,
             file_md,
-            bands,
+            _band_labels(predictor),
             cb,
             (done, total, clipped),
             shrink,
         )
         log(f"Written {', '.join(os.path.basename(output_path(output_folder, d)) for d in group)}.")
-    elapsed = time.monotonic() - started
-    if todo:
-        rate = grid.width * grid.height * n_bands * len(todo) / max(elapsed, 1e-9)
-        log(f"Fused {len(todo)} date(s) in {elapsed:.1f} s ({rate:,.0f} pixel-bands per second).")
-    if clipped:
-        cb.warn(
-            f"{clipped:,} fused values lay outside the int16 range at scale {scale:g} and were clipped: "
-            "use OUTPUT_TYPE float32, or a coarser scale."
-        )
+    report_fused(cb, grid, n_bands, len(todo), time.monotonic() - started, clipped, scale)
     if not todo:
         progress(1.0, "every date was already complete")
     return [output_path(output_folder, d) for d in dates]
+
+
+def report_fused(
+    callbacks: Callbacks, grid: Any, n_bands: int, n_dates: int, elapsed: float, clipped: int, scale: float | None
+) -> None:
+    """The closing log line (dates, time, pixel-bands per second) and the int16 clipping warning."""
+    if n_dates:
+        rate = grid.width * grid.height * n_bands * n_dates / max(elapsed, 1e-9)
+        callbacks.log(f"Fused {n_dates} date(s) in {elapsed:.1f} s ({rate:,.0f} pixel-bands per second).")
+    if clipped:
+        callbacks.warn(
+            f"{clipped:,} fused values lay outside the int16 range at scale {scale:g} and were clipped: "
+            "use OUTPUT_TYPE float32, or a coarser scale."
+        )
+
+
+def _band_labels(predictor: Any) -> tuple:
+    """(wavelengths, fwhm, band descriptions) of the model's HS bands."""
+    wavelengths = [float(w) for w in predictor.hs_wavelengths]
+    return wavelengths, getattr(predictor, "hs_fwhm", None), [f"{w:g} nm" for w in wavelengths]
+
+
+def fuse_date_group(job: FusionJob, dates: list[str], callbacks: Callbacks | None = None) -> dict:
+    """Fuses ``dates`` completely (every tile) from paths alone, and renames their files into place:
+    one Dask task (``distributed.py``). Opens the MDD and loads the model itself, on ``job.device``,
+    with PyTorch's threads as the caller set them. The same pass as ``fuse_with_predictor``'s, so
+    the same bytes. ``callbacks``: progress after each tile of the group (fraction of the group),
+    cancel checked before the model is loaded and before each tile (``Canceled``: no file of the
+    group is left, partial or not). Returns {"dates", "clipped", "seconds", "device"}."""
+    from ..nn.device import describe_device
+    from ..nn.predictor import load_predictor
+
+    cb = callbacks_or_default(callbacks)
+    cb.check("Fusion canceled: the dates under way were not written.")
+    started = time.monotonic()
+    mdd = MDD.open(job.mdd_path)
+    predictor = load_predictor(job.model_path, device=job.device)
+    predictor.check_compatible(mdd)
+    grid = mdd.grid
+    tiles = tile_windows(grid.width, grid.height, job.tile_size)
+    shrink = {"side": max(grid.width, grid.height)}
+    _, clipped = _fuse_pass(
+        mdd,
+        predictor,
+        job.output_folder,
+        list(dates),
+        tiles,
+        TileReadCache(mdd),
+        job.output_format,
+        job.scale,
+        job.file_md,
+        _band_labels(predictor),
+        cb,
+        (0, max(1, len(tiles) * len(dates)), 0),
+        shrink,
+    )
+    return {
+        "dates": list(dates),
+        "clipped": clipped,
+        "seconds": time.monotonic() - started,
+        "device": describe_device(predictor.device, _torch_threads(), training=False),
+    }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb) -> np.ndarray:

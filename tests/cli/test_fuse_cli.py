@@ -92,3 +92,48 @@ def test_int16_output_and_skip_existing_through_qgis_process(real, tmp_path):
     assert os.stat(out / "fused_2022-05-15.tif").st_mtime_ns == stamp  # kept, not fused again
     assert result["results"]["OUTPUT_LAYERS"] == [str(out / "fused_2022-05-15.tif"), str(out / "fused_2022-06-09.tif")]
     assert gdal.Open(str(out / "fused_2022-06-09.tif")).GetRasterBand(1).DataType == gdal.GDT_Int16
+
+
+@pytest.mark.slow
+def test_dask_scheduler_fuses_on_a_local_cluster_with_the_same_bytes(real, tmp_path):
+    """DASK_SCHEDULER=tcp://... of a LocalCluster started here: its 2 worker processes (spawned, so
+    with this process's sys.path: the plugin folder and tests/) fuse the dates that qgis_process asks
+    for, into the folder it names; the files are those of an in-process run with the same threads."""
+    from distributed import LocalCluster
+
+    from stsfusion.model.fusion.fuse import fuse_time_series
+
+    manifest, model = real
+    dates = "2022-03-26,2022-05-15,2022-06-09"
+    reference = fuse_time_series(
+        manifest, model, str(tmp_path / "loop"), dates, tile_size=32, device="cpu", threads=1, scheduler="none"
+    )
+    assert "DASK_SCHEDULER" in run_qgis_process("help", "stsfusion:fuse").stdout
+    out = tmp_path / "fused"
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP server: not port 8787
+    ) as cluster:
+        address = cluster.scheduler_address
+        proc = run_qgis_process(
+            "run",
+            "stsfusion:fuse",
+            "--",
+            f"MDD={manifest}",
+            f"MODEL={model}",
+            f"DATES={dates}",
+            "TILE_SIZE=32",
+            "DEVICE=cpu",
+            "THREADS=1",
+            f"DASK_SCHEDULER={address}",
+            f"OUTPUT_FOLDER={out}",
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Dask cluster {address}: 2 worker(s), 2 thread(s) in all; 2 task(s)" in proc.stdout
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tif")) == [os.path.basename(p) for p in reference]
+    for path in reference:
+        with open(path, "rb") as a, open(out / os.path.basename(path), "rb") as b:
+            assert a.read() == b.read()

@@ -10,8 +10,9 @@ memory, not accuracy): fine MS N x N px at 10 m (4 bands) on 4 dates, dense MS a
 with band scale, nodata, wavelengths and ACQUISITION_DATE, written block by block. Then it runs the
 three algorithms through ``qgis_process.bin`` as a user would, each under GNU time (wall time and peak
 resident memory of the process), fusing ``--fuse-dates`` dates (float32, DEFLATE): in this process
-(the default), and on a local Dask cluster of each ``--dask-workers`` count (DASK_SCHEDULER) when
-dask.distributed is installed. For the fused output it also times GDAL's own copy of the same files
+(the default: Dask tasks on its threads), with the plain loop (DASK_SCHEDULER=none), and on a local
+Dask cluster of each ``--dask-workers`` count (DASK_SCHEDULER=<its address>) when dask.distributed is
+installed. For the fused output it also times GDAL's own copy of the same files
 with the same creation options (gdal_translate), the yardstick of "fusion at the speed of writing
 its output". Results go to <work>/scale.json and, as a table, to stdout (paste into BENCHMARKS.md).
 """
@@ -188,14 +189,16 @@ def run_size(n: int, args, work: str) -> dict:
     result["train"] = timed("Train", qgis_process("stsfusion:train", train), os.path.join(logs, "train.log"))
     fuse_dates = ",".join(series["dates"][1 : 1 + args.fuse_dates])
     pixel_bands = n * n * args.hs_bands * args.fuse_dates
-    runs = [("in process", None)] + [(f"Dask, {w} worker(s)", w) for w in args.dask_workers]
+    runs = [("in process", None), ("loop", 0)] + [(f"Dask, {w} worker(s)", w) for w in args.dask_workers]
     result["fuse"] = {}
     for label, workers in runs:
-        out = os.path.join(folder, "fused" if workers is None else f"fused_dask{workers}")
+        out = os.path.join(folder, "fused" if workers is None else f"fused_{workers}")
         shutil.rmtree(out, ignore_errors=True)
         fuse = [f"MDD={mdd}", f"MODEL={model}", f"DATES={fuse_dates}", "DEVICE=cpu", f"OUTPUT_FOLDER={out}"]
         cluster = None
-        if workers is not None:
+        if workers == 0:  # the plain loop, without Dask: one pass reads each tile once for all its dates
+            fuse.append("DASK_SCHEDULER=none")
+        elif workers is not None:
             cluster = start_cluster(workers)
             if cluster is None:
                 print(f"  {label}: skipped (dask.distributed is not installed)")
@@ -221,11 +224,13 @@ def run_size(n: int, args, work: str) -> dict:
 def table(results: list) -> str:
     lines = [
         "| grid (px) | HS bands | dates | Build s / MiB | Train s / MiB | Fuse s / MiB | fusion itself s | "
-        "Fuse pixel·bands/s | GDAL copy s (Fuse ×) | Fuse, Dask 1 worker s | Fuse, Dask 2 workers s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Fuse pixel·bands/s | GDAL copy s (Fuse ×) | loop without Dask: fusion s / MiB | "
+        "Dask LocalCluster 1 worker: fusion s | 2 workers: fusion s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         f = r["fuse"].get("in process", {})
+        lp = r["fuse"].get("loop", {})
         d1 = r["fuse"].get("Dask, 1 worker(s)", {})
         d2 = r["fuse"].get("Dask, 2 worker(s)", {})
 
@@ -236,7 +241,7 @@ def table(results: list) -> str:
             f"| {r['size']}² | {r['hs_bands']} | {r['dates']} | {cell(r['build'])} | {cell(r['train'])} | "
             f"{cell(f)} | {f.get('fuse_s', '–')} | {f.get('pixel_bands_per_s') or 0:,} | "
             f"{f.get('gdal_copy_s', '–')} ({f.get('vs_gdal_copy', '–')}×) | "
-            f"{d1.get('wall_s', '–')} | {d2.get('wall_s', '–')} |"
+            f"{lp.get('fuse_s', '–')} / {lp.get('peak_mb', '–')} | {d1.get('fuse_s', '–')} | {d2.get('fuse_s', '–')} |"
         )
     return "\n".join(lines)
 

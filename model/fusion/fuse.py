@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -530,20 +532,63 @@ def _fuse_pass(mdd, predictor, folder, group, tiles, cache, fmt, scale, file_md,
                     predictor=2 if fmt.data_type == "int16" else None,
                 )
             )
-        for i, tile in enumerate(tiles):
-            cb.check("Fusion canceled: the dates under way were not written.")
-            cache.clear()
-            valid = valid_anywhere(mdd, tile)
-            for date, writer in zip(group, writers):
-                values = _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb)
-                keep = valid[None] & np.isfinite(values)
-                stored, over = _encode(values, keep, fmt, scale)
-                writer.write(stored, tile)
-                clipped += over
-                done += 1
-            cb.progress(done / total, f"tile {i + 1}/{len(tiles)} done")
+        with BackgroundWrites(len(group)) as background:
+            for i, tile in enumerate(tiles):
+                cb.check("Fusion canceled: the dates under way were not written.")
+                cache.clear()
+                valid = valid_anywhere(mdd, tile)
+                for date, writer in zip(group, writers):
+                    values = _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb)
+                    keep = valid[None] & np.isfinite(values)
+                    stored, over = _encode(values, keep, fmt, scale)
+                    background.write(writer, stored, tile)  # compressed while the next tile is predicted
+                    clipped += over
+                    done += 1
+                cb.progress(done / total, f"tile {i + 1}/{len(tiles)} done")
         cache.clear()
     return done, clipped
+
+
+class BackgroundWrites:
+    """One thread that writes the tiles (and, tile by tile, has GDAL compress them) while the main
+    thread predicts the next tile: the CPU left idle by the single-threaded parts of a prediction
+    (reading, PCA) compresses the output meanwhile. At most ``2 * per_tile`` tiles wait, so memory
+    stays bounded by the tile; an error in the thread is raised in the caller. Leaving the block
+    waits for every write (a GDAL dataset is never used by two threads at once)."""
+
+    def __init__(self, per_tile: int) -> None:
+        self._queue = queue.Queue(maxsize=max(2, 2 * int(per_tile)))
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="stsfusion-writes", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:  # after an error, drain without writing
+                writer, values, tile = item
+                try:
+                    writer.write(values, tile)
+                    writer.flush()
+                except BaseException as e:  # raised again in the caller's thread
+                    self._error = e
+
+    def write(self, writer: GeoTiffWriter, values: np.ndarray, tile: tuple) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((writer, values, tile))
+
+    def __enter__(self) -> BackgroundWrites:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._queue.put(None)
+        self._thread.join()
+        if exc_type is None and self._error is not None:
+            raise self._error
+        return False
 
 
 def rgb_band_indices_of_file(path: str) -> tuple:

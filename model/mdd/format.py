@@ -1,6 +1,7 @@
 """The MDD: every input on one fine grid, as a 4-D stack (time × band × row × col) per sensor role.
 
-On disk an MDD is a JSON manifest plus, per role, two tiled compressed GeoTIFFs beside it:
+On disk an MDD is a JSON manifest plus, per role, two tiled GeoTIFFs beside it (ZSTD-compressed where
+GDAL has it, which reads about twice as fast as DEFLATE, else DEFLATE):
 - ``<stem>_<role>.tif``: float32, dates × bands as GeoTIFF bands (band index = date * n_bands + band),
   band descriptions ``YYYY-MM-DD <wavelength> nm``, physical values (scale/offset applied),
   ``NODATA`` where the input was invalid;
@@ -27,7 +28,7 @@ from osgeo import gdal
 
 from ..core.grid import Grid
 from ..core.vocabulary import ROLE_LABELS, ROLES
-from .geotiff import GeoTiffWriter, WriterGroup, write_text_atomic
+from .geotiff import GeoTiffWriter, WriterGroup, fast_compression, write_text_atomic
 from .resample import axis_taps, bilinear, nearest_mask, role_grid
 
 gdal.UseExceptions()
@@ -256,7 +257,10 @@ class MDD:
             ty, tx = self._taps(stack, xoff, yoff, xs, ys)
             cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
             coarse = self._stored_values(stack, idx, cx, cy, cw, ch)
-            usable = self._stored_mask(stack, idx, cx, cy, cw, ch)[:, None] & (coarse != NODATA)
+            usable = self._stored_mask(stack, idx, cx, cy, cw, ch)[:, None]  # (time, 1, rows, cols)
+            missing = usable & (coarse == NODATA)  # a band without a value in a valid pixel
+            if missing.any():
+                usable = usable & ~missing
             out = bilinear(coarse, usable, ty, tx, NODATA)
         valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
         out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
@@ -298,7 +302,15 @@ class RoleStackWriter:
                 band_md.append(md)
         role_md = {"STSFUSION_ROLE": stack.role}
         self._data = GeoTiffWriter(
-            stack.path, grid, stack.n_dates * nb, gdal.GDT_Float32, NODATA, descriptions, band_md, role_md
+            stack.path,
+            grid,
+            stack.n_dates * nb,
+            gdal.GDT_Float32,
+            NODATA,
+            descriptions,
+            band_md,
+            role_md,
+            compression=fast_compression(),
         )
         try:
             self._mask = GeoTiffWriter(
@@ -310,6 +322,7 @@ class RoleStackWriter:
                 [f"{d} valid" for d in stack.dates],
                 None,
                 role_md,
+                compression=fast_compression(),
             )
         except BaseException:
             self._data.abort()

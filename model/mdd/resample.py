@@ -88,10 +88,9 @@ def bilinear(values: np.ndarray, ok: np.ndarray, ty: AxisTaps, tx: AxisTaps, fil
     """values (..., rows, cols) float32 on the coarse window; ok: the same shape (or broadcastable),
     True where a value may be used. -> (..., fine rows, fine cols) float32, ``fill`` where no tap
     is usable."""
-    ok = np.broadcast_to(ok, values.shape)
     num = _interp(np.where(ok, values, np.float32(0)).astype(np.float32, copy=False), ty, tx)
-    den = _interp(ok.astype(np.float32), ty, tx)
+    den = _interp(np.asarray(ok, dtype=np.float32), ty, tx)  # once per date when ``ok`` is per date
     out = np.full(num.shape, np.float32(fill), dtype=np.float32)
-    usable = den > 1e-6
-    np.divide(num, den, out=out, where=usable)
+    usable = np.broadcast_to(den > 1e-6, num.shape)
+    np.divide(num, np.broadcast_to(den, num.shape), out=out, where=usable)
     return out

@@ -386,3 +386,23 @@ def test_gpu_out_of_memory_halves_the_tiles_and_gives_the_same_output(tmp_path):
     with pytest.raises(FusionError, match="ran out of memory even on a 16x"):
         fuse_with_predictor(mdd, NoGpu(), str(tmp_path / "n"), DATES[:1], tile_size=64)
     assert not list((tmp_path / "n").iterdir())
+
+
+def test_a_failed_write_in_the_background_stops_fusion_and_leaves_no_file(tmp_path, monkeypatch):
+    from stsfusion.model.mdd import geotiff
+
+    mdd = make_mdd(tmp_path / "m.json")
+    original, calls = geotiff.GeoTiffWriter.write, []
+
+    def failing(self, values, window=None, first_band=0):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        return original(self, values, window, first_band)
+
+    monkeypatch.setattr(geotiff.GeoTiffWriter, "write", failing)
+    p = ConvPredictor()
+    with pytest.raises(OSError, match="No space left"):
+        fuse_with_predictor(mdd, p, str(tmp_path / "out"), DATES, tile_size=16)
+    assert list((tmp_path / "out").iterdir()) == []
+    assert len(p.windows) < 6 * len(DATES)  # it stopped soon after, not at the end

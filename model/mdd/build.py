@@ -39,6 +39,10 @@ from .raster_io import (
 )
 from .resample import storage_ratio
 
+MAX_WINDOW_COLUMNS = 256  # widest window Build MDD stack warps at once: the same at every raster size
+# Each window's source blocks are read once (its neighbours share only their edges), and the written
+# blocks are flushed window by window: a small cache is enough, and the same at every raster size.
+BUILD_GDAL_CACHE_MB = 64
 MAX_PIXELS = 2**31  # a grid larger than this is a unit mistake (PIXEL_SIZE in metres vs degrees)
 _EPS = 1e-6  # in pixels: coordinates within this of a grid line are on it (float noise)
 
@@ -332,7 +336,7 @@ def _role_stack(role, infos, manifest, native_px) -> RoleStack:
     )
 
 
-@with_gdal_cache
+@with_gdal_cache(BUILD_GDAL_CACHE_MB)
 def build_mdd_stack(
     output: str,
     fine_ms: Sequence[str | tuple[str, str]],
@@ -472,7 +476,7 @@ def build_mdd_stack(
                         t,
                         stacks[role].bbl,
                         block_memory_mb,
-                        block,
+                        stacks[role].block if stored[role] is not grid else block,
                         cb,
                         lambda n, done=done: progress((done + n) / total, ""),
                     )
@@ -519,7 +523,8 @@ def _windows(grid, band_count, block, block_memory_mb):
     GDAL buffers): its width comes from the memory budget, at least one block.
     """
     per_col = band_count * block * 4 * 6
-    cols = max(block, (block_memory_mb * 2**20 // per_col) // block * block)
+    # At most MAX_WINDOW_COLUMNS: the window, hence the memory, stops growing with the raster's width.
+    cols = max(block, min(MAX_WINDOW_COLUMNS, block_memory_mb * 2**20 // per_col) // block * block)
     for y in range(0, grid.height, block):
         for x in range(0, grid.width, cols):
             yield x, y, min(cols, grid.width - x), min(block, grid.height - y)
@@ -558,6 +563,7 @@ def _copy_layer(
         # A value that is not there (non-finite) or not to be trusted (a bad band) is nodata, also in
         # a valid pixel: it reads back as NaN, stays out of the PCA and comes out as nodata.
         writer.write(t, np.where(finite & good[:, None, None], values, NODATA), valid, window)
+        writer.flush()  # whole blocks: out of GDAL's cache now, so its memory does not grow with the raster
         n_valid += int(valid.sum())
         done += window[2] * window[3]
         on_pixels(done)

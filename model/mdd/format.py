@@ -20,6 +20,7 @@ No QGIS import here: this module is used by the algorithms, the tests and the be
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -84,6 +85,13 @@ class RoleStack:
     def stored_grid(self, grid: Grid) -> Grid:
         """The grid its files are on, given the MDD's fine grid."""
         return role_grid(grid, self.pixel_ratio)
+
+    @property
+    def block(self) -> int:
+        """Its files' tile size: what a 256 px window of the fine grid (a fusion tile, a training
+        region) covers of the stored grid, rounded up to a multiple of 16; so a window decompresses
+        about what it needs, not a 256 px block of a coarse role of which it uses a ninth."""
+        return max(64, min(256, 16 * math.ceil(256 / self.pixel_ratio / 16)))
 
 
 def band_description(date: str, wavelength: float | None, band_index: int) -> str:
@@ -311,6 +319,7 @@ class RoleStackWriter:
             band_md,
             role_md,
             compression=fast_compression(),
+            block=stack.block,
         )
         try:
             self._mask = GeoTiffWriter(
@@ -323,6 +332,7 @@ class RoleStackWriter:
                 None,
                 role_md,
                 compression=fast_compression(),
+                block=stack.block,
             )
         except BaseException:
             self._data.abort()
@@ -333,6 +343,12 @@ class RoleStackWriter:
         v = np.where(valid[None], values, NODATA).astype(np.float32)
         self._data.write(v, window, first_band=date_index * self.stack.n_bands)
         self._mask.write(valid[None].astype(np.uint8), window, first_band=date_index)
+
+    def flush(self) -> None:
+        """Writes out the blocks written so far (whole blocks: windows are block-aligned), so GDAL's
+        cache does not fill with them."""
+        self._data.flush()
+        self._mask.flush()
 
     def commit(self) -> None:
         self._data.commit()

@@ -56,7 +56,7 @@ class GeoTiffWriter:
     ``descriptions``: one string per band; ``scale``/``offset``: the band scaling that turns
     stored values into physical ones (e.g. int16 reflectance x 1e4 with scale 0.0001).
     ``compression``: DEFLATE (default) or ZSTD; ``threads``: GDAL's compression threads (a number or
-    ALL_CPUS; None: one, GDAL's default); ``predictor``: see ``creation_options``. Use as a context manager: an exception aborts.
+    ALL_CPUS; None: one, GDAL's default); ``predictor``, ``block``: see ``creation_options``. Use as a context manager: an exception aborts.
     """
 
     def __init__(
@@ -74,10 +74,11 @@ class GeoTiffWriter:
         compression: str = "DEFLATE",
         threads: str | int | None = None,
         predictor: int | None = None,
+        block: int = 256,
     ) -> None:
         self.path = path
         self._tmp = partial_path(path)
-        options = creation_options(dtype, compression, threads, predictor)
+        options = creation_options(dtype, compression, threads, predictor, block)
         self._ds = gdal.GetDriverByName("GTiff").Create(self._tmp, grid.width, grid.height, n_bands, dtype, options)
         self._ds.SetGeoTransform(tuple(grid.geotransform))
         self._ds.SetProjection(grid.crs_wkt)
@@ -128,16 +129,23 @@ class GeoTiffWriter:
 
 
 def creation_options(
-    dtype: int, compression: str = "DEFLATE", threads: str | int | None = None, predictor: int | None = None
+    dtype: int,
+    compression: str = "DEFLATE",
+    threads: str | int | None = None,
+    predictor: int | None = None,
+    block: int = 256,
 ) -> list:
-    """GTiff creation options: 256 px tiles, band interleave, the compression with a predictor
-    (None: 3, floating point, for float data, none for integers; 2 suits int16 reflectance) and,
-    optionally, GDAL's own multi-threaded compression (the bytes written are the same whatever the
-    thread count)."""
+    """GTiff creation options: ``block`` px tiles (a multiple of 16), band interleave, the
+    compression with a predictor (None: 3, floating point, for float data, none for integers; 2
+    suits int16 reflectance) and, optionally, GDAL's own multi-threaded compression (the bytes
+    written are the same whatever the thread count)."""
     compression = str(compression).upper()
     if compression not in COMPRESSIONS:
         raise ValueError(f"Unknown compression '{compression}': choose {' or '.join(COMPRESSIONS)}.")
-    options = [o for o in CREATION_OPTIONS if not o.startswith("COMPRESS=")] + [f"COMPRESS={compression}"]
+    if int(block) % 16:
+        raise ValueError(f"GeoTIFF tiles are multiples of 16 pixels, not {block}.")
+    options = [o for o in CREATION_OPTIONS if not o.startswith(("COMPRESS=", "BLOCKXSIZE=", "BLOCKYSIZE="))]
+    options += [f"BLOCKXSIZE={int(block)}", f"BLOCKYSIZE={int(block)}", f"COMPRESS={compression}"]
     if predictor is None and dtype in (gdal.GDT_Float32, gdal.GDT_Float64):
         predictor = 3
     if predictor:
@@ -159,16 +167,19 @@ def gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
         gdal.SetCacheMax(previous)
 
 
-def with_gdal_cache(func: Callable) -> Callable:
-    """Runs ``func`` with GDAL's block cache at ``GDAL_CACHE_MB`` (``gdal_cache``): a step's memory
-    then does not grow with the raster through GDAL's default cache of 5 % of the RAM."""
+def with_gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Callable:
+    """A decorator: the function runs with GDAL's block cache at ``megabytes`` (``gdal_cache``), so
+    a step's memory does not grow with the raster through GDAL's default cache of 5 % of the RAM."""
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with gdal_cache():
-            return func(*args, **kwargs)
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with gdal_cache(megabytes):
+                return func(*args, **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 @functools.cache

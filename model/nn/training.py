@@ -392,7 +392,7 @@ def make_checkpointer(
     )
 
 
-@with_gdal_cache
+@with_gdal_cache()
 def train_fusion_model(
     mdd_path: str,
     model_path: str,

@@ -42,7 +42,7 @@ from .resample import storage_ratio
 MAX_WINDOW_COLUMNS = 256  # widest window Build MDD stack warps at once: the same at every raster size
 # Each window's source blocks are read once (its neighbours share only their edges), and the written
 # blocks are flushed window by window: a small cache is enough, and the same at every raster size.
-BUILD_GDAL_CACHE_MB = 64
+BUILD_GDAL_CACHE_MB = 16
 MAX_PIXELS = 2**31  # a grid larger than this is a unit mistake (PIXEL_SIZE in metres vs degrees)
 _EPS = 1e-6  # in pixels: coordinates within this of a grid line are on it (float noise)
 

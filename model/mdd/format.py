@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,6 +109,28 @@ class MDD:
         self.grid = grid
         self.roles = roles  # role -> RoleStack, in ROLES order
         self.hidden = {}  # (role, date) -> window (xoff, yoff, xsize, ysize) read as invalid
+        self._handles = threading.local()  # open datasets, per thread (a GDAL dataset is not shared)
+
+    def _open(self, path: str) -> gdal.Dataset:
+        """The stack file open for reading, kept open: GDAL's block cache belongs to the open dataset,
+        so neighbouring windows (tiles and their halos) reuse what was decompressed, and a file with
+        many tiles is not parsed again at every read."""
+        opened = getattr(self._handles, "datasets", None)
+        if opened is None:
+            opened = self._handles.datasets = {}
+        ds = opened.get(path)
+        if ds is None:
+            ds = opened[path] = gdal.Open(path)
+        return ds
+
+    def __getstate__(self) -> dict:  # open datasets stay behind (pickled views, e.g. for Dask)
+        state = dict(self.__dict__)
+        state.pop("_handles", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._handles = threading.local()
 
     def hiding(self, role: str, date: str, window: tuple | None = None) -> MDD:
         """A view of this MDD in which ``role``'s image of ``date`` reads as invalid inside
@@ -219,7 +242,7 @@ class MDD:
         )
 
     def _stored_mask(self, stack: RoleStack, idx: list, xoff: int, yoff: int, xs: int, ys: int) -> np.ndarray:
-        ds = gdal.Open(stack.mask_path)
+        ds = self._open(stack.mask_path)
         out = np.empty((len(idx), ys, xs), dtype=bool)
         for i, t in enumerate(idx):
             out[i] = ds.GetRasterBand(t + 1).ReadAsArray(xoff, yoff, xs, ys) > 0
@@ -227,7 +250,7 @@ class MDD:
 
     def _stored_values(self, stack: RoleStack, idx: list, xoff: int, yoff: int, xs: int, ys: int) -> np.ndarray:
         nb = stack.n_bands
-        ds = gdal.Open(stack.path)
+        ds = self._open(stack.path)
         out = np.empty((len(idx), nb, ys, xs), dtype=np.float32)
         for i, t in enumerate(idx):
             for b in range(nb):

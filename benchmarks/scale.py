@@ -161,13 +161,32 @@ def gdal_copy_time(paths: list, folder: str) -> float:
 
 
 def start_cluster(workers: int):
-    """A local dask.distributed cluster of ``workers`` processes (one thread each), or None."""
+    """A local dask.distributed cluster of ``workers`` processes (one thread each) in a process of its
+    own, so nothing of it stays behind in this one to slow the later runs: (process, address), or
+    None where dask.distributed is not installed."""
     try:
-        from distributed import LocalCluster
+        import distributed  # noqa: F401
     except ImportError:
         return None
-    env = {"PYTHONPATH": os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")])}
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=env)
+    code = (
+        "import sys\nfrom distributed import LocalCluster\n"
+        f"c = LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True, dashboard_address=None)\n"
+        "print(c.scheduler_address, flush=True)\nsys.stdin.read()\nc.close()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    return proc, proc.stdout.readline().strip()
+
+
+def stop_cluster(cluster) -> None:
+    proc, _ = cluster
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def run_size(n: int, args, work: str) -> dict:
@@ -203,12 +222,12 @@ def run_size(n: int, args, work: str) -> dict:
             if cluster is None:
                 print(f"  {label}: skipped (dask.distributed is not installed)")
                 continue
-            fuse.append(f"DASK_SCHEDULER={cluster.scheduler_address}")
+            fuse.append(f"DASK_SCHEDULER={cluster[1]}")
         try:
             r = timed(f"Fuse, {label}", qgis_process("stsfusion:fuse", fuse), os.path.join(logs, f"fuse_{workers}.log"))
         finally:
             if cluster is not None:
-                cluster.close()
+                stop_cluster(cluster)
         r["fuse_s"] = fusion_seconds(os.path.join(logs, f"fuse_{workers}.log"))  # without QGIS's start-up
         r["pixel_bands_per_s"] = round(pixel_bands / (r["fuse_s"] or r["wall_s"])) if r["rc"] == 0 else None
         if workers is None and r["rc"] == 0:

@@ -30,7 +30,7 @@ CREATION_OPTIONS = [
     "BIGTIFF=IF_SAFER",
     "INTERLEAVE=BAND",
 ]
-GDAL_CACHE_MB = 256  # GDAL's block cache in our steps: bounded, not GDAL's default of 5 % of the RAM
+GDAL_CACHE_MB = 128  # GDAL's block cache in our steps: bounded, not GDAL's default of 5 % of the RAM
 PARTIAL_SUFFIX = ".partial"
 LEGACY_PARTIAL_SUFFIX = ".part.tif"  # what version 0.1 and 0.2 left behind when killed
 COMPRESSIONS = ("DEFLATE", "ZSTD")

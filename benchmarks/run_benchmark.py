@@ -495,6 +495,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def kept_sections(path: str, headings: tuple) -> list:
+    """The lines of the sections of the existing report that other scripts write (e.g. benchmarks/
+    scale.py's "## Scale"), kept as they are when this script rewrites the file."""
+    if not os.path.exists(path):
+        return []
+    kept, keep = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f.read().splitlines():
+            if line.startswith("## "):
+                keep = line.startswith(headings)
+            if keep:
+                kept.append(line)
+    return kept
+
+
 def write_report(path: str, saved: dict):
     """BENCHMARKS.md from the scenarios' saved results (scenario -> results.json content)."""
     if "same_day" in saved:
@@ -510,6 +525,7 @@ def write_report(path: str, saved: dict):
         ]
     lines += calendar_section(saved)
     lines += products_section(saved)
+    lines += kept_sections(path, ("## Scale",))
     tmp = path + ".part"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -532,7 +532,7 @@ def _fuse_pass(mdd, predictor, folder, group, tiles, cache, fmt, scale, file_md,
                     predictor=2 if fmt.data_type == "int16" else None,
                 )
             )
-        with BackgroundWrites(len(group)) as background:
+        with mdd.reading(), BackgroundWrites(len(group)) as background:
             for i, tile in enumerate(tiles):
                 cb.check("Fusion canceled: the dates under way were not written.")
                 cache.clear()

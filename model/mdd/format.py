@@ -19,10 +19,12 @@ No QGIS import here: this module is used by the algorithms, the tests and the be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,10 +113,25 @@ class MDD:
         self.hidden = {}  # (role, date) -> window (xoff, yoff, xsize, ysize) read as invalid
         self._handles = threading.local()  # open datasets, per thread (a GDAL dataset is not shared)
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[MDD]:
+        """Within this block the stack files stay open (in this thread): GDAL's block cache belongs to
+        the open dataset, so neighbouring windows (tiles and their halos) reuse what was decompressed,
+        and a file with many tiles is not parsed again at every read. They are closed when the block
+        ends, never left for the interpreter's exit (where QGIS may have shut GDAL down already)."""
+        depth = getattr(self._handles, "depth", 0)
+        self._handles.depth = depth + 1
+        try:
+            yield self
+        finally:
+            self._handles.depth = depth
+            if depth == 0:
+                self._handles.datasets = {}
+
     def _open(self, path: str) -> gdal.Dataset:
-        """The stack file open for reading, kept open: GDAL's block cache belongs to the open dataset,
-        so neighbouring windows (tiles and their halos) reuse what was decompressed, and a file with
-        many tiles is not parsed again at every read."""
+        """The stack file open for reading: kept within ``reading()``, else opened for this read."""
+        if not getattr(self._handles, "depth", 0):
+            return gdal.Open(path)
         opened = getattr(self._handles, "datasets", None)
         if opened is None:
             opened = self._handles.datasets = {}

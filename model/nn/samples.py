@@ -153,6 +153,35 @@ class TrainingSet:
         self.fine_of = {d: i for i, d in enumerate(self.fine_dates)}
         self.dense_of = {d: i for i, d in enumerate(self.dense_dates)}
         self.hs_of = {d: i for i, d in enumerate(hs_dates)}
+        with mdd.reading():
+            self._load(rng, region, n_components, seed, log)
+        self.fine = RoleData(self.fine_dates, np.array([day_number(d) for d in self.fine_dates]), None, None)
+        self.hs = RoleData(hs_dates, np.array([day_number(d) for d in hs_dates]), None, None)
+        with_fine = [i for i in range(len(self.fine_dates)) if self.counts[("fine", i)].sum() > 0]
+        self.spatial_dates = with_fine
+        self._usable_fine_dates = [self.fine_dates[i] for i in with_fine]  # the fine MS a date may pair with
+        self.pairs = [(q, t) for t in with_fine for q in with_fine if q != t]
+        self.hs_dates = [i for i in range(len(hs_dates)) if self.counts[("hs", i)].sum() > 0]
+        # The fine MS that stands for each HS date: the nearest within max_days (calendar rule).
+        self.hs_fine = {}
+        for h in self.hs_dates:
+            paired = paired_date(self._usable_fine_dates, hs_dates[h], self.max_days)
+            self.hs_fine[h] = self.fine_of[paired] if paired else None
+        self.reduced_patch = min(self.patch, H // self.step, W // self.step)
+        if len(self.windows) > 1:
+            self.reduced_patch = min(self.reduced_patch, min(w[2] for w in self.windows) // self.step)
+        self.tasks = ["spectral", "fusion"]
+        if self.spatial_dates:
+            self.tasks.insert(0, "spatial")
+        if self.pairs:
+            self.tasks.insert(1 if self.spatial_dates else 0, "temporal")
+        self._log_calendar(log, mdd)
+
+    def _load(self, rng: np.random.Generator, region: int, n_components: int, seed: int, log: Callable) -> None:
+        """Statistics and the first regions (the whole grid when it is one region)."""
+        mdd = self.mdd
+        H, W = self.shape
+        hs_dates = self.hs_dates_all
         if max(W, H) <= region:
             self.windows = [(0, 0, W, H)]
             raw = {role: self._read(role, self.windows[0]) for role in ("fine_ms", "dense_ms")}
@@ -178,27 +207,6 @@ class TrainingSet:
             self._fit_streaming(rng, n_components, seed, log)
             self.regions = []
             self.refresh(rng)
-        self.fine = RoleData(self.fine_dates, np.array([day_number(d) for d in self.fine_dates]), None, None)
-        self.hs = RoleData(hs_dates, np.array([day_number(d) for d in hs_dates]), None, None)
-        with_fine = [i for i in range(len(self.fine_dates)) if self.counts[("fine", i)].sum() > 0]
-        self.spatial_dates = with_fine
-        self._usable_fine_dates = [self.fine_dates[i] for i in with_fine]  # the fine MS a date may pair with
-        self.pairs = [(q, t) for t in with_fine for q in with_fine if q != t]
-        self.hs_dates = [i for i in range(len(hs_dates)) if self.counts[("hs", i)].sum() > 0]
-        # The fine MS that stands for each HS date: the nearest within max_days (calendar rule).
-        self.hs_fine = {}
-        for h in self.hs_dates:
-            paired = paired_date(self._usable_fine_dates, hs_dates[h], self.max_days)
-            self.hs_fine[h] = self.fine_of[paired] if paired else None
-        self.reduced_patch = min(self.patch, H // self.step, W // self.step)
-        if len(self.windows) > 1:
-            self.reduced_patch = min(self.reduced_patch, min(w[2] for w in self.windows) // self.step)
-        self.tasks = ["spectral", "fusion"]
-        if self.spatial_dates:
-            self.tasks.insert(0, "spatial")
-        if self.pairs:
-            self.tasks.insert(1 if self.spatial_dates else 0, "temporal")
-        self._log_calendar(log, mdd)
 
     @property
     def n_fine_bands(self) -> int:
@@ -310,7 +318,11 @@ class TrainingSet:
         if extra:
             chosen += [int(w) for w in rng.choice(len(weight), extra, replace=False, p=weight / weight.sum())]
         self.regions = []  # the old pool goes before the new one is read: one pool in memory at a time
-        for w in sorted(chosen):
+        with self.mdd.reading():
+            self._read_regions(sorted(chosen))
+
+    def _read_regions(self, chosen: list) -> None:
+        for w in chosen:
             window = self.windows[w]
             raw = {role: self._read(role, window) for role in ROLES}
             self.regions.append(self._region(window, raw))

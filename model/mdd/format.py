@@ -285,6 +285,11 @@ class MDD:
             ty, tx = self._taps(stack, xoff, yoff, xs, ys)
             coarse = self._stored_mask(stack, idx, tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start)
             out = nearest_mask(coarse, ty, tx)
+        return self._hide(out, role, dates, (xoff, yoff, xs, ys))
+
+    def _hide(self, out: np.ndarray, role: str, dates: list | None, window: tuple) -> np.ndarray:
+        """``out`` (time, row, col) validity of ``window`` with the hidden windows (``hiding``) invalid."""
+        stack, (xoff, yoff, xs, ys) = self.roles[role], window
         for (r, date), (hx, hy, hw, hh) in self.hidden.items():
             if r == role and date in (dates if dates is not None else stack.dates):
                 i = (dates if dates is not None else stack.dates).index(date)
@@ -305,12 +310,16 @@ class MDD:
             ty, tx = self._taps(stack, xoff, yoff, xs, ys)
             cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
             coarse = self._stored_values(stack, idx, cx, cy, cw, ch)
-            usable = self._stored_mask(stack, idx, cx, cy, cw, ch)[:, None]  # (time, 1, rows, cols)
+            stored_valid = self._stored_mask(stack, idx, cx, cy, cw, ch)
+            usable = stored_valid[:, None]  # (time, 1, rows, cols)
             missing = usable & (coarse == NODATA)  # a band without a value in a valid pixel
             if missing.any():
                 usable = usable & ~missing
             out = bilinear(coarse, usable, ty, tx, NODATA)
-        valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
+        if stack.pixel_ratio == 1:
+            valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
+        else:  # the stored mask already read above, not read again
+            valid = self._hide(nearest_mask(stored_valid, ty, tx), role, dates, (xoff, yoff, xs, ys))
         out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
         return out
 

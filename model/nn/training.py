@@ -300,7 +300,9 @@ def fit_network(
         f"{epochs} epochs x {steps} steps."
     )
     history, first_epoch = [], 0
-    saved = checkpointer.load() if checkpointer is not None else None
+    saved = checkpointer.load() if checkpointer is not None else None  # read once, only when resuming
+    if checkpointer is not None and checkpointer.resume and saved is None:
+        log(f"No checkpoint of this MDD and these parameters at {checkpointer.path}: training from the start.")
     if saved is not None:
         net.load_state_dict(saved["net"])
         mtl.load_state_dict(saved["mtl"])
@@ -448,8 +450,6 @@ def train_fusion_model(
         max_days_apart=max_days_apart,
     )
     checkpointer = make_checkpointer(mdd_path, model_path, resume, checkpoint_every, extra_info, **fit_params)
-    if resume and checkpointer.load() is None:
-        log(f"No checkpoint of this MDD and these parameters at {checkpointer.path}: training from the start.")
     fit = fit_network(
         mdd,
         kernels,

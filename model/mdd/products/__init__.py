@@ -101,6 +101,22 @@ def class_key(name: str) -> str:
     return str(name).strip().lower().replace(" ", "_").replace("-", "_")
 
 
+def chosen_classes(classes: list | None, known: dict, aliases: dict, default: tuple, unknown_hint: str) -> list:
+    """The class names ``classes`` chooses (None: ``default``), each as ``class_key`` spells it and
+    through ``aliases``, once each, in order; a name not in ``known`` raises ProductError with
+    ``unknown_hint`` (the family and its choices)."""
+    if classes is None:
+        return list(default)
+    out = []
+    for c in classes:
+        name = aliases.get(class_key(c), class_key(c))
+        if name not in known:
+            raise ProductError(f"'{c}' is no {unknown_hint}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def family_classes(reader: ModuleType, classes: list | None) -> list | None:
     """The names of ``classes`` that ``reader``'s family knows (None stays None: its default).
     One MASK_CLASSES list serves every family of a build, so each takes its own names from it."""

@@ -36,7 +36,7 @@ import xml.etree.ElementTree as ET
 
 from osgeo import gdal
 
-from . import ProductError, ProductLayer, QualityLayer, QualityRule
+from . import ProductError, ProductLayer, QualityLayer, QualityRule, chosen_classes
 
 gdal.UseExceptions()
 
@@ -215,19 +215,13 @@ def _date(root: ET.Element, product_id: str, meta_name: str) -> str:
 
 
 def _classes(classes) -> list:
-    if classes is None:
-        return list(DEFAULT_CLASSES)
-    out = []
-    for c in classes:
-        name = str(c).strip().lower().replace(" ", "_").replace("-", "_")
-        name = ALIASES.get(name, name)
-        if name not in CLASSES:
-            raise ProductError(
-                f"'{c}' is no EnMAP L2A quality class: choose among {', '.join(CLASSES)} (default: all five)."
-            )
-        if name not in out:
-            out.append(name)
-    return out
+    return chosen_classes(
+        classes,
+        CLASSES,
+        ALIASES,
+        DEFAULT_CLASSES,
+        f"EnMAP L2A quality class: choose among {', '.join(CLASSES)} (default: all five).",
+    )
 
 
 def _quality_file(part: str, folder: str, listed: list, names: list) -> str | None:

@@ -64,7 +64,7 @@ import zipfile
 
 import numpy as np
 
-from . import ProductError, ProductLayer, QualityLayer, QualityRule
+from . import ProductError, ProductLayer, QualityLayer, QualityRule, chosen_classes
 
 FAMILY = "PRISMA L2D"
 PIXEL = 30.0  # m, the L2D grid
@@ -341,20 +341,14 @@ def _grid(attrs: dict, pid: str, rows: int, cols: int) -> tuple:
 
 
 def _classes(classes) -> list:
-    if classes is None:
-        return list(DEFAULT_CLASSES)
-    out = []
-    for c in classes:
-        name = str(c).strip().lower().replace(" ", "_").replace("-", "_")
-        name = ALIASES.get(name, name)
-        if name not in CLASSES:
-            raise ProductError(
-                f"'{c}' is no PRISMA L2D quality class: choose among {', '.join(CLASSES)} (default: cloud; "
-                "invalid, negative and saturated come from the L2 error matrices of the bands read)."
-            )
-        if name not in out:
-            out.append(name)
-    return out
+    return chosen_classes(
+        classes,
+        CLASSES,
+        ALIASES,
+        DEFAULT_CLASSES,
+        f"PRISMA L2D quality class: choose among {', '.join(CLASSES)} (default: cloud; "
+        "invalid, negative and saturated come from the L2 error matrices of the bands read).",
+    )
 
 
 # ---- reading the cubes -------------------------------------------------------------------------------

@@ -48,3 +48,27 @@ def _peak_rss_windows_mb() -> float | None:
 def format_mb(value: float | None) -> str:
     """'684 MB', or 'n/a' where the platform does not report it."""
     return "n/a" if value is None else f"{value:.0f} MB"
+
+
+_LIBC = []  # [the C library's malloc_trim, or None]: looked up once
+
+
+def release_freed_memory() -> None:
+    """Gives the heap memory freed since the last call back to the system (glibc's ``malloc_trim``).
+
+    A tile's prediction allocates and frees a few hundred MB of temporaries; glibc keeps what was
+    freed in its arenas, so after many tiles the process holds more than one tile ever needed
+    (measured on a 2048² grid: peak 859 MB against 718 MB on 512², both fused the same way, before
+    this was called after every tile). Elsewhere (macOS, Windows, musl) this does nothing."""
+    if not _LIBC:
+        trim = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                trim = getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
+            except OSError:  # not glibc
+                trim = None
+        _LIBC.append(trim)
+    if _LIBC[0] is not None:
+        _LIBC[0](0)

@@ -48,9 +48,10 @@ from typing import Any
 
 from ..core.callbacks import Callbacks, Canceled, callbacks_or_default
 from ..mdd.format import MDD
-from ..mdd.geotiff import GDAL_CACHE_MB, gdal_cache
+from ..mdd.geotiff import gdal_cache
 from .fuse import (
     DATES_PER_PASS,
+    FUSE_GDAL_CACHE_MB,
     FusionJob,
     OutputFormat,
     fuse_date_group,
@@ -164,7 +165,7 @@ def fuse_with_dask(
     threads: int = 0,
     output_format: OutputFormat | None = None,
     skip_existing: bool = False,
-    gdal_cache_mb: int = GDAL_CACHE_MB,
+    gdal_cache_mb: int = FUSE_GDAL_CACHE_MB,
     dates_per_task: int | None = None,
 ) -> list:
     """``fuse_time_series`` on Dask, for a resolved ``scheduler`` ("threads" or an address).

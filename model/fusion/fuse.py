@@ -35,10 +35,10 @@ import numpy as np
 from osgeo import gdal
 
 from ..core.callbacks import Callbacks, callbacks_or_default
+from ..core.memory import release_freed_memory
 from ..mdd.format import MDD, NODATA
 from ..mdd.geotiff import (
     COMPRESSIONS,
-    GDAL_CACHE_MB,
     GeoTiffWriter,
     WriterGroup,
     gdal_cache,
@@ -76,6 +76,10 @@ INT16_MAX = 32767
 # ceil(N / DATES_PER_PASS) times.
 DATES_PER_PASS = 8
 MIN_TILE = 16  # px: the smallest tile a GPU out-of-memory error may shrink to
+# GDAL's block cache while fusing: the MDD blocks around one tile and its halo. More holds more of
+# the MDD on a large grid only, so the peak grew with the raster (2048² vs 512², 128 HS bands:
+# +74 MB at 128 MB, +10 % of the peak at 64 MB; the time within run-to-run noise).
+FUSE_GDAL_CACHE_MB = 64
 
 
 def rgb_band_indices(wavelengths: Sequence[float]) -> tuple:
@@ -111,7 +115,7 @@ def fuse_time_series(
     output_type: str = "float32",
     compression: str = "DEFLATE",
     skip_existing: bool = False,
-    gdal_cache_mb: int = GDAL_CACHE_MB,
+    gdal_cache_mb: int = FUSE_GDAL_CACHE_MB,
     scheduler: str | None = None,
 ) -> list:
     """Fuses every requested date of the MDD into ``output_folder/fused_YYYY-MM-DD.tif``.
@@ -484,7 +488,7 @@ def _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb) -> np
         return out
     window, crop = expand_window(tile, int(predictor.halo), grid.width, grid.height)
     try:
-        values = np.asarray(predictor.predict(cache, window, date), dtype=np.float32)
+        values = np.asarray(predictor.predict(cache, window, date, crop=crop), dtype=np.float32)
     except Exception as e:
         if not is_out_of_memory(e):
             raise
@@ -498,13 +502,13 @@ def _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb) -> np
         shrink["side"] = max(MIN_TILE, (max(w, h) + 1) // 2)
         cb.log(f"Out of memory on {device} for a {w}x{h} px tile: tiles of {shrink['side']} px from now on.")
         return _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb)
-    expected = (n_bands, window[3], window[2])
+    expected = (n_bands, h, w)
     if values.shape != expected:
         raise FusionError(
-            f"The model returned an array of shape {values.shape} for window "
-            f"{window}, expected {expected}: the model file is inconsistent."
+            f"The model returned an array of shape {values.shape} for tile "
+            f"{tile}, expected {expected}: the model file is inconsistent."
         )
-    return values[:, crop[0], crop[1]]
+    return values
 
 
 def _fuse_pass(mdd, predictor, folder, group, tiles, cache, fmt, scale, file_md, bands, cb, counters, shrink) -> tuple:
@@ -536,6 +540,7 @@ def _fuse_pass(mdd, predictor, folder, group, tiles, cache, fmt, scale, file_md,
             for i, tile in enumerate(tiles):
                 cb.check("Fusion canceled: the dates under way were not written.")
                 cache.clear()
+                release_freed_memory()  # the last tile's temporaries: peak memory stays that of one tile
                 valid = valid_anywhere(mdd, tile)
                 for date, writer in zip(group, writers):
                     values = _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb)
@@ -557,7 +562,7 @@ class BackgroundWrites:
     waits for every write (a GDAL dataset is never used by two threads at once)."""
 
     def __init__(self, per_tile: int) -> None:
-        self._queue = queue.Queue(maxsize=max(2, 2 * int(per_tile)))
+        self._queue = queue.Queue(maxsize=max(1, int(per_tile)))
         self._error = None
         self._thread = threading.Thread(target=self._run, name="stsfusion-writes", daemon=True)
         self._thread.start()

@@ -99,7 +99,7 @@ def evaluate_holdout(
             continue
         cache.clear()
         window, crop = expand_window(tile, predictor.halo, g.width, g.height)
-        net = predictor.predict(cache, window, date)[:, crop[0], crop[1]]
+        net = predictor.predict(cache, window, date, crop=crop)
         base = two_stage.predict(tile, [date])[date]
         observed = mdd.read("hs", tile, [date])[0]
         observed[observed == -9999.0] = np.nan

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -322,6 +322,41 @@ class MDD:
             valid = self._hide(nearest_mask(stored_valid, ty, tx), role, dates, (xoff, yoff, xs, ys))
         out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
         return out
+
+    def read_projected(
+        self,
+        role: str,
+        project: Callable[[np.ndarray], np.ndarray],
+        window: tuple | None = None,
+        dates: list[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(``project`` of the values on the fine grid (time, k, row, col) float32, 0 where invalid;
+        validity (time, row, col)), with ``project`` applied to the stored pixels before they are
+        brought to the fine grid.
+
+        ``project`` maps values (time, band, rows, cols), NaN where invalid or without a value, to
+        (time, k, rows, cols), finite, and must be affine per pixel (a PCA of the bands): the
+        bilinear weights sum to 1, so projecting then interpolating equals interpolating then
+        projecting, at ratio² times fewer pixels and k instead of band channels (the HS of a
+        30 m sensor on a 10 m grid: 1/9 of the pixels, 12 components instead of 200 bands)."""
+        stack = self.roles[role]
+        xoff, yoff, xs, ys = self._window(window)
+        idx = self._date_indices(stack, dates)
+        if stack.pixel_ratio == 1:
+            values = read_values(self, role, (xoff, yoff, xs, ys), dates)
+            valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
+            out = np.asarray(project(values), dtype=np.float32)
+        else:
+            ty, tx = self._taps(stack, xoff, yoff, xs, ys)
+            cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
+            coarse = self._stored_values(stack, idx, cx, cy, cw, ch)
+            stored_valid = self._stored_mask(stack, idx, cx, cy, cw, ch)
+            coarse[(coarse == NODATA) | ~stored_valid[:, None]] = np.nan
+            projected = np.asarray(project(coarse), dtype=np.float32)
+            out = bilinear(projected, stored_valid[:, None], ty, tx, 0.0)
+            valid = self._hide(nearest_mask(stored_valid, ty, tx), role, dates, (xoff, yoff, xs, ys))
+        out[~np.broadcast_to(valid[:, None], out.shape)] = 0.0
+        return out, valid
 
 
 def read_values(mdd: MDD, role: str, window: tuple | None = None, dates: list | None = None) -> np.ndarray:

@@ -298,8 +298,11 @@ class FusionNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """rho = HS_r - S(MS_r at the HS scale): the spectral detail of the reference date that the
         MS cannot explain. ar/dr (B, n, H, W) MS of the reference date, h (B, k, H, W) its HS scores."""
-        sp_r, _ = self.spatial(dr, vdr)
-        m_r = var * ar + (1 - var) * vdr * sp_r
+        if bool((var > 0).all()):  # the fine MS covers the window: the spatial prediction is not used
+            m_r = var * ar
+        else:
+            sp_r, _ = self.spatial(dr, vdr)
+            m_r = var * ar + (1 - var) * vdr * sp_r
         vm_r = torch.maximum(var, vdr)
         mb, vmb = self.blur(m_r, vm_r)
         s_r, _ = self.spectral(mb)

@@ -171,10 +171,10 @@ class FusionPredictor:
         ref = {}
         ref["ar"], ref["var"] = self._read(mdd, "fine_ms", fine_for(fine_dates, r, hs_dates, self.max_days), window)
         ref["dr"], ref["vdr"] = self._read(mdd, "dense_ms", r, window, dense)
-        values = read_values(mdd, "hs", window=window, dates=[r])[0]
-        valid = mdd.read_mask("hs", window=window, dates=[r])[0]
-        ref["h"] = self.pca.transform(values, valid)[None]
-        ref["vh"] = valid[None, None].astype(np.float32)
+        # Into PCA scores before the HS is brought to the fine grid (see MDD.read_projected).
+        scores, valid = mdd.read_projected("hs", self._project, window=window, dates=[r])
+        ref["h"] = scores
+        ref["vh"] = valid[:, None].astype(np.float32)
         ref = {k: torch.from_numpy(v).to(self.device) for k, v in ref.items()}
         with torch.no_grad(), autocast(self.device, precision_for(self.device, training=False)[0]):
             ref["rho"], ref["vrho"] = self.net.reference_residual(
@@ -182,11 +182,16 @@ class FusionPredictor:
             )
         return ref
 
-    def predict(self, mdd: MDD, window: tuple, date: str) -> np.ndarray:
+    def _project(self, values: np.ndarray) -> np.ndarray:
+        """HS values (time, band, row, col), NaN where invalid -> PCA scores (time, k, row, col)."""
+        return self.pca.transform(values, np.isfinite(values).any(axis=-3))
+
+    def predict(self, mdd: MDD, window: tuple, date: str, crop: tuple | None = None) -> np.ndarray:
         """Fine HS (n_hs_bands, ysize, xsize) float32 in the HS's units for window (xoff, yoff, xsize,
         ysize) on `date` (any date within the MDD's series); NaN where the pixel has neither a fine MS
         of that date nor a valid dense MS on any date (dense MS gaps are filled in time), and in HS
-        bands that never had finite values or are flagged bad."""
+        bands that never had finite values or are flagged bad. ``crop`` = (row slice, col slice):
+        only that part of the window is returned (the halo is context, not output)."""
         import torch
 
         if not mdd.dates or not mdd.dates[0] <= date <= mdd.dates[-1]:
@@ -196,6 +201,8 @@ class FusionPredictor:
             out = self.net.fuse(x)
         scores = out["scores"].float()[0].cpu().numpy()
         valid = out["vm"].float()[0, 0].cpu().numpy() > 0
+        if crop is not None:
+            scores, valid = scores[:, crop[0], crop[1]], valid[crop[0], crop[1]]
         hs = self.pca.inverse(scores)
         hs[:, ~valid] = np.nan
         return hs

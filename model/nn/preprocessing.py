@@ -140,17 +140,29 @@ class HSPCA:
         x = np.moveaxis(values, -3, -1).astype(np.float32)
         z = (x - self.band_mean) / self.band_std
         z = np.where(np.isfinite(z) & self.usable, z, 0.0) * self.band_weight
-        s = ((z - self.mean) @ self.components.T) / self.scale
+        s = _matmul(np.ascontiguousarray(z - self.mean, dtype=np.float32), self.components.T) / self.scale
         s = np.where(valid[..., None], s, 0.0)
         return np.moveaxis(s, -1, -3).astype(np.float32)
 
     def inverse(self, scores: np.ndarray) -> np.ndarray:
         """scores (k, row, col) -> HS (bands, row, col) physical float32; NaN in unusable bands."""
-        s = np.moveaxis(scores, 0, -1).astype(np.float32) * self.scale
-        zw = s @ self.components + self.mean
-        x = zw / np.maximum(self.band_weight, 1e-6) * self.band_std + self.band_mean
-        x[..., ~self.usable] = np.nan
-        return np.moveaxis(x, -1, 0).astype(np.float32)
+        # One affine map, (bands, k) @ (k, pixels): the scale, the band weights and the band
+        # standardisation folded into it, and the result already in (band, row, col) order.
+        k, shape = scores.shape[0], scores.shape[1:]
+        x = _matmul(self._inverse_matrix, np.asarray(scores, np.float32).reshape(k, -1))
+        x += self._inverse_offset[:, None]
+        x[~self.usable] = np.nan
+        return x.reshape((-1,) + tuple(shape))
+
+    @property
+    def _inverse_matrix(self) -> np.ndarray:
+        factor = self.band_std / np.maximum(self.band_weight, 1e-6)
+        return np.ascontiguousarray((self.components * self.scale * factor).T, dtype=np.float32)
+
+    @property
+    def _inverse_offset(self) -> np.ndarray:
+        factor = self.band_std / np.maximum(self.band_weight, 1e-6)
+        return (self.mean * factor + self.band_mean).astype(np.float32)
 
     def arrays(self) -> dict:
         return {
@@ -175,6 +187,16 @@ class HSPCA:
             float(np.asarray(a["scale"])),
             explained,
         )
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in float32 by PyTorch, on its CPU threads: numpy's BLAS gives other last bits with
+    another thread count (OpenBLAS 1 vs 2 threads, measured), so a Dask worker (one BLAS thread)
+    would not write the bytes of the in-process run; PyTorch's threads are set per task."""
+    import torch
+
+    a, b = (torch.from_numpy(np.ascontiguousarray(m, np.float32)) for m in (a, b))
+    return (a @ b).numpy()
 
 
 def _snr_weights(z: np.ndarray, usable: np.ndarray, wavelengths) -> tuple:

@@ -80,7 +80,7 @@ class ConvPredictor:
         if mdd.roles["hs"].wavelengths != self.hs_wavelengths:
             raise IncompatibleModel("HS wavelengths differ")
 
-    def predict(self, mdd, window, date):
+    def predict(self, mdd, window, date, crop=None):
         self.windows.append(tuple(window))
         xoff, yoff, xs, ys = window
         feats = []
@@ -96,7 +96,8 @@ class ConvPredictor:
             for dx in range(5):
                 patch = pad[:, dy : dy + ys, dx : dx + xs]
                 out += np.einsum("oc,crw->orw", self.weights[:, :, dy, dx], patch)
-        return (out + mdd.dates.index(date)).astype(np.float32)
+        out = (out + mdd.dates.index(date)).astype(np.float32)
+        return out if crop is None else out[:, crop[0], crop[1]]
 
 
 # ---- a real trained model on the tiny synthetic MDD, for the integration tests ----------------

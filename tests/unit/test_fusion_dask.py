@@ -337,11 +337,11 @@ def test_in_process_cancel_and_failure_leave_no_partial_file(real, tmp_path, mon
     original = predictor_module.FusionPredictor.predict
     seen = []
 
-    def failing(self, mdd, window, date):
+    def failing(self, mdd, window, date, crop=None):
         seen.append(date)
         if len(seen) == 5:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return original(self, mdd, window, date)
+        return original(self, mdd, window, date, crop)
 
     monkeypatch.setattr(predictor_module.FusionPredictor, "predict", failing)
     with pytest.raises(RuntimeError, match="illegal memory access"):

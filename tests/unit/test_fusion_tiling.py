@@ -119,10 +119,10 @@ def test_a_failing_model_leaves_no_file(tmp_path):
     mdd = make_mdd(tmp_path / "m.json")
 
     class Broken(ConvPredictor):
-        def predict(self, mdd, window, date):
+        def predict(self, mdd, window, date, crop=None):
             if len(self.windows) == 4:
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
-            return super().predict(mdd, window, date)
+            return super().predict(mdd, window, date, crop)
 
     with pytest.raises(RuntimeError, match="illegal memory access"):
         fuse_with_predictor(mdd, Broken(), str(tmp_path / "out"), DATES, tile_size=16)
@@ -176,9 +176,9 @@ def test_real_model_tiles_without_seams_and_window_sized_reads(real, tmp_path, m
     windows = []
     original = predictor_module.FusionPredictor.predict
 
-    def recording(self, mdd, window, date):
+    def recording(self, mdd, window, date, crop=None):
         windows.append(window)
-        return original(self, mdd, window, date)
+        return original(self, mdd, window, date, crop)
 
     monkeypatch.setattr(predictor_module.FusionPredictor, "predict", recording)
     tiled = fuse_time_series(manifest, model, str(tmp_path / "tiled"), ",".join(dates), tile_size=16, device="cpu")
@@ -335,9 +335,9 @@ def test_partial_files_never_end_in_tif_and_leftovers_are_removed(tmp_path):
     seen = []
 
     class Watching(ConvPredictor):
-        def predict(self, mdd, window, date):
+        def predict(self, mdd, window, date, crop=None):
             seen.append(sorted(p.name for p in out.iterdir()))
-            return super().predict(mdd, window, date)
+            return super().predict(mdd, window, date, crop)
 
     log = []
     fuse_with_predictor(mdd, Watching(), str(out), DATES[:2], tile_size=16, callbacks=Callbacks(log=log.append))
@@ -362,10 +362,10 @@ def test_gpu_out_of_memory_halves_the_tiles_and_gives_the_same_output(tmp_path):
     class SmallGpu(ConvPredictor):
         device = "cuda:0"
 
-        def predict(self, mdd, window, date):
+        def predict(self, mdd, window, date, crop=None):
             if window[2] * window[3] > 24 * 24:  # the whole 37 x 29 grid does not fit
                 raise OutOfMemory("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return super().predict(mdd, window, date)
+            return super().predict(mdd, window, date, crop)
 
     log = []
     p = SmallGpu()
@@ -380,7 +380,7 @@ def test_gpu_out_of_memory_halves_the_tiles_and_gives_the_same_output(tmp_path):
     class NoGpu(ConvPredictor):
         device = "cuda:0"
 
-        def predict(self, mdd, window, date):
+        def predict(self, mdd, window, date, crop=None):
             raise OutOfMemory("CUDA out of memory")
 
     with pytest.raises(FusionError, match="ran out of memory even on a 16x"):

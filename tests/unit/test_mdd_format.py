@@ -132,3 +132,38 @@ def test_storage_ratio_rounds_near_integers_and_keeps_fine_roles_on_the_grid():
     assert storage_ratio(10.0, 10.0) == 1 and storage_ratio(14.0, 10.0) == 1
     assert storage_ratio(30.0, 10.0) == 3 and storage_ratio(30.5, 10.0) == 3
     assert storage_ratio(16.0, 10.0) == pytest.approx(1.6) and storage_ratio(87.0, 10.0) == pytest.approx(8.7)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 3.0, 1.6])
+def test_projecting_the_stored_pixels_equals_projecting_the_grid_values(tmp_path, ratio):
+    """read_projected (an affine map of the bands on the stored pixels, then brought to the grid) gives
+    the map of what read() brings to the grid: same validity (clouds and hidden windows included),
+    values within float32 rounding, 0 where invalid."""
+    grid = _grid(w=40, h=31)
+    stored = role_grid(grid, ratio)
+    rng = np.random.default_rng(3)
+    coarse = rng.random((2, 5, stored.height, stored.width), dtype=np.float32)
+    cy, cx = int(12 / ratio), int(20 / ratio)
+    coarse[1, :, cy : cy + 2, cx : cx + 2] = np.nan  # a cloud on the second date, within the window
+    mdd = write_mdd_from_arrays(
+        str(tmp_path / "m.json"),
+        grid,
+        {"hs": dict(dates=["2022-01-01", "2022-03-01"], values=coarse, wavelengths=[1, 2, 3, 4, 5], pixel_ratio=ratio)},
+    )
+    matrix = rng.normal(size=(3, 5)).astype(np.float32)
+    offset = np.array([0.5, -1.0, 2.0], np.float32)
+
+    def project(values):  # (time, band, row, col) -> (time, 3, row, col)
+        return np.einsum("kb,tbrc->tkrc", matrix, np.nan_to_num(values)) + offset[:, None, None]
+
+    hidden = mdd.hiding("hs", "2022-03-01", (20, 20, 5, 4))
+    for view in (mdd, hidden):
+        window = (13, 7, 17, 20)
+        scores, valid = view.read_projected("hs", project, window)
+        values = view.read("hs", window)
+        np.testing.assert_array_equal(valid, view.read_mask("hs", window))
+        assert (~valid).any() and scores.shape == (2, 3, 20, 17)
+        expected = project(values)
+        np.testing.assert_allclose(scores[:, :, valid[1]][1], expected[:, :, valid[1]][1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scores[0], expected[0], rtol=1e-5, atol=1e-5)
+        assert (scores[1][:, ~valid[1]] == 0).all()

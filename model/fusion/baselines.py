@@ -1,4 +1,4 @@
-"""Two baselines to compare the fusion network with. They are NOT the paper's method: they are the
+"""Three baselines to compare the fusion network with. They are NOT the paper's method: they are the
 simpler ways to get fine HS images on every date, run like the fusion (an MDD in, one GeoTIFF per
 date out, ``<method>_YYYY-MM-DD.tif``).
 
@@ -19,6 +19,12 @@ date out, ``<method>_YYYY-MM-DD.tif``).
     2. Spectral: a ridge regression from the (predicted) fine MS to each HS band, learned at the
        HS scale (both block-averaged by the HS scale ratio) on the valid pixels of the HS dates,
        then applied at the fine scale.
+
+``per_date_regression``
+    Only on the dates with both an HS and a fine MS image (within ``max_days_apart``): a ridge
+    regression from that date's fine MS to each of its HS bands, learned at the HS scale on that
+    date's pixels alone, applied to the fine MS. What one date's observations say on their own: the
+    yardstick on the HS dates (a fusion should not fall below it there).
 
 Tiles are processed with halos so results do not depend on the tile size; memory is bounded by the
 tile size. Outputs are written under temporary names and renamed when all dates are complete.
@@ -42,7 +48,7 @@ from .tiling import aligned_window, requested_dates, tile_windows
 
 gdal.UseExceptions()
 
-METHODS = ("interpolation", "two_stage")
+METHODS = ("interpolation", "two_stage", "per_date_regression")
 OUTPUT_PATTERN = "{method}_{date}.tif"
 RIDGE_ALPHA = 1e-3  # ridge penalty relative to the mean feature variance
 SIMILAR_CLASSES = 4  # STARFM's m: similar = within 2σ/m of the centre pixel in every band
@@ -295,6 +301,66 @@ class TwoStage:
         return out
 
 
+class PerDateRegression:
+    """The per-date regression: on a date with both an HS image and a fine MS image (within
+    ``max_days_apart``), a ridge regression from that date's fine MS to each of its HS bands,
+    learned at the HS pixel size (both block-averaged by the HS scale ratio) on that date's valid
+    pixels only, applied to the fine MS at the fine scale. What the observations of one date say
+    on their own: the yardstick a fusion must not fall below on its HS dates."""
+
+    def __init__(self, mdd: MDD, tile_size: int, alpha: float = RIDGE_ALPHA, max_days_apart: float = MAX_DAYS_APART):
+        for role in ("fine_ms", "hs"):
+            if role not in mdd.roles:
+                raise BaselineError(
+                    f"The per-date regression needs fine MS and HS; the MDD has no {ROLE_LABELS[role]}: rebuild "
+                    "it with both roles."
+                )
+        self.mdd, self.alpha = mdd, alpha
+        self.fh = _factor(mdd, "hs")
+        self.tiles = tile_windows(mdd.grid.width, mdd.grid.height, tile_size)
+        self.max_days = check_max_days(max_days_apart)
+        fine_dates, hs_dates = mdd.roles["fine_ms"].dates, mdd.roles["hs"].dates
+        self.pairs = {}  # date -> (its fine MS date, its HS date)
+        for h in hs_dates:
+            f = fine_for(fine_dates, h, hs_dates, self.max_days)
+            if f:
+                self.pairs[h] = (f, h)
+                if f != h:
+                    self.pairs[f] = (f, h)
+        self.weights = {}
+
+    def dates(self) -> list:
+        return sorted(self.pairs)
+
+    def fit(self, date: str, check=lambda: None) -> None:
+        """The ridge maps of ``date`` (HS band, MS band + intercept), from every tile."""
+        mdd, (fd, hd) = self.mdd, self.pairs[date]
+        nf, nh = mdd.roles["fine_ms"].n_bands, mdd.roles["hs"].n_bands
+        gram, rhs = np.zeros((nh, nf + 1, nf + 1)), np.zeros((nh, nf + 1))
+        for tile in self.tiles:
+            check()
+            x = _block_mean(mdd.read("fine_ms", tile, [fd])[0], self.fh).reshape(nf, -1).T
+            y = _block_mean(mdd.read("hs", tile, [hd])[0], self.fh).reshape(nh, -1).T
+            ok = np.isfinite(x).all(1)
+            xa, yv = np.c_[x[ok], np.ones(ok.sum())], y[ok]
+            m = np.isfinite(yv).astype(np.float64)
+            gram += np.einsum("nb,ni,nj->bij", m, xa, xa)
+            rhs += np.einsum("nb,ni,nb->bi", m, xa, np.nan_to_num(yv))
+        fitted = gram[:, nf, nf] >= 2 * (nf + 1)
+        w = np.full((nh, nf + 1), np.nan)
+        if fitted.any():
+            w[fitted] = _solve(gram[fitted], rhs[fitted], self.alpha)
+        self.weights[date] = w
+
+    def predict(self, tile: tuple, dates: list[str]) -> dict:
+        out = {}
+        for d in dates:
+            fine = self.mdd.read("fine_ms", tile, [self.pairs[d][0]])[0]
+            w = self.weights[d]
+            out[d] = (np.einsum("hb,byx->hyx", w[:, :-1], fine) + w[:, -1][:, None, None]).astype(np.float32)
+        return out
+
+
 # ---- driver ------------------------------------------------------------------------------
 
 
@@ -312,7 +378,7 @@ def run_baseline(
     cb = callbacks_or_default(callbacks)
     log, progress = cb.log, cb.progress
     if method not in METHODS:
-        raise BaselineError(f"Unknown baseline '{method}': choose {' or '.join(METHODS)}.")
+        raise BaselineError(f"Unknown baseline '{method}': choose {', '.join(METHODS)}.")
     mdd = MDD.open(mdd_path)
     if "hs" not in mdd.roles:
         raise BaselineError("The MDD has no HS role: both baselines need HS images.")
@@ -329,6 +395,20 @@ def run_baseline(
         tile_size = -(-tile_size // model.step) * model.step
         model.tiles = tile_windows(mdd.grid.width, mdd.grid.height, tile_size)
         model.fit_spectral()
+    elif method == "per_date_regression":
+        tile_size = -(-tile_size // f) * f
+        model = PerDateRegression(mdd, tile_size, max_days_apart=max_days_apart)
+        if dates is None or (isinstance(dates, str) and not dates.strip()):
+            targets = model.dates()
+        outside = [d for d in targets if d not in model.pairs]
+        if outside or not targets:
+            raise BaselineError(
+                f"The per-date regression predicts only the dates with both an HS and a fine MS image "
+                f"(within {max_days_apart:g} days): {', '.join(model.dates()) or 'none in this MDD'}; "
+                f"not {', '.join(outside) or 'these'}."
+            )
+        for d in targets:
+            model.fit(d, lambda: cb.check(CANCELED))
     else:
         tile_size = -(-tile_size // f) * f
     tiles = tile_windows(mdd.grid.width, mdd.grid.height, tile_size)

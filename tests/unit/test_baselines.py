@@ -171,3 +171,31 @@ def test_ridge_matches_scikit_learn():
     sk = Ridge(alpha=lam).fit(x, y)
     np.testing.assert_allclose(w[:3], sk.coef_.T, rtol=1e-6)
     np.testing.assert_allclose(w[3], sk.intercept_, rtol=1e-6)
+
+
+def test_per_date_regression_fits_each_hs_date_on_its_own(tmp_path):
+    """Each HS date is its own linear map of that date's fine MS (another gain per date): the per-date
+    regression recovers every date exactly at the fine scale, which one map for all dates cannot;
+    it writes only those dates, and refuses a date without HS."""
+    rng = np.random.default_rng(4)
+    grid = utm_grid(24, 24)
+    fine = rng.random((2, 3, 24, 24)).astype(np.float32)
+    maps = [rng.normal(size=(5, 3)), rng.normal(size=(5, 3))]
+    truth = np.stack([np.einsum("hb,byx->hyx", m, f) + 0.1 * (i + 1) for i, (m, f) in enumerate(zip(maps, fine))])
+    hs = truth.reshape(2, 5, 8, 3, 8, 3).mean(axis=(3, 5)).astype(np.float32)  # 30 m block means
+    mdd = write_mdd_from_arrays(
+        str(tmp_path / "m.json"),
+        grid,
+        {
+            "fine_ms": dict(dates=[DATES[0], DATES[2]], values=fine, wavelengths=[450, 650, 850]),
+            "hs": dict(dates=[DATES[0], DATES[2]], values=_blocks(hs, 3), wavelengths=WL, native_pixel_size=30.0),
+            "dense_ms": dict(dates=DATES[:3], values=np.ones((3, 2, 24, 24), np.float32), wavelengths=[550, 850]),
+        },
+    )
+    paths = run_baseline(mdd.path, "per_date_regression", str(tmp_path / "o"), tile_size=16)
+    assert [os.path.basename(p) for p in paths] == [f"per_date_regression_{d}.tif" for d in (DATES[0], DATES[2])]
+    for p, t in zip(paths, truth):
+        np.testing.assert_allclose(_read(p), t, atol=5e-3)  # the ridge penalty: not exactly 0
+    with pytest.raises(BaselineError, match="only the dates with both an HS and a fine MS image.*not 2022-05-11"):
+        run_baseline(mdd.path, "per_date_regression", str(tmp_path / "x"), dates=DATES[1])
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())

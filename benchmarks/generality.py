@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Generality protocol: one training configuration on several development scenes, never tuned on a
+held-out date or on the held-out scene.
+
+    .venv/bin/python benchmarks/generality.py --config NAME [--options '{"reference_in_prior": true}']
+        [--pca 12] [--scenes same_day,offset_5_8,products_clear] [--report]
+
+Each scene is a scenario of benchmarks/make_dataset.py (its dataset made by it or by
+run_benchmark.py). Once per scene this script builds its MDD with Build MDD stack and runs and
+assesses the two-stage and per-date regression baselines (benchmarks/output/generality/scenes/).
+For the configuration (the network's design switches,
+``model.nn.training.NETWORK_OPTIONS``, and the number of PCA components) this script trains the
+network (kernel set 1, every other parameter at its default, seed 0, no self-check), fuses every
+date, and assesses them against the withheld truth. Results: benchmarks/output/generality/<config>/<scene>.json. ``--report`` prints
+the tables of every configuration run so far:
+- dates without HS, split into the tuning date (what choices may look at) and the held-out dates;
+- dates with HS, against the per-date regression.
+Scenes differ in sensors and calendar: same_day (ZY1-02D-like fine MS, GF-6 WFV dense MS, EnMAP
+HS, all on the same days), offset_5_8 (the same sensors, fine MS and HS 5-8 days from the dense
+MS dates, on opposite sides), products_clear (Sentinel-2 L2A, Landsat 8 C2 L2 and EnMAP L2A product
+layouts). products_clear is the held-out scene: it is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGINS = os.path.join(ROOT, ".build", "plugins")
+if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
+    os.makedirs(PLUGINS, exist_ok=True)
+    os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
+sys.path.insert(0, PLUGINS)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from run_benchmark import METRICS, PRODUCT_MASK_BUFFER, assess_folder, dataset_folder, mean_over, qgis_process
+
+from stsfusion.model.fusion.baselines import run_baseline
+from stsfusion.model.fusion.fuse import fuse_time_series
+from stsfusion.model.nn import training
+
+WORK = os.path.join(ROOT, "benchmarks", "output")
+DEV_SCENES = ("same_day", "offset_5_8")
+HELD_OUT_SCENE = "products_clear"
+DEFAULT_OPTIONS = dict(training.NETWORK_OPTIONS)
+
+
+def _dataset(scene: str) -> tuple[dict, str]:
+    dataset_dir = dataset_folder(WORK, scene)
+    path = os.path.join(dataset_dir, "dataset.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"No dataset for {scene}: run benchmarks/make_dataset.py --scenario {scene} first.")
+    with open(path) as f:
+        dataset = json.load(f)
+    dataset.setdefault(
+        "hs_factor", round(dataset["roles"]["hs"]["pixel_size_m"] / dataset["fine_grid"]["pixel_size_m"])
+    )
+    return dataset, dataset_dir
+
+
+def prepare_scene(scene: str) -> dict:
+    """The scene's MDD (Build MDD stack through qgis_process.bin, as run_benchmark.py builds it) and
+    its baselines (two-stage, per-date regression), assessed once: generality/scenes/<scene>/."""
+    work = os.path.join(WORK, "generality", "scenes", scene)
+    summary = os.path.join(work, "scene.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            return json.load(f)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    dataset, dataset_dir = _dataset(scene)
+    keys = (("FINE_MS", "fine_ms"), ("DENSE_MS", "dense_ms"), ("HS", "hs"))
+    if dataset.get("products"):
+        params = [f"{k}_PRODUCTS={os.path.join(dataset_dir, p)}" for k, r in keys for p in dataset["products"][r]]
+        params.append(f"MASK_BUFFER={PRODUCT_MASK_BUFFER}")
+    else:
+        params = [f"{k}={os.path.join(dataset_dir, n)}" for k, r in keys for n in dataset["roles"][r]["files"]]
+    mdd = os.path.join(work, "mdd.json")
+    qgis_process("stsfusion:buildmdd", params + [f"OUTPUT={mdd}"], os.path.join(work, "buildmdd.log"))
+    baselines = {}
+    for method in ("two_stage", "per_date_regression"):
+        folder = os.path.join(work, method)
+        paths = run_baseline(mdd, method, folder)
+        dates = [os.path.basename(p)[len(method) + 1 : -4] for p in paths]
+        baselines[method] = assess_folder(folder, method, dict(dataset, dates=dates), dataset_dir, work)
+        shutil.rmtree(folder)
+    keep = ("scenario", "calendar", "dates", "hs_dates", "no_hs_dates", "held_out_dates", "tuning_dates")
+    result = {"scene": scene, "mdd": mdd, "dataset": {k: dataset[k] for k in keep if k in dataset}, **baselines}
+    with open(summary, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def run_scene(scene: str, config: str, options: dict, pca: int, epochs: int) -> dict:
+    prepared = prepare_scene(scene)
+    dataset, dataset_dir = _dataset(scene)
+    mdd = prepared["mdd"]
+    work = os.path.join(WORK, "generality", config, scene)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    model = os.path.join(work, "model.pt")
+    training.NETWORK_OPTIONS = dict(DEFAULT_OPTIONS, **options)
+    t0 = time.monotonic()
+    training.train_fusion_model(mdd, model, kernels="1", pca_components=pca, epochs=epochs, device="cpu", seed=0)
+    train_s = time.monotonic() - t0
+    fuse_time_series(mdd, model, os.path.join(work, "fused"), device="cpu", scheduler="none")
+    network = assess_folder(os.path.join(work, "fused"), "fused", dataset, dataset_dir, work)
+    shutil.rmtree(os.path.join(work, "fused"))  # large, and assessed
+    result = {
+        "scene": scene,
+        "config": config,
+        "options": training.NETWORK_OPTIONS,
+        "pca_components": pca,
+        "epochs": epochs,
+        "train_s": round(train_s, 1),
+        "network": network,
+        "per_date_regression": prepared["per_date_regression"],
+        "two_stage": prepared["two_stage"],
+        "dataset": prepared["dataset"],
+    }
+    with open(os.path.join(WORK, "generality", config, f"{scene}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _row(name: str, m: dict) -> str:
+    return f"| {name} | {m['cc']:.4f} | {m['sam']:.3f} | {m['psnr']:.2f} | {m['ssim']:.4f} |"
+
+
+def report() -> str:
+    root = os.path.join(WORK, "generality")
+    lines = []
+    configs = sorted(c for c in os.listdir(root) if c != "scenes") if os.path.isdir(root) else []
+    for scene in DEV_SCENES + (HELD_OUT_SCENE,):
+        runs = []
+        for c in configs:
+            path = os.path.join(root, c, f"{scene}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    runs.append(json.load(f))
+        if not runs:
+            continue
+        d = runs[0]["dataset"]
+        tuning, held = d["tuning_dates"], d["held_out_dates"]
+        hs_dates = [x for x in d["hs_dates"] if x in runs[0]["per_date_regression"]]
+        kind = "held-out scene" if scene == HELD_OUT_SCENE else "development scene"
+        lines += [f"### {scene} ({kind})", ""]
+        for title, dates, base_key, base_name in (
+            (f"Tuning date without HS ({', '.join(tuning)})", tuning, "two_stage", "Two-stage"),
+            (f"Held-out dates without HS ({', '.join(held)})", held, "two_stage", "Two-stage"),
+            (f"HS dates ({', '.join(hs_dates)})", hs_dates, "per_date_regression", "Per-date regression"),
+        ):
+            if not dates:
+                continue
+            lines += [f"{title}:", "", "| Method | CC | SAM (°) | PSNR (dB) | SSIM |", "|---|---|---|---|---|"]
+            lines.append(_row(base_name, mean_over(runs[0][base_key], dates)))
+            for r in runs:
+                lines.append(_row(f"network, {r['config']}", mean_over(r["network"], dates)))
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="a name for this configuration")
+    ap.add_argument("--options", default="{}", help="NETWORK_OPTIONS to change, as JSON")
+    ap.add_argument("--pca", type=int, default=training.DEFAULTS["pca_components"])
+    ap.add_argument("--epochs", type=int, default=training.DEFAULTS["epochs"])
+    ap.add_argument("--scenes", default=",".join(DEV_SCENES + (HELD_OUT_SCENE,)))
+    ap.add_argument("--report", action="store_true", help="print the tables of every configuration run")
+    args = ap.parse_args(argv)
+    if args.config:
+        for scene in [s.strip() for s in args.scenes.split(",") if s.strip()]:
+            r = run_scene(scene, args.config, json.loads(args.options), args.pca, args.epochs)
+            d = r["dataset"]
+            for label, dates in (("tuning", d["tuning_dates"]), ("held out", d["held_out_dates"])):
+                m, b = mean_over(r["network"], dates), mean_over(r["two_stage"], dates)
+                print(
+                    f"{scene} {args.config} {label}: "
+                    + ", ".join(f"{k} {m[k]:.4f} ({m[k] - b[k]:+.4f})" for k in METRICS[:4])
+                    + f"; train {r['train_s']} s",
+                    flush=True,
+                )
+            hs = [x for x in d["hs_dates"] if x in r["per_date_regression"]]
+            m, b = mean_over(r["network"], hs), mean_over(r["per_date_regression"], hs)
+            print(
+                f"{scene} {args.config} HS dates: "
+                + ", ".join(f"{k} {m[k]:.4f} ({m[k] - b[k]:+.4f})" for k in METRICS[:4])
+            )
+    if args.report:
+        print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run_benchmark import METRICS, PRODUCT_MASK_BUFFER, assess_folder, dataset_folder, mean_over, qgis_process
 
-from stsfusion.model.fusion.baselines import run_baseline
+from stsfusion.model.fusion.baselines import BaselineError, run_baseline
 from stsfusion.model.fusion.fuse import fuse_time_series
 from stsfusion.model.nn import training
 
@@ -87,7 +87,12 @@ def prepare_scene(scene: str) -> dict:
     baselines = {}
     for method in ("two_stage", "per_date_regression"):
         folder = os.path.join(work, method)
-        paths = run_baseline(mdd, method, folder)
+        try:
+            paths = run_baseline(mdd, method, folder)
+        except BaselineError as e:  # no HS date with a fine MS within MAX_DAYS_APART (offset calendars)
+            print(f"  {scene}: no {method} ({e})", flush=True)
+            baselines[method] = {}
+            continue
         dates = [os.path.basename(p)[len(method) + 1 : -4] for p in paths]
         baselines[method] = assess_folder(folder, method, dict(dataset, dates=dates), dataset_dir, work)
         shutil.rmtree(folder)
@@ -149,7 +154,7 @@ def report() -> str:
             continue
         d = runs[0]["dataset"]
         tuning, held = d["tuning_dates"], d["held_out_dates"]
-        hs_dates = [x for x in d["hs_dates"] if x in runs[0]["per_date_regression"]]
+        hs_dates = [x for x in d["dates"] if x in runs[0]["per_date_regression"]]
         kind = "held-out scene" if scene == HELD_OUT_SCENE else "development scene"
         lines += [f"### {scene} ({kind})", ""]
         for title, dates, base_key, base_name in (
@@ -188,7 +193,9 @@ def main(argv=None) -> int:
                     + f"; train {r['train_s']} s",
                     flush=True,
                 )
-            hs = [x for x in d["hs_dates"] if x in r["per_date_regression"]]
+            hs = [x for x in d["dates"] if x in r["per_date_regression"]]
+            if not hs:
+                continue
             m, b = mean_over(r["network"], hs), mean_over(r["per_date_regression"], hs)
             print(
                 f"{scene} {args.config} HS dates: "

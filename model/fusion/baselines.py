@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 from osgeo import gdal
@@ -332,7 +333,7 @@ class PerDateRegression:
     def dates(self) -> list:
         return sorted(self.pairs)
 
-    def fit(self, date: str, check=lambda: None) -> None:
+    def fit(self, date: str, check: Callable[[], None] = lambda: None) -> None:
         """The ridge maps of ``date`` (HS band, MS band + intercept), from every tile."""
         mdd, (fd, hd) = self.mdd, self.pairs[date]
         nf, nh = mdd.roles["fine_ms"].n_bands, mdd.roles["hs"].n_bands

@@ -134,9 +134,14 @@ class SpectralBranch(nn.Module):
         self.linear = nn.Conv2d(n_fine, n_components, 1)
         self.trunk = Trunk(n_fine, n_components, kernels, width, n_blocks)
 
-    def forward(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, m: torch.Tensor, wmap: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``wmap`` (B, k, n_fine + 1): a date's own linear map (weights, then the intercept) in
+        place of the learned one (``FusionNetwork.date_maps``)."""
         correction, features = self.trunk(m)
-        return self.linear(m) + correction, features
+        if wmap is None:
+            return self.linear(m) + correction, features
+        linear = torch.einsum("bkc,bchw->bkhw", wmap[:, :, :-1], m) + wmap[:, :, -1, None, None]
+        return linear + correction, features
 
 
 class GaussianBlur(nn.Module):
@@ -226,6 +231,7 @@ class FusionNetwork(nn.Module):
         reference_in_prior: bool = False,
         smooth_correction: bool = True,
         reference_gap: bool = True,
+        date_maps: bool = False,
     ) -> None:
         super().__init__()
         self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
@@ -241,7 +247,11 @@ class FusionNetwork(nn.Module):
             reference_in_prior=bool(reference_in_prior),
             smooth_correction=bool(smooth_correction),
             reference_gap=bool(reference_gap),
+            date_maps=bool(date_maps),
         )
+        # True: the spectral branch's linear part is the date's own map (fitted on each HS date,
+        # blended in time between them: ``date_maps.py``), given with the inputs as "wmap".
+        self.date_maps = bool(date_maps)
         self.reference_in_prior = bool(reference_in_prior)
         # False when training saw a single HS date: the time to the reference was always 0 then, so
         # it is left out rather than extrapolated.
@@ -295,6 +305,7 @@ class FusionNetwork(nn.Module):
         vdr: torch.Tensor,
         h: torch.Tensor,
         vh: torch.Tensor,
+        wmap: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """rho = HS_r - S(MS_r at the HS scale): the spectral detail of the reference date that the
         MS cannot explain. ar/dr (B, n, H, W) MS of the reference date, h (B, k, H, W) its HS scores."""
@@ -305,7 +316,7 @@ class FusionNetwork(nn.Module):
             m_r = var * ar + (1 - var) * vdr * sp_r
         vm_r = torch.maximum(var, vdr)
         mb, vmb = self.blur(m_r, vm_r)
-        s_r, _ = self.spectral(mb)
+        s_r, _ = self.spectral(mb, wmap)
         v = vh * vmb
         return self.rho_blur((h - s_r) * v, v)
 
@@ -318,7 +329,7 @@ class FusionNetwork(nn.Module):
         h, vh, gap) for reference HS dates in priority order (gap = |t - r| in years).
         Returns dict(scores (B, k, H, W), m, vm, sp, tp, vt)."""
         m, vm, sp, tp, sp_feat, t_feat, vt = self.ms_estimate(x)
-        s_t, s_feat = self.spectral(m)
+        s_t, s_feat = self.spectral(m, x.get("wmap"))
         rho = torch.zeros_like(s_t)
         h_ref = torch.zeros_like(s_t)
         v_ref = torch.zeros_like(vm)
@@ -327,7 +338,9 @@ class FusionNetwork(nn.Module):
             if "rho" in ref:  # computed by the caller (the predictor reuses it for every date of a tile)
                 r, v = ref["rho"], ref["vrho"]
             else:
-                r, v = self.reference_residual(ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"])
+                r, v = self.reference_residual(
+                    ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"], ref.get("wmap")
+                )
             take = v * (1 - v_ref)
             rho = rho + take * r
             h_ref = h_ref + take * ref["h"]

@@ -64,6 +64,9 @@ class FusionPredictor:
         self.hs_fwhm = self.roles["hs"].get("fwhm")
         self.fine_norm = BandNormalizer(arrays["fine_mean"], arrays["fine_std"])
         self.dense_norm = BandNormalizer(arrays["dense_mean"], arrays["dense_std"])
+        # The spectral map of each training HS date (date_maps.py); None for a model without them.
+        self.date_maps = arrays.get("date_maps") if getattr(net, "date_maps", False) else None
+        self.map_days = np.array([day_number(d) for d in self.roles["hs"].get("dates", [])], np.float64)
         self.pca = HSPCA.from_arrays(
             {k[4:]: v for k, v in arrays.items() if k.startswith("pca_")}, meta.get("pca_explained_variance", [])
         )
@@ -159,9 +162,17 @@ class FusionPredictor:
             covered = ref["vrho"] if covered is None else torch.maximum(covered, ref["vrho"])
             if not bool((covered < 1).any()):
                 break  # every pixel has a reference: the farther dates would add nothing (see FusionNetwork.fuse)
+        if self.date_maps is not None:
+            x["wmap"] = self._date_map(date)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
         x["refs"] = refs
         return x
+
+    def _date_map(self, date: str) -> np.ndarray:
+        """(1, k, n_fine + 1): the spectral map for ``date`` (date_maps.map_for)."""
+        from .date_maps import map_for
+
+        return map_for(self.map_days, self.date_maps, day_number(date), self.max_days)[None]
 
     def _reference(self, mdd, window, r, dense, fine_dates, hs_dates) -> dict:
         """The tensors of reference HS date ``r`` in ``window`` and its residual (which depends on
@@ -175,10 +186,12 @@ class FusionPredictor:
         scores, valid = mdd.read_projected("hs", self._project, window=window, dates=[r])
         ref["h"] = scores
         ref["vh"] = valid[:, None].astype(np.float32)
+        if self.date_maps is not None:
+            ref["wmap"] = self._date_map(r)
         ref = {k: torch.from_numpy(v).to(self.device) for k, v in ref.items()}
         with torch.no_grad(), autocast(self.device, precision_for(self.device, training=False)[0]):
             ref["rho"], ref["vrho"] = self.net.reference_residual(
-                ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"]
+                ref["ar"], ref["var"], ref["dr"], ref["vdr"], ref["h"], ref["vh"], ref.get("wmap")
             )
         return ref
 
@@ -233,7 +246,8 @@ def load_predictor(model_path: str, device: str = "auto") -> FusionPredictor:
         ) from None
     dev = select_device(device)
     net.to(dev).eval()
-    missing = [k for k in ("fine_mean", "fine_std", "dense_mean", "dense_std", "pca_components") if k not in arrays]
+    needed = ("fine_mean", "fine_std", "dense_mean", "dense_std", "pca_components")
+    missing = [k for k in needed + (("date_maps",) if net.date_maps else ()) if k not in arrays]
     if missing:
         raise ModelError(f"{model_path} lacks {', '.join(missing)} (corrupt file): train the model again.")
     return FusionPredictor(meta, arrays, net, dev)

@@ -170,6 +170,7 @@ class TrainingSet:
         self.reduced_patch = min(self.patch, H // self.step, W // self.step)
         if len(self.windows) > 1:
             self.reduced_patch = min(self.reduced_patch, min(w[2] for w in self.windows) // self.step)
+        self.date_maps = None  # (HS dates, k, n_fine + 1) when the network uses date maps (training.py)
         self.tasks = ["spectral", "fusion"]
         if self.spatial_dates:
             self.tasks.insert(0, "spatial")
@@ -467,8 +468,23 @@ class TrainingSet:
             }
             s["a"], s["va"] = self._ms(reg, "full", "fine", date, y0, x0, P, 1, 0, 0)
             s["d"], s["vd"] = self._ms(reg, "full", "dense", date, y0, x0, P, 1, 0, 0)
+            if self.date_maps is not None:
+                s["wmap"] = self._date_map(h, h)
             samples.append(s)
         return self._stack(samples)
+
+    def _date_map(self, h: int, r: int | None) -> np.ndarray:
+        """The spectral map for HS date ``h``: its own when its HS is what the sample gives (``r`` is
+        ``h``), else the blend of the other HS dates' maps, as a date without HS gets at fusion."""
+        from .date_maps import map_for
+
+        own = r == h and np.isfinite(self.date_maps[h]).all()
+        if own:
+            return self.date_maps[h]
+        try:
+            return map_for(self.hs.days, self.date_maps, self.hs.days[h], self.max_days, exclude=h)
+        except ValueError:  # no other date has a map: its own, or the first there is
+            return map_for(self.hs.days, self.date_maps, self.hs.days[h], self.max_days)
 
     def fusion_batch(
         self, rng: np.random.Generator, batch: int, drop_fine: float = 0.5, self_reference: float = 0.25
@@ -513,9 +529,14 @@ class TrainingSet:
                 + rng.normal(0.0, 1.0, (self.pca.n_components, P, P)) * self.pca.score_noise[:, None, None] * s["vh"]
             )
             s["gap"] = np.full((1, 1, 1), abs(day - self.hs.days[r]) / 365.0)
+            if self.date_maps is not None:
+                s["wmap"] = self._date_map(h, r)
+                s["wmap_r"] = self._date_map(r, r)
             samples.append(s)
         out = self._stack(samples)
         out["refs"] = [{k: out.pop(k) for k in ("ar", "var", "dr", "vdr", "h", "vh", "gap")}]
+        if "wmap_r" in out:
+            out["refs"][0]["wmap"] = out.pop("wmap_r")
         return out
 
     def pairs_sources(self) -> list[int]:

@@ -51,7 +51,7 @@ DEFAULTS = dict(
     max_days_apart=MAX_DAYS_APART,
 )
 WIDTH, N_BLOCKS = 32, 2
-NETWORK_OPTIONS = dict(reference_smoothing=2.0, reference_in_prior=False, smooth_correction=True)
+NETWORK_OPTIONS = dict(reference_smoothing=2.0, reference_in_prior=False, smooth_correction=True, date_maps=False)
 MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
 CANCELED = "Training cancelled: no model file written."
 
@@ -84,7 +84,7 @@ def task_losses(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator,
     sp, _ = net.spatial(b["d"], b["vd"])
     m = b["va"] * b["a"] + (1 - b["va"]) * b["vd"] * sp
     mb, vmb = net.blur(m, torch.maximum(b["va"], b["vd"]))
-    s, _ = net.spectral(mb)
+    s, _ = net.spectral(mb, b.get("wmap"))
     losses["spectral"] = _masked_mse(s, b["y"], b["vy"] * vmb)
     b = dev(data.fusion_batch(rng, batch_size))
     out = net.fuse(b)
@@ -146,7 +146,7 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
         set_conv(net.temporal.change, *_ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
     elif band_map is not None:  # one fine MS date: the change of the fine MS is the mapped dense change
         set_conv(net.temporal.change, band_map[0], np.zeros(band_map[0].shape[0]))
-    xs, ys = [], []
+    xs, ys, per_date = [], [], {}
     for reg in data.regions:
         fb = reg.fine_b
         for h in data.hs_dates:
@@ -161,8 +161,26 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
             else:
                 continue
             ys.append(_pixels(reg.hs.z, h, ok))
+            per_date.setdefault(h, []).append(len(xs) - 1)
     if xs and sum(len(x) for x in xs):
         set_conv(net.spectral.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+    if getattr(net, "date_maps", False):
+        data.date_maps = fit_date_maps(data, xs, ys, per_date, rng)
+
+
+def fit_date_maps(data: TrainingSet, xs: list, ys: list, per_date: dict, rng: np.random.Generator) -> np.ndarray:
+    """One ridge map per HS date (its own pixels only): (n HS dates, k, n_fine + 1), weights then
+    intercept; NaN for a date with fewer than 4 pixels per coefficient (it borrows its neighbours')."""
+    k, nf = data.pca.n_components, data.n_fine_bands
+    maps = np.full((len(data.hs_dates_all), k, nf + 1), np.nan, np.float32)
+    for h, parts in per_date.items():
+        x = np.concatenate([xs[i] for i in parts])
+        if len(x) >= 4 * (nf + 1):
+            w, b = _ridge(x, np.concatenate([ys[i] for i in parts]), rng=rng)
+            maps[h] = np.c_[w, b]
+    if not np.isfinite(maps).all(axis=(1, 2)).any():
+        raise TrainingDataError("No HS date has enough valid pixels with a fine MS to fit its spectral map.")
+    return maps
 
 
 def check_parameters(pca_components: int, epochs: int, patch_size: int, batch_size: int, learning_rate: float) -> None:
@@ -210,6 +228,8 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
         "dense_std": data.dense_norm.std,
     }
     arrays.update({f"pca_{k}": v for k, v in data.pca.arrays().items()})
+    if getattr(data, "date_maps", None) is not None:  # the spectral map of each training HS date
+        arrays["date_maps"] = data.date_maps
     return meta, arrays
 
 

@@ -44,7 +44,7 @@ from run_benchmark import METRICS, PRODUCT_MASK_BUFFER, assess_folder, dataset_f
 
 from stsfusion.model.fusion.baselines import BaselineError, run_baseline
 from stsfusion.model.fusion.fuse import fuse_time_series
-from stsfusion.model.nn import training
+from stsfusion.model.nn import predictor, training
 
 WORK = os.path.join(ROOT, "benchmarks", "output")
 DEV_SCENES = ("same_day", "offset_5_8")
@@ -103,7 +103,7 @@ def prepare_scene(scene: str) -> dict:
     return result
 
 
-def run_scene(scene: str, config: str, options: dict, pca: int, epochs: int) -> dict:
+def run_scene(scene: str, config: str, options: dict, pca: int, epochs: int, reuse: str | None = None) -> dict:
     prepared = prepare_scene(scene)
     dataset, dataset_dir = _dataset(scene)
     mdd = prepared["mdd"]
@@ -111,9 +111,14 @@ def run_scene(scene: str, config: str, options: dict, pca: int, epochs: int) -> 
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     model = os.path.join(work, "model.pt")
+    options = dict(options)
+    predictor.OUTSIDE_PCA = options.pop("outside_pca", "off")  # a fusion-time switch
     training.NETWORK_OPTIONS = dict(DEFAULT_OPTIONS, **options)
     t0 = time.monotonic()
-    training.train_fusion_model(mdd, model, kernels="1", pca_components=pca, epochs=epochs, device="cpu", seed=0)
+    if reuse:  # the model another configuration trained: a fusion-time switch only
+        shutil.copy(os.path.join(WORK, "generality", reuse, scene, "model.pt"), model)
+    else:
+        training.train_fusion_model(mdd, model, kernels="1", pca_components=pca, epochs=epochs, device="cpu", seed=0)
     train_s = time.monotonic() - t0
     fuse_time_series(mdd, model, os.path.join(work, "fused"), device="cpu", scheduler="none")
     network = assess_folder(os.path.join(work, "fused"), "fused", dataset, dataset_dir, work)
@@ -121,7 +126,8 @@ def run_scene(scene: str, config: str, options: dict, pca: int, epochs: int) -> 
     result = {
         "scene": scene,
         "config": config,
-        "options": training.NETWORK_OPTIONS,
+        "options": dict(training.NETWORK_OPTIONS, outside_pca=predictor.OUTSIDE_PCA),
+        "reused_model_of": reuse,
         "pca_components": pca,
         "epochs": epochs,
         "train_s": round(train_s, 1),
@@ -179,11 +185,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pca", type=int, default=training.DEFAULTS["pca_components"])
     ap.add_argument("--epochs", type=int, default=training.DEFAULTS["epochs"])
     ap.add_argument("--scenes", default=",".join(DEV_SCENES + (HELD_OUT_SCENE,)))
+    ap.add_argument("--reuse", help="fuse with the models this configuration trained (fusion-time switches)")
     ap.add_argument("--report", action="store_true", help="print the tables of every configuration run")
     args = ap.parse_args(argv)
     if args.config:
         for scene in [s.strip() for s in args.scenes.split(",") if s.strip()]:
-            r = run_scene(scene, args.config, json.loads(args.options), args.pca, args.epochs)
+            r = run_scene(scene, args.config, json.loads(args.options), args.pca, args.epochs, args.reuse)
             d = r["dataset"]
             for label, dates in (("tuning", d["tuning_dates"]), ("held out", d["held_out_dates"])):
                 m, b = mean_over(r["network"], dates), mean_over(r["two_stage"], dates)

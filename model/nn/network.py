@@ -103,6 +103,42 @@ class SpatialBranch(nn.Module):
         return self.linear(d) + detail, features
 
 
+class GuidedChange(nn.Module):
+    """The dense-MS change at each fine pixel as the mean change of its similar neighbours (STARFM,
+    Gao et al. 2006): neighbours within ``radius`` pixels whose fine MS at the source date is within
+    ``tol`` (z units, 2σ/4 as STARFM's 4 classes) of the centre's in every band, weighted by
+    1 / (1 + distance / radius). A dense pixel's change is spread over the fields it covers by what
+    the fine MS shows of them, instead of being smeared across their edges by the bilinear
+    resampling. Fixed (not learned); exact on any window that reaches ``radius`` beyond the pixel.
+    forward(f (B, n_fine, H, W) guide, c (B, C, H, W) change, v (B, 1, H, W) validity) -> (B, C, H, W).
+    """
+
+    def __init__(self, radius: int, tol: float = 0.5) -> None:
+        super().__init__()
+        self.radius, self.tol = int(radius), float(tol)
+        r = self.radius
+        self.offsets = [
+            (dy, dx, 1.0 / (1.0 + math.hypot(dy, dx) / r))
+            for dy in range(-r, r + 1)
+            for dx in range(-r, r + 1)
+            if math.hypot(dy, dx) <= r
+        ]
+
+    def forward(self, f: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        H, W = f.shape[-2:]
+        pad = (r, r, r, r)
+        fp, cp, vp = (nn.functional.pad(t, pad) for t in (f, c * v, v))
+        num, den = torch.zeros_like(c), torch.zeros_like(v)
+        for dy, dx, w in self.offsets:
+            ys, xs = slice(r + dy, r + dy + H), slice(r + dx, r + dx + W)
+            similar = ((fp[..., ys, xs] - f).abs() <= self.tol).all(1, keepdim=True).to(c.dtype)
+            weight = similar * vp[..., ys, xs] * w
+            num = num + weight * cp[..., ys, xs]
+            den = den + weight
+        return torch.where(den > 0, num / den.clamp_min(1e-6), c)
+
+
 class TemporalBranch(nn.Module):
     """Fine MS at a date q plus dense MS at q and t -> fine MS at t: the change between dates.
 
@@ -111,13 +147,22 @@ class TemporalBranch(nn.Module):
     forward(f_q (B, n_fine, H, W), d_q, d_t (B, n_dense, H, W)) -> (fine MS at t, features).
     """
 
-    def __init__(self, n_fine: int, n_dense: int, kernels: tuple, width: int, n_blocks: int) -> None:
+    def __init__(
+        self, n_fine: int, n_dense: int, kernels: tuple, width: int, n_blocks: int, guided_radius: int = 0
+    ) -> None:
         super().__init__()
         self.change = nn.Conv2d(n_dense, n_fine, 1)
         self.trunk = Trunk(n_fine + 3 * n_dense, n_fine, kernels, width, n_blocks)
+        self.guided = GuidedChange(guided_radius) if guided_radius > 0 else None
+        self.radius = self.trunk.radius + (guided_radius if guided_radius > 0 else 0)
 
-    def forward(self, f_q: torch.Tensor, d_q: torch.Tensor, d_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, f_q: torch.Tensor, d_q: torch.Tensor, d_t: torch.Tensor, v: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``v`` (B, 1, H, W): where f_q, d_q and d_t are all valid (for the guided change)."""
         delta = d_t - d_q
+        if self.guided is not None:
+            delta = self.guided(f_q, delta, v if v is not None else torch.ones_like(delta[:, :1]))
         correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
         return f_q + self.change(delta) + correction, features
 
@@ -232,6 +277,7 @@ class FusionNetwork(nn.Module):
         smooth_correction: bool = True,
         reference_gap: bool = True,
         date_maps: bool = False,
+        guided_radius: int = 0,
     ) -> None:
         super().__init__()
         self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
@@ -248,6 +294,7 @@ class FusionNetwork(nn.Module):
             smooth_correction=bool(smooth_correction),
             reference_gap=bool(reference_gap),
             date_maps=bool(date_maps),
+            guided_radius=int(guided_radius),
         )
         # True: the spectral branch's linear part is the date's own map (fitted on each HS date,
         # blended in time between them: ``date_maps.py``), given with the inputs as "wmap".
@@ -257,7 +304,7 @@ class FusionNetwork(nn.Module):
         # it is left out rather than extrapolated.
         self.reference_gap = bool(reference_gap)
         self.spatial = SpatialBranch(n_dense, n_fine, self.kernels, width, n_blocks)
-        self.temporal = TemporalBranch(n_fine, n_dense, self.kernels, width, n_blocks)
+        self.temporal = TemporalBranch(n_fine, n_dense, self.kernels, width, n_blocks, int(guided_radius))
         self.spectral = SpectralBranch(n_fine, n_components, self.kernels, width, n_blocks)
         self.blur = GaussianBlur(psf_sigma(hs_ratio))
         # rho holds only HS-scale detail; a second HS-PSF blur keeps that and drops the HS noise and
@@ -271,7 +318,7 @@ class FusionNetwork(nn.Module):
     @property
     def halo(self) -> int:
         """Pixels of context a window needs on each side for exact (seamless) outputs."""
-        r_ms = max(self.spatial.trunk.radius, self.temporal.trunk.radius)
+        r_ms = max(self.spatial.trunk.radius, self.temporal.radius)
         r_ref = self.spatial.trunk.radius + self.blur.radius + self.rho_blur.radius
         return self.head.radius + self.spectral.trunk.radius + max(r_ms, r_ref)
 
@@ -282,11 +329,11 @@ class FusionNetwork(nn.Module):
         temporal validity).
         """
         sp, sp_feat = self.spatial(x["d"], x["vd"])
-        tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"])
         vt = x["vfq"] * x["vdq"] * x["vd"]
+        tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt)
         if "fq2" in x:  # a second source on the other side of t (fusion only): blend by weight wq
-            tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"])
             vt2 = x["vfq2"] * x["vdq2"] * x["vd"]
+            tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"], vt2)
             w1, w2 = vt * x["wq"], vt2 * (1 - x["wq"])
             total = torch.clamp(w1 + w2, min=1e-12)
             tp = (w1 * tp + w2 * tp2) / total

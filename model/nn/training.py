@@ -51,9 +51,20 @@ DEFAULTS = dict(
     max_days_apart=MAX_DAYS_APART,
 )
 WIDTH, N_BLOCKS = 32, 2
-NETWORK_OPTIONS = dict(reference_smoothing=2.0, reference_in_prior=False, smooth_correction=True, date_maps=False)
+NETWORK_OPTIONS = dict(
+    reference_smoothing=2.0, reference_in_prior=False, smooth_correction=True, date_maps=False, guided_change=False
+)
 MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
 CANCELED = "Training cancelled: no model file written."
+
+
+def network_options(data: TrainingSet) -> dict:
+    """NETWORK_OPTIONS as FusionNetwork takes them: ``guided_change`` becomes the radius of the
+    guided change, 1.5 dense MS pixels (at least 2 grid pixels), as the two-stage baseline's window."""
+    options = dict(NETWORK_OPTIONS)
+    guided = options.pop("guided_change", False)
+    options["guided_radius"] = max(2, int(round(1.5 * data.dense_ratio))) if guided else 0
+    return options
 
 
 def _masked_mse(pred, target, mask):
@@ -78,8 +89,9 @@ def task_losses(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator,
             sp, _ = net.spatial(b["d"], b["vd"])
             losses["spatial"] = _masked_mse(sp, b["y"], b["vy"] * b["vd"])
         if "temporal" in data.tasks:
-            tp, _ = net.temporal(b["fq"], b["dq"], b["d"])
-            losses["temporal"] = _masked_mse(tp, b["y"], b["vy"] * b["vfq"] * b["vdq"] * b["vd"])
+            v = b["vfq"] * b["vdq"] * b["vd"]
+            tp, _ = net.temporal(b["fq"], b["dq"], b["d"], v)
+            losses["temporal"] = _masked_mse(tp, b["y"], b["vy"] * v)
     b = dev(data.spectral_batch(rng, batch_size))
     sp, _ = net.spatial(b["d"], b["vd"])
     m = b["va"] * b["a"] + (1 - b["va"]) * b["vd"] * sp
@@ -299,7 +311,7 @@ def fit_network(
         width=WIDTH,
         n_blocks=N_BLOCKS,
         reference_gap=len(data.hs_dates) > 1,
-        **NETWORK_OPTIONS,
+        **network_options(data),
     )
     init_linear_priors(net, data, rng)
     net.to(device)

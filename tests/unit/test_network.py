@@ -170,3 +170,34 @@ def test_larger_kernel_sets_have_more_parameters_and_context():
 def test_unknown_kernel_set_is_a_clear_error():
     with pytest.raises(NetworkError, match="1/3/5"):
         parse_kernels("7")
+
+
+def test_guided_change_spreads_a_dense_pixel_change_by_the_fine_fields_and_keeps_tiles_exact():
+    from stsfusion.model.nn.network import GuidedChange
+
+    # Two fields side by side; the dense change is smeared across their edge (bilinear), the guide
+    # (fine MS at the source date) shows the edge: the guided change is uniform within each field.
+    f = torch.zeros(1, 2, 12, 12)
+    f[..., 6:] = 1.0
+    c = torch.zeros(1, 1, 12, 12)
+    c[..., 6:] = 1.0
+    smeared = c.clone()
+    smeared[..., 5], smeared[..., 6] = 0.3, 0.7
+    out = GuidedChange(3)(f, smeared, torch.ones(1, 1, 12, 12))
+    assert out[..., :3].max() < 0.05 and out[..., 9:].min() > 0.95  # far from the edge: near the truth
+    assert (out[..., 6] - out[..., 5]).min() > 0.4  # the edge sharpened: was 0.4, now larger
+    assert ((out[..., 6] - out[..., 5]) > (smeared[..., 6] - smeared[..., 5])).all()
+    # An invalid neighbour gives nothing; a pixel without any valid similar neighbour keeps its change.
+    v = torch.ones(1, 1, 12, 12)
+    v[..., 0, 0] = 0
+    assert torch.isfinite(GuidedChange(3)(f, smeared, v)).all()
+    # In the network: a window reaching `halo` beyond the pixels gives the full run's values.
+    net = FusionNetwork(4, 6, 5, "1", hs_ratio=3.0, width=8, n_blocks=2, guided_radius=3)
+    _randomise(net, 3)
+    assert net.halo >= net.temporal.radius >= 3
+    x = _inputs(1, 4, 6, 5, 60, 60)
+    h = net.halo
+    with torch.no_grad():
+        full = net.fuse(x)["scores"][..., 25:35, 25:35]
+        part = net.fuse(_crop(x, 25 - h, 25 - h, 10 + 2 * h, 10 + 2 * h))["scores"][..., h : h + 10, h : h + 10]
+    assert torch.allclose(full, part, atol=1e-5)

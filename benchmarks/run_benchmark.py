@@ -497,7 +497,7 @@ def main(argv=None) -> int:
 
 def kept_sections(path: str, headings: tuple) -> list:
     """The lines of the sections of the existing report that other scripts write (e.g. benchmarks/
-    scale.py's "## Scale"), kept as they are when this script rewrites the file."""
+    scale.py's "## Scale", generality.py's "## Generality"), kept as they are when this script rewrites the file."""
     if not os.path.exists(path):
         return []
     kept, keep = [], False
@@ -525,7 +525,7 @@ def write_report(path: str, saved: dict):
         ]
     lines += calendar_section(saved)
     lines += products_section(saved)
-    lines += kept_sections(path, ("## Scale",))
+    lines += kept_sections(path, ("## Generality", "## Scale"))
     tmp = path + ".part"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

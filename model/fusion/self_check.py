@@ -192,8 +192,8 @@ def run_self_check(
         names = ", ".join(result["worse_than_baseline"])
         cb.warn(
             f"On the withheld HS the network is worse than the two-stage baseline on {names}: its fused "
-            "images are likely poorer than the baseline's (try more EPOCHS, or compare with "
-            "'Baseline fusion' METHOD=two_stage)."
+            "images are likely poorer than the baseline's (try another SEED or other EPOCHS, more is not "
+            "always better; or compare with 'Baseline fusion' METHOD=two_stage)."
         )
     return result
 

@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelError", "FusionPredictor", "load_predictor"]
 
-# Experimental: add what the PCA leaves out of an HS image ("own": on its own date only, "nearest":
-# the nearest HS date's on every date, "off").
-OUTSIDE_PCA = "off"
-
 
 def _source_weight(d, dq, dq2):
     """Per pixel, the weight of source q against q2: STARFM's temporal weight, 1 / (mean |dense MS
@@ -221,33 +217,8 @@ class FusionPredictor:
         if crop is not None:
             scores, valid = scores[:, crop[0], crop[1]], valid[crop[0], crop[1]]
         hs = self.pca.inverse(scores)
-        if OUTSIDE_PCA != "off":
-            hs += self._outside_pca(mdd, window, date, crop)
         hs[:, ~valid] = np.nan
         return hs
-
-    def _outside_pca(self, mdd: MDD, window: tuple, date: str, crop: tuple | None) -> np.ndarray:
-        """What the PCA leaves out of the HS image of ``date`` (its own, within max_days; with
-        OUTSIDE_PCA "nearest" the nearest HS date's), per band shrunk by the band's SNR/(1 + SNR)
-        (the noise-weighted PCA's band weight squared), brought to the grid; 0 where none."""
-        day = day_number(date)
-        hs_dates = mdd.roles["hs"].dates
-        near = by_distance(hs_dates, day)
-        if not near or (OUTSIDE_PCA == "own" and abs(day_number(near[0]) - day) > self.max_days):
-            return np.float32(0.0)
-        x0, y0, w, h = (int(v) for v in window)
-        if crop is not None:
-            x0, y0 = x0 + (crop[1].start or 0), y0 + (crop[0].start or 0)
-            h, w = len(range(*crop[0].indices(h))), len(range(*crop[1].indices(w)))
-        shrink = (self.pca.band_weight**2)[None, :, None, None]
-
-        def residual(values):
-            scores = self.pca.transform(values, np.isfinite(values).any(axis=-3))
-            recon = np.stack([self.pca.inverse(s) for s in scores])
-            return np.nan_to_num((values - recon) * shrink)
-
-        out, valid = mdd.read_projected("hs", residual, window=(x0, y0, w, h), dates=[near[0]])
-        return out[0]
 
 
 def load_predictor(model_path: str, device: str = "auto") -> FusionPredictor:

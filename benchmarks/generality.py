@@ -161,7 +161,8 @@ Network: kernel set 1, every parameter at its default but those named, seed 0 un
 without the self-check by `train_fusion_model`, fused with the loop; baselines on the same MDD
 (Build MDD stack): two-stage (STARFM-style + ridge MS→HS) and the per-date regression (each HS
 date's own ridge from its fine MS to its HS). Metrics as above (model/metrics.py) against the
-withheld truth. Configurations: a_defaults (the defaults before this work), b_date_maps
+withheld truth. Configurations: a_defaults (the defaults before this work: now
+`--epochs 30 --options '{"guided_change": false}'`), b_date_maps
 (`date_maps`: one spectral map per HS date, blended in time), c_pca30 (30 PCA components),
 d_outside_own / e_outside_nearest (the a_defaults models, plus what the PCA leaves out of the HS
 image of the date itself / of the nearest HS date, shrunk by each band's SNR/(1+SNR); a fusion-time

@@ -171,6 +171,7 @@ class TrainingSet:
         if len(self.windows) > 1:
             self.reduced_patch = min(self.reduced_patch, min(w[2] for w in self.windows) // self.step)
         self.date_maps = None  # (HS dates, k, n_fine + 1) when the network uses date maps (training.py)
+        self.hs_maps = None  # the same maps, for the model file in any case
         self.tasks = ["spectral", "fusion"]
         if self.spatial_dates:
             self.tasks.insert(0, "spatial")

@@ -179,13 +179,19 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
             per_date.setdefault(h, []).append(len(xs) - 1)
     if xs and sum(len(x) for x in xs):
         set_conv(net.spectral.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+    # Each HS date's own map: in the model file for fusion (the detail of the HS dates, predictor.py),
+    # and, with the date_maps option, in place of the spectral branch's linear part.
+    data.hs_maps = fit_date_maps(data, xs, ys, per_date, rng, required=bool(getattr(net, "date_maps", False)))
     if getattr(net, "date_maps", False):
-        data.date_maps = fit_date_maps(data, xs, ys, per_date, rng)
+        data.date_maps = data.hs_maps
 
 
-def fit_date_maps(data: TrainingSet, xs: list, ys: list, per_date: dict, rng: np.random.Generator) -> np.ndarray:
+def fit_date_maps(
+    data: TrainingSet, xs: list, ys: list, per_date: dict, rng: np.random.Generator, required: bool = True
+) -> np.ndarray | None:
     """One ridge map per HS date (its own pixels only): (n HS dates, k, n_fine + 1), weights then
-    intercept; NaN for a date with fewer than 4 pixels per coefficient (it borrows its neighbours')."""
+    intercept; NaN for a date with fewer than 4 pixels per coefficient (it borrows its neighbours').
+    When no date has one: TrainingDataError if ``required``, else None."""
     k, nf = data.pca.n_components, data.n_fine_bands
     maps = np.full((len(data.hs_dates_all), k, nf + 1), np.nan, np.float32)
     for h, parts in per_date.items():
@@ -194,6 +200,8 @@ def fit_date_maps(data: TrainingSet, xs: list, ys: list, per_date: dict, rng: np
             w, b = _ridge(x, np.concatenate([ys[i] for i in parts]), rng=rng)
             maps[h] = np.c_[w, b]
     if not np.isfinite(maps).all(axis=(1, 2)).any():
+        if not required:
+            return None
         raise TrainingDataError("No HS date has enough valid pixels with a fine MS to fit its spectral map.")
     return maps
 
@@ -243,8 +251,8 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
         "dense_std": data.dense_norm.std,
     }
     arrays.update({f"pca_{k}": v for k, v in data.pca.arrays().items()})
-    if getattr(data, "date_maps", None) is not None:  # the spectral map of each training HS date
-        arrays["date_maps"] = data.date_maps
+    if getattr(data, "hs_maps", None) is not None:  # the spectral map of each training HS date
+        arrays["date_maps"] = data.hs_maps
     return meta, arrays
 
 

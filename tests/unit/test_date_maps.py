@@ -54,5 +54,5 @@ def test_date_maps_are_fitted_saved_and_used_in_fusion(tmp_path, monkeypatch):
     out = p.predict(mdd, (0, 0, 24, 24), between)
     assert out.shape[1:] == (24, 24) and np.isfinite(out[p.pca.usable]).all()
     # The map matters: fusing with another date's map changes the output.
-    p.date_maps = p.date_maps[::-1].copy()
+    p.hs_maps = p.date_maps = p.date_maps[::-1].copy()
     assert not np.allclose(p.predict(mdd, (0, 0, 24, 24), between), out, equal_nan=True)

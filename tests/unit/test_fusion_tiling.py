@@ -10,7 +10,7 @@ from stsfusion.model.core.callbacks import Callbacks, Canceled
 from stsfusion.model.core.vocabulary import DateError, parse_date_list
 from stsfusion.model.fusion.fuse import OutputFormat, fuse_with_predictor, int16_scale, rgb_band_indices
 from stsfusion.model.fusion.tiling import FusionError, expand_window, requested_dates, select_dates, tile_windows
-from stsfusion.model.mdd.format import NODATA
+from stsfusion.model.mdd.format import MDD, NODATA
 
 
 def _read(path):
@@ -185,7 +185,14 @@ def test_real_model_tiles_without_seams_and_window_sized_reads(real, tmp_path, m
     for a, b in zip(one, tiled):
         np.testing.assert_allclose(_read(b), _read(a), rtol=0, atol=1e-5)
     halo = predictor_module.load_predictor(model, "cpu").halo
-    assert len(windows) == 9 * 2 and max(max(w[2], w[3]) for w in windows) == 16 + 2 * halo
+    grid = MDD.open(manifest).grid
+    assert len(windows) == 9 * 2
+    assert max(max(w[2], w[3]) for w in windows) == min(16 + 2 * halo, max(grid.width, grid.height))
+    # An HS date (its own map's detail step, which needs the extra halo) tiles without seams too.
+    hs_date = MDD.open(manifest).roles["hs"].dates[0]
+    a = fuse_time_series(manifest, model, str(tmp_path / "hs64"), hs_date, tile_size=64, device="cpu")[0]
+    b = fuse_time_series(manifest, model, str(tmp_path / "hs16"), hs_date, tile_size=16, device="cpu")[0]
+    np.testing.assert_allclose(_read(b), _read(a), rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow

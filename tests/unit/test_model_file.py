@@ -34,7 +34,10 @@ def test_round_trip_holds_everything_fusion_needs(trained):
     for k in ("fine_mean", "fine_std", "dense_mean", "dense_std", "pca_mean", "pca_band_weight"):
         assert k in arrays
     p = load_predictor(path, "cpu")
-    assert p.kernels == "1" and p.device == "cpu" and p.halo == meta["halo"]
+    # Each HS date's own spectral map is saved; fusion's detail step on HS dates needs the HS PSF's
+    # radius of context beyond the network's halo.
+    assert arrays["date_maps"].shape == (len(meta["roles"]["hs"]["dates"]), 12, 5)
+    assert p.kernels == "1" and p.device == "cpu" and p.halo == meta["halo"] + p.detail_blur.radius == 20
     assert p.hs_wavelengths == meta["roles"]["hs"]["wavelengths"]
     p.check_compatible(MDD.open(manifest))
     assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".part")]

@@ -128,15 +128,16 @@ class GuidedChange(nn.Module):
         r = self.radius
         H, W = f.shape[-2:]
         pad = (r, r, r, r)
-        fp, cp, vp = (nn.functional.pad(t, pad) for t in (f, c * v, v))
-        num, den = torch.zeros_like(c), torch.zeros_like(v)
-        for dy, dx, w in self.offsets:
-            ys, xs = slice(r + dy, r + dy + H), slice(r + dx, r + dx + W)
-            similar = ((fp[..., ys, xs] - f).abs() <= self.tol).all(1, keepdim=True).to(c.dtype)
-            weight = similar * vp[..., ys, xs] * w
-            num = num + weight * cp[..., ys, xs]
-            den = den + weight
-        return torch.where(den > 0, num / den.clamp_min(1e-6), c)
+        with torch.no_grad():  # inputs only, no parameter: nothing to differentiate, so in place
+            fp, cp, vp = (nn.functional.pad(t, pad) for t in (f, c * v, v))
+            num, den = torch.zeros_like(c), torch.zeros_like(v)
+            for dy, dx, w in self.offsets:
+                ys, xs = slice(r + dy, r + dy + H), slice(r + dx, r + dx + W)
+                weight = ((fp[..., ys, xs] - f).abs().amax(1, keepdim=True) <= self.tol).to(c.dtype)
+                weight.mul_(vp[..., ys, xs]).mul_(w)
+                num.addcmul_(weight, cp[..., ys, xs])
+                den.add_(weight)
+            return torch.where(den > 0, num / den.clamp_min(1e-6), c)
 
 
 class TemporalBranch(nn.Module):

@@ -13,8 +13,10 @@ same file, a task's commit is the pass's commit of the in-process loop, and the 
 Where the tasks run (``resolve_scheduler``), always through a ``distributed.Client``:
 
 - in this process (the default where Dask is installed): a ``LocalCluster(processes=False)``
-  started for the run, one worker with a thread per task up to the cores (one at a time on a GPU),
-  PyTorch's threads sharing out the cores; the tasks report each tile to the client through memory;
+  started for the run, one worker with a thread per task up to the cores (one at a time on a GPU);
+  the tasks read, project and write in parallel while their networks take turns on all of PyTorch's
+  threads (``predictor.NETWORK_LOCK``: memory of one network evaluation, not one per task); the
+  tasks report each tile to the client through memory;
 - on a cluster (an address): each worker is checked first (the plugin importable, torch installed,
   the MDD, the model and the output folder at the same paths), and reports per completed task.
 
@@ -172,9 +174,8 @@ def fuse_with_dask(
 
     The client loads the model on the CPU for the checks (``check_compatible``, the self-check
     report) and the plan (``prepare_outputs``: leftovers, SKIP_EXISTING, metadata, int16 scale);
-    the tasks fuse. ``threads``: PyTorch's threads per task, 0 = the cores shared out among the
-    tasks running at once (in-process: this machine's; on a cluster: each worker host's cores over
-    its workers' threads). ``dates_per_task``: a fixed group size instead of ``split_dates``'s.
+    the tasks fuse. ``threads``: PyTorch's threads, 0 = in this process every core (the tasks'
+    networks take turns), on a cluster each worker host's cores over its workers' threads. ``dates_per_task``: a fixed group size instead of ``split_dates``'s.
     Returns the paths of every requested date, in date order."""
     from ..nn.device import DeviceError, select_device
     from ..nn.predictor import load_predictor
@@ -305,11 +306,12 @@ def _fuse_in_process(
                 why += f", {fit} task(s) fit in half the available memory ({available / 2**30:.1f} GiB)"
     groups = split_dates(todo, slots, dates_per_task)
     workers = max(1, min(slots, len(groups)))
-    torch_threads = configure_threads(threads or (max(1, cores // workers) if device == "cpu" else 0))
+    # The tasks' networks take turns (predictor.NETWORK_LOCK), each on every core.
+    torch_threads = configure_threads(threads or (cores if device == "cpu" else 0))
     sizes = sorted({len(g) for g in groups})
     cb.log(
         f"Dask in this process: {len(groups)} task(s) of {'-'.join(str(s) for s in sizes)} date(s) on "
-        f"{workers} worker thread(s) ({why}), PyTorch {torch_threads} thread(s) per task."
+        f"{workers} worker thread(s) ({why}), PyTorch {torch_threads} thread(s), one task's network at a time."
     )
     cb.log(describe_device(device, torch_threads, training=False))
     try:

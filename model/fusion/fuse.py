@@ -135,7 +135,8 @@ def fuse_time_series(
     is installed (the loop below where it is not); "threads": Dask in this process;
     "none": the loop below; an address such as tcp://host:port: a dask.distributed cluster whose
     workers import this plugin and see the MDD, the model and ``output_folder`` at the same paths.
-    ``threads`` is then PyTorch's threads per task (0: the cores shared out among the tasks).
+    ``threads`` is then PyTorch's threads (0: every core in this process, where the tasks' networks
+    take turns; on a cluster each host's cores shared out among its worker threads).
     The outputs are the same bytes whichever way they are fused, given the same PyTorch threads
     per task (oneDNN's sums depend on the thread count, by one unit in the last place).
     """

@@ -204,7 +204,7 @@ def test_dask_threads_in_process_write_the_loops_bytes(real, reference, tmp_path
         callbacks=Callbacks(log=log.append, progress=lambda f, m: progress.append(f)),
     )
     assert any("Dask in this process: 2 task(s) of 3 date(s) on 2 worker thread(s)" in m for m in log)
-    assert any("PyTorch 1 thread(s) per task" in m for m in log)
+    assert any("PyTorch 1 thread(s), one task's network at a time" in m for m in log)
     _assert_same_outputs(paths, reference)
     assert len(progress) > 2 and progress == sorted(progress) and progress[-1] == pytest.approx(1.0)  # tiles, polled
 

@@ -200,6 +200,11 @@ class FusionPredictor:
         i = int(np.argmin(gaps))
         return self.hs_maps[i][None] if gaps[i] <= self.max_days else None
 
+    def halo_for(self, date: str) -> int:
+        """The context ``date`` needs: ``halo`` on a date with the detail step, the network's alone
+        on the others (6 % fewer pixels through the network for a 256 px tile)."""
+        return self.halo if self._own_map(date) is not None else int(self.net.halo)
+
     def _own_date_detail(self, scores, x: dict, date: str):
         """On a date with its own HS image and fine MS: the detail finer than the HS pixel from that
         date's own regression of the HS on the fine MS (``r``), the rest from the network:

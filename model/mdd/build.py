@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.grid import Grid
+from ..core.memory import release_freed_memory
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
 from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
 from .geotiff import with_gdal_cache
@@ -543,6 +544,7 @@ def _copy_layer(
     n_masked, total = 0, grid.width * grid.height
     for window in _windows(grid, info.band_count, block, block_memory_mb):
         cb.check("Build MDD stack was canceled; no output was written.")
+        release_freed_memory()  # the last window's buffers: the peak stays that of one window
         values = warp_window(src, info, grid, window, method)
         finite = np.isfinite(values)
         # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.

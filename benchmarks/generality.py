@@ -32,15 +32,17 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLUGINS = os.path.join(ROOT, ".build", "plugins")
-if not os.path.exists(os.path.join(PLUGINS, "stsfusion")):
-    os.makedirs(PLUGINS, exist_ok=True)
-    os.symlink(os.path.join("..", ".."), os.path.join(PLUGINS, "stsfusion"))
-sys.path.insert(0, PLUGINS)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from run_benchmark import METRICS, PRODUCT_MASK_BUFFER, assess_folder, dataset_folder, mean_over, qgis_process
+# run_benchmark puts the plugin on sys.path (ROOT/.build/plugins/stsfusion) as it is imported.
+from run_benchmark import (
+    METRICS,
+    PRODUCT_MASK_BUFFER,
+    ROOT,
+    assess_folder,
+    dataset_folder,
+    mean_over,
+    qgis_process,
+)
 
 from stsfusion.model.fusion.baselines import BaselineError, run_baseline
 from stsfusion.model.fusion.fuse import fuse_time_series
@@ -176,17 +178,23 @@ training seed (the run-to-run spread).
 """
 
 
+def _saved_runs(root: str, config: str, scenes) -> list:
+    """The saved results of ``config`` on those of ``scenes`` it has run on."""
+    runs = []
+    for scene in scenes:
+        path = os.path.join(root, config, f"{scene}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                runs.append(json.load(f))
+    return runs
+
+
 def report() -> str:
     root = os.path.join(WORK, "generality")
     lines = HEADER.splitlines() + [""]
     configs = sorted(c for c in os.listdir(root) if c != "scenes") if os.path.isdir(root) else []
     for scene in DEV_SCENES + (HELD_OUT_SCENE,):
-        runs = []
-        for c in configs:
-            path = os.path.join(root, c, f"{scene}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    runs.append(json.load(f))
+        runs = [r for c in configs for r in _saved_runs(root, c, (scene,))]
         if not runs:
             continue
         d = runs[0]["dataset"]
@@ -226,12 +234,8 @@ def bars_table(root: str) -> list:
         "vs per-date regression |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for scene in DEV_SCENES + (HELD_OUT_SCENE,):
-        path = os.path.join(root, CHOSEN, f"{scene}.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            r = json.load(f)
+    for r in _saved_runs(root, CHOSEN, DEV_SCENES + (HELD_OUT_SCENE,)):
+        scene = r["scene"]
         held = r["dataset"]["held_out_dates"]
         n, b = mean_over(r["network"], held), mean_over(r["two_stage"], held)
         d = {k: n[k] - b[k] for k in METRICS}
@@ -260,12 +264,7 @@ def choice_table(root: str, configs: list) -> list:
     development scenes of the tuning date and of the HS dates (same_day's; offset_5_8 has none)."""
     by_family = {}
     for c in configs:
-        runs = []
-        for scene in DEV_SCENES:
-            path = os.path.join(root, c, f"{scene}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    runs.append(json.load(f))
+        runs = _saved_runs(root, c, DEV_SCENES)
         if len(runs) == len(DEV_SCENES):
             by_family.setdefault(_family(c), []).append((c, runs))
     if not by_family:

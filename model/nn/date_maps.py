@@ -14,6 +14,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def own_index(
+    days: np.ndarray, maps: np.ndarray, day: float, max_days: float, exclude: int | None = None
+) -> int | None:
+    """The HS date (index) with a map within ``max_days`` of ``day``, the nearest; None when none."""
+    usable = np.isfinite(maps).all(axis=(1, 2))
+    if exclude is not None:
+        usable[exclude] = False
+    gaps = np.where(usable, np.abs(np.asarray(days, dtype=np.float64) - day), np.inf)
+    i = int(np.argmin(gaps)) if len(gaps) else 0
+    return i if len(gaps) and gaps[i] <= max_days else None
+
+
 def map_for(days: np.ndarray, maps: np.ndarray, day: float, max_days: float, exclude: int | None = None) -> np.ndarray:
     """The map (k, c) for ``day`` from ``maps`` (n, k, c) of the HS dates ``days`` (n,); rows of NaN
     are dates without a map, ``exclude`` one date left out (training: a date seen as if it had no
@@ -25,9 +37,10 @@ def map_for(days: np.ndarray, maps: np.ndarray, day: float, max_days: float, exc
     idx = np.flatnonzero(usable)
     if not len(idx):
         raise ValueError("No HS date has a spectral map.")
+    own = own_index(days, maps, day, max_days, exclude)
+    if own is not None:  # its own HS date (the calendar rule: within max_days)
+        return maps[own].astype(np.float32)
     gaps = np.abs(days[idx] - day)
-    if gaps.min() <= max_days:  # its own HS date (the calendar rule: within max_days)
-        return maps[idx[int(np.argmin(gaps))]].astype(np.float32)
     before = idx[days[idx] < day]
     after = idx[days[idx] > day]
     if not len(before) or not len(after):  # outside the HS dates: the nearest one's

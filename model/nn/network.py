@@ -184,10 +184,12 @@ class SpectralBranch(nn.Module):
         """``wmap`` (B, k, n_fine + 1): a date's own linear map (weights, then the intercept) in
         place of the learned one (``FusionNetwork.date_maps``)."""
         correction, features = self.trunk(m)
-        if wmap is None:
-            return self.linear(m) + correction, features
-        linear = torch.einsum("bkc,bchw->bkhw", wmap[:, :, :-1], m) + wmap[:, :, -1, None, None]
-        return linear + correction, features
+        return (self.linear(m) if wmap is None else apply_map(wmap, m)) + correction, features
+
+
+def apply_map(wmap: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """A per-sample linear map (B, k, C + 1: weights, then the intercept) of m (B, C, H, W)."""
+    return torch.einsum("bkc,bchw->bkhw", wmap[:, :, :-1], m) + wmap[:, :, -1, None, None]
 
 
 class GaussianBlur(nn.Module):

@@ -193,12 +193,12 @@ class FusionPredictor:
 
     def _own_map(self, date: str) -> np.ndarray | None:
         """(1, k, n_fine + 1): the map of the HS date within max_days of ``date``, None when none."""
-        if self.hs_maps is None or not len(self.map_days):
+        from .date_maps import own_index
+
+        if self.hs_maps is None:
             return None
-        usable = np.isfinite(self.hs_maps).all(axis=(1, 2))
-        gaps = np.where(usable, np.abs(self.map_days - day_number(date)), np.inf)
-        i = int(np.argmin(gaps))
-        return self.hs_maps[i][None] if gaps[i] <= self.max_days else None
+        i = own_index(self.map_days, self.hs_maps, day_number(date), self.max_days)
+        return None if i is None else self.hs_maps[i][None]
 
     def halo_for(self, date: str) -> int:
         """The context ``date`` needs: ``halo`` on a date with the detail step, the network's alone
@@ -215,12 +215,14 @@ class FusionPredictor:
         HS date. scores (1, k, H, W) torch; returns the same."""
         import torch
 
+        from .network import apply_map
+
         own = self._own_map(date)
         if own is None or not bool((x["va"] > 0).any()):
             return scores
         w = torch.from_numpy(own).to(scores.device, scores.dtype)
         a, va = x["a"].to(scores.dtype), x["va"].to(scores.dtype)
-        r = torch.einsum("bkc,bchw->bkhw", w[:, :, :-1], a) + w[:, :, -1, None, None]
+        r = apply_map(w, a)
         low, _ = self.detail_blur((scores - r) * va, va)
         return torch.where(va > 0, r + low, scores)
 

@@ -149,20 +149,12 @@ class HSPCA:
         # One affine map, (bands, k) @ (k, pixels): the scale, the band weights and the band
         # standardisation folded into it, and the result already in (band, row, col) order.
         k, shape = scores.shape[0], scores.shape[1:]
-        x = _matmul(self._inverse_matrix, np.asarray(scores, np.float32).reshape(k, -1))
-        x += self._inverse_offset[:, None]
+        factor = self.band_std / np.maximum(self.band_weight, 1e-6)
+        matrix = (self.components * self.scale * factor).T  # (bands, k)
+        x = _matmul(matrix, np.asarray(scores, np.float32).reshape(k, -1))
+        x += (self.mean * factor + self.band_mean).astype(np.float32)[:, None]
         x[~self.usable] = np.nan
         return x.reshape((-1,) + tuple(shape))
-
-    @property
-    def _inverse_matrix(self) -> np.ndarray:
-        factor = self.band_std / np.maximum(self.band_weight, 1e-6)
-        return np.ascontiguousarray((self.components * self.scale * factor).T, dtype=np.float32)
-
-    @property
-    def _inverse_offset(self) -> np.ndarray:
-        factor = self.band_std / np.maximum(self.band_weight, 1e-6)
-        return (self.mean * factor + self.band_mean).astype(np.float32)
 
     def arrays(self) -> dict:
         return {

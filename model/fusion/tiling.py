@@ -1,7 +1,7 @@
 """Tiles and windows of a fusion run, shared by the network's fusion and the baselines.
 
 The grid is cut into square tiles (the last row and column reach the edge); each tile is computed
-from a window grown by a halo (clipped to the grid) and cropped back, so results do not depend on
+from a window grown by a halo (shifted inward at the grid's edge) and cropped back, so results do not depend on
 the tile size. ``TileReadCache`` reads each window of the MDD once per tile.
 """
 
@@ -29,16 +29,30 @@ def tile_windows(width: int, height: int, tile_size: int) -> list:
 
 
 def expand_window(window: tuple, halo: int, width: int, height: int) -> tuple[tuple, tuple[slice, slice]]:
-    """The window grown by ``halo`` pixels each side, clipped to the grid.
+    """The window grown by ``halo`` pixels each side, within the grid.
 
-    Returns (expanded window, (row slice, col slice)) where the slices cut the original window
-    back out of an array covering the expanded one.
+    At the grid's edge the window is shifted inward rather than cut, keeping ``size + 2 * halo``
+    pixels where the grid has them: every full tile is then computed on one window shape, so one
+    tile's memory is the same at the edge as inside and on a small grid as on a large one. The
+    results do not change: the grid's edge is still the window's edge, and the extra pixels lie on
+    the side that already had its halo.
+
+    Returns (window, (row slice, col slice)) where the slices cut the original window back out of
+    an array covering the returned one.
     """
     xoff, yoff, xs, ys = window
-    x0, y0 = max(0, xoff - halo), max(0, yoff - halo)
-    x1, y1 = min(width, xoff + xs + halo), min(height, yoff + ys + halo)
+    x0, x1 = _grown(xoff, xs, halo, width)
+    y0, y1 = _grown(yoff, ys, halo, height)
     crop = (slice(yoff - y0, yoff - y0 + ys), slice(xoff - x0, xoff - x0 + xs))
     return (x0, y0, x1 - x0, y1 - y0), crop
+
+
+def _grown(start: int, size: int, halo: int, extent: int) -> tuple[int, int]:
+    """[start, end) of ``size`` px at ``start`` grown by ``halo`` each side, shifted to lie within
+    [0, extent) (shortened only where the extent is shorter)."""
+    span = min(extent, size + 2 * halo)
+    first = min(max(0, start - halo), extent - span)
+    return first, first + span
 
 
 def aligned_window(tile: tuple, halo: int, step: int, width: int, height: int) -> tuple:

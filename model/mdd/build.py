@@ -545,16 +545,20 @@ def _copy_layer(
     for window in _windows(grid, info.band_count, block, block_memory_mb):
         cb.check("Build MDD stack was canceled; no output was written.")
         release_freed_memory()  # the last window's buffers: the peak stays that of one window
-        values = warp_window(src, info, grid, window, method)
-        finite = np.isfinite(values)
-        # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.
-        valid = finite[good].all(axis=0) if good.any() else finite.any(axis=0)
+        under = None
         if method != "near":
             # Validity comes from the source pixel under each target pixel's centre (nearest):
             # a cloud keeps its true outline. The resampled values alone would not do: GDAL fills
             # the rim of a hole from the valid neighbours, shrinking it by up to a source pixel.
+            # Warped first and kept as booleans only, so two float copies of a window never coexist.
             under = np.isfinite(warp_window(src, info, grid, window, "near"))
-            valid &= under[good].all(axis=0) if good.any() else under.any(axis=0)
+            under = under[good].all(axis=0) if good.any() else under.any(axis=0)
+        values = warp_window(src, info, grid, window, method)
+        finite = np.isfinite(values)
+        # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.
+        valid = finite[good].all(axis=0) if good.any() else finite.any(axis=0)
+        if under is not None:
+            valid &= under
         if qualities:  # quality classes (clouds, shadows...) and explicit mask values are invalid
             hit = qualities[0].invalid(window)
             for q in qualities[1:]:
@@ -564,7 +568,10 @@ def _copy_layer(
         band_seen |= finite.any(axis=(1, 2))
         # A value that is not there (non-finite) or not to be trusted (a bad band) is nodata, also in
         # a valid pixel: it reads back as NaN, stays out of the PCA and comes out as nodata.
-        writer.write(t, np.where(finite & good[:, None, None], values, NODATA), valid, window)
+        finite &= good[:, None, None]
+        np.copyto(values, NODATA, where=~finite)  # in place, as the writer does: one copy of the window
+        del finite
+        writer.write(t, values, valid, window, in_place=True)
         writer.flush()  # whole blocks: out of GDAL's cache now, so its memory does not grow with the raster
         n_valid += int(valid.sum())
         done += window[2] * window[3]

@@ -422,9 +422,21 @@ class RoleStackWriter:
             self._data.abort()
             raise
 
-    def write(self, date_index: int, values: np.ndarray, valid: np.ndarray, window: tuple | None = None) -> None:
-        """values (band, row, col); valid (row, col) bool; window (xoff, yoff, xsize, ysize)."""
-        v = np.where(valid[None], values, NODATA).astype(np.float32)
+    def write(
+        self,
+        date_index: int,
+        values: np.ndarray,
+        valid: np.ndarray,
+        window: tuple | None = None,
+        in_place: bool = False,
+    ) -> None:
+        """values (band, row, col); valid (row, col) bool; window (xoff, yoff, xsize, ysize).
+        ``in_place``: the invalid pixels of ``values`` (float32) are set to nodata in it, not in a copy."""
+        if in_place and values.dtype == np.float32:
+            v = values
+            np.copyto(v, NODATA, where=~valid[None])
+        else:
+            v = np.where(valid[None], values, NODATA).astype(np.float32, copy=False)
         self._data.write(v, window, first_band=date_index * self.stack.n_bands)
         self._mask.write(valid[None].astype(np.uint8), window, first_band=date_index)
 

@@ -10,13 +10,17 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal, gdal_array, osr
 
 from ..core.grid import Grid
 from ..core.vocabulary import iso_date, iso_date_from_doy, parse_date_text
 from .geotiff import read_band_wavelengths
 
 gdal.UseExceptions()
+
+# The warper's own working buffers (source and destination chunks), in MB: a window larger than
+# this is warped in chunks, so a warp's memory stops growing with the window (GDAL's default is 64).
+WARP_MEMORY_MB = 32
 
 
 class RasterInputError(ValueError):
@@ -237,6 +241,14 @@ def pixel_size_in_crs(info: LayerInfo, target_wkt: str) -> float:
     return math.sqrt(abs((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)))
 
 
+def gdal_opens(path: str) -> bool:
+    """Whether GDAL opens ``path`` as a raster (without reading any pixel)."""
+    try:
+        return gdal.OpenEx(path, gdal.OF_RASTER) is not None
+    except RuntimeError:
+        return False
+
+
 def open_source(info: LayerInfo) -> gdal.Dataset:
     return gdal.Open(info.source)
 
@@ -255,26 +267,25 @@ def warp_window(
     is (a warped VRT read band by band re-warps every band whenever its cache is too small).
     """
     xoff, yoff, xs, ys = (int(v) for v in window)
-    x0, dx, _, y0, _, dy = grid.geotransform
-    bounds = (x0 + xoff * dx, y0 + (yoff + ys) * dy, x0 + (xoff + xs) * dx, y0 + yoff * dy)
+    x0, dx, rx, y0, ry, dy = grid.geotransform
     src_nodata = None
     if any(v is not None for v in info.nodata) or info.data_type in (gdal.GDT_Float32, gdal.GDT_Float64):
         src_nodata = " ".join("nan" if v is None else repr(float(v)) for v in info.nodata)
+    # GDAL warps straight into this array (a MEM dataset over it): one copy of the window, not two.
+    a = np.empty((info.band_count, ys, xs), dtype=np.float64 if float64 else np.float32)
+    target = gdal_array.OpenArray(a if info.band_count > 1 else a[0])
+    target.SetGeoTransform((x0 + xoff * dx + yoff * rx, dx, rx, y0 + xoff * ry + yoff * dy, ry, dy))
+    target.SetProjection(grid.crs_wkt)
     options = gdal.WarpOptions(
-        format="MEM",
-        dstSRS=grid.crs_wkt,
-        outputBounds=bounds,
-        width=xs,
-        height=ys,
         resampleAlg=resampling,
-        outputType=gdal.GDT_Float64 if float64 else gdal.GDT_Float32,
         workingType=gdal.GDT_Float64 if float64 else gdal.GDT_Float32,
         srcNodata=src_nodata,
         dstNodata="nan",
         warpOptions=["UNIFIED_SRC_NODATA=NO", "INIT_DEST=NO_DATA"],
+        warpMemoryLimit=WARP_MEMORY_MB,  # GDAL's own buffers: cut into chunks beyond this
     )
-    out = gdal.Warp("", src, options=options)
-    a = np.asarray(out.ReadAsArray(), dtype=np.float64 if float64 else np.float32).reshape(info.band_count, ys, xs)
-    scale = np.asarray(info.scale, dtype=np.float32)[:, None, None]
-    offset = np.asarray(info.offset, dtype=np.float32)[:, None, None]
-    return a * scale + offset
+    gdal.Warp(target, src, options=options)
+    target = None
+    a *= np.asarray(info.scale, dtype=np.float32)[:, None, None]  # in place: no second copy of a window
+    a += np.asarray(info.offset, dtype=np.float32)[:, None, None]
+    return a

@@ -249,3 +249,40 @@ def test_real_enmap_nodata_becomes_mask_zero(qgis_app, shared_data, tmp_path):
         str(out / f)
         for f in ["m.json"] + [f"m_{r}{s}.tif" for r in ("fine_ms", "dense_ms", "hs") for s in ("", "_mask")]
     )
+
+
+def test_paths_are_read_with_gdal_and_the_layers_qgis_loaded_for_them_are_released(qgis_app, dirs):
+    """qgis_process loads every path as a map layer into the run's temporary store before the run
+    (memory growing with the raster); Build names a path as QGIS would (the file name up to its
+    first dot), reads it with GDAL and releases such layers. A layer object given is left alone."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsRasterLayer
+
+    from stsfusion.model.mdd.format import MDD
+
+    d, out = dirs
+    p = params_for(d, out)
+    dotted = str(d / "hs_b.v2.tif")
+    os.rename(p["HS"][1], dotted)
+    p["HS"] = [p["HS"][0], dotted]
+    p["DATES"] = "hs_b=2022-08-03"  # the name QGIS would give the file
+    context = QgsProcessingContext()
+    loaded = QgsRasterLayer(p["FINE_MS"][0], "as qgis_process loads it")
+    context.temporaryLayerStore().addMapLayer(loaded)
+    given = QgsRasterLayer(p["FINE_MS"][1], "a layer object")
+    p["FINE_MS"] = [p["FINE_MS"][0], given]
+    result = processing.run(ALG, p, context=context, feedback=QgsProcessingFeedback())
+    mdd = MDD.open(result["OUTPUT"])
+    assert mdd.roles["hs"].dates == ["2022-07-01", "2022-08-03"]
+    assert mdd.roles["fine_ms"].dates == ["2022-07-01", "2022-08-01"]
+    assert context.temporaryLayerStore().count() == 0  # the layer loaded for the path: released
+    assert given.isValid() and given.width() == 32  # the layer object: untouched
+
+
+def test_a_path_gdal_cannot_open(qgis_app, dirs):
+    d, out = dirs
+    p = params_for(d, out)
+    bad = d / "notes_20220901.tif"
+    bad.write_text("not a raster")
+    p["DENSE_MS"] = p["DENSE_MS"] + [str(bad)]
+    expect_failure(qgis_app, p, out, "DENSE_MS: GDAL cannot open", "notes_20220901.tif", "GeoTIFF")

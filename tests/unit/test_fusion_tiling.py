@@ -31,14 +31,19 @@ def test_tiles_cover_the_grid_once_and_the_last_reach_the_edge():
         tile_windows(10, 10, 0)
 
 
-def test_halo_is_clipped_to_the_grid_and_the_crop_gives_the_tile_back():
-    assert expand_window((0, 0, 16, 16), 3, 37, 29) == ((0, 0, 19, 19), (slice(0, 16), slice(0, 16)))
+def test_halo_is_shifted_inward_at_the_edge_and_the_crop_gives_the_tile_back():
+    # at the top-left corner the window keeps its 16 + 2*3 px, all of them right of / below the tile
+    assert expand_window((0, 0, 16, 16), 3, 37, 29) == ((0, 0, 22, 22), (slice(0, 16), slice(0, 16)))
     window, crop = expand_window((16, 16, 16, 13), 3, 37, 29)
-    assert window == (13, 13, 22, 16)  # grows left/up by 3, right by 3, stops at the bottom edge
-    assert crop == (slice(3, 16), slice(3, 19))
+    assert window == (13, 10, 22, 19)  # 3 px each side across; up by 6 px where the bottom edge stops it
+    assert crop == (slice(6, 19), slice(3, 19))
     a = np.arange(29 * 37).reshape(29, 37)
     x, y, w, h = window
     np.testing.assert_array_equal(a[y : y + h, x : x + w][crop], a[16:29, 16:32])
+    # every full tile of a grid gets one window shape; a grid smaller than that is taken whole
+    shapes = {expand_window(t, 5, 64, 48)[0][2:] for t in [(0, 0, 16, 16), (48, 32, 16, 16), (16, 16, 16, 16)]}
+    assert shapes == {(26, 26)}
+    assert expand_window((0, 0, 8, 8), 5, 12, 10) == ((0, 0, 12, 10), (slice(0, 8), slice(0, 8)))
 
 
 def test_seams_tiled_output_equals_one_tile_output(tmp_path):

@@ -199,10 +199,8 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
         it is, named as QGIS names a layer loaded from it (the file name up to its first dot); a
         layer of the project or of the run is taken as it is; anything else (an expression, a URI
         QGIS must resolve) goes through QGIS's own loading."""
-        raw = parameters.get(key)
-        values = list(raw) if isinstance(raw, (list, tuple)) else ([] if raw in (None, "") else [raw])
         out = []
-        for value in values:
+        for value in _raw_values(parameters, key):
             layer = value if isinstance(value, QgsMapLayer) else None
             if layer is None and isinstance(value, str) and value:
                 layer = QgsProcessingUtils.mapLayerFromString(value, context, False)  # never loads a layer
@@ -230,8 +228,7 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
         later loads it again. Layers of the project, or given as layers, are left alone."""
         paths = set()
         for key in self._layer_keys():
-            raw = parameters.get(key)
-            for value in raw if isinstance(raw, (list, tuple)) else [raw]:
+            for value in _raw_values(parameters, key):
                 if isinstance(value, str) and os.path.isfile(value):
                     paths.add(os.path.normpath(value))
         store = context.temporaryLayerStore()
@@ -303,6 +300,12 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             mask_values=self.parameterAsString(parameters, self.MASK_VALUES, context) or None,
         )
         return {self.OUTPUT: output}
+
+
+def _raw_values(parameters, key) -> list:
+    """The values given for a layer-list parameter as they were passed (paths, layer ids, layers)."""
+    raw = parameters.get(key)
+    return list(raw) if isinstance(raw, (list, tuple)) else ([] if raw in (None, "") else [raw])
 
 
 def _wkt(crs: QgsCoordinateReferenceSystem) -> str:

@@ -235,8 +235,8 @@ def _task_bytes(mdd: MDD, tile_size: int, halo: int) -> int:
     """A rough bound of what one task holds at once: the tile's window of every role, date and
     band as float32, about four times over (the read memo, the gap-filled dense MS, the network's
     inputs and activations)."""
-    side_x = min(tile_size, mdd.grid.width) + 2 * halo
-    side_y = min(tile_size, mdd.grid.height) + 2 * halo
+    side_x = min(tile_size + 2 * halo, mdd.grid.width)  # expand_window's window: full size, within the grid
+    side_y = min(tile_size + 2 * halo, mdd.grid.height)
     layers = sum(stack.n_dates * (stack.n_bands + 1) for stack in mdd.roles.values())
     return 4 * 4 * side_x * side_y * layers
 

@@ -2,8 +2,8 @@
 
 The grid is cut into square tiles of ``tile_size`` pixels (the last row and column of tiles reach
 the edge). Each tile is predicted from a window grown by the predictor's ``halo`` on every side
-(shifted inward at the grid's edge), then cropped back to the tile: every output pixel sees the same context it
-would see in a one-tile run, so no seam shows at tile borders. Memory is bounded by
+(shifted inward at the grid's edge), then cropped back to the tile: every output pixel sees the
+same context it would see in a one-tile run, so no seam shows at tile borders. Memory is bounded by
 ``(tile_size + 2 * halo)²`` pixels times the MDD's bands and dates, never by the raster size.
 
 Dates are fused in passes (``DATES_PER_PASS``): within a pass the tiles are the outer loop, so each

@@ -1,8 +1,8 @@
 """Tiles and windows of a fusion run, shared by the network's fusion and the baselines.
 
 The grid is cut into square tiles (the last row and column reach the edge); each tile is computed
-from a window grown by a halo (shifted inward at the grid's edge) and cropped back, so results do not depend on
-the tile size. ``TileReadCache`` reads each window of the MDD once per tile.
+from a window grown by a halo (shifted inward at the grid's edge) and cropped back, so results do
+not depend on the tile size. ``TileReadCache`` reads each window of the MDD once per tile.
 """
 
 from __future__ import annotations

@@ -546,17 +546,17 @@ def _copy_layer(
         cb.check("Build MDD stack was canceled; no output was written.")
         release_freed_memory()  # the last window's buffers: the peak stays that of one window
         under = None
+        # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.
+        covered = (lambda f: f[good].all(axis=0)) if good.any() else (lambda f: f.any(axis=0))
         if method != "near":
             # Validity comes from the source pixel under each target pixel's centre (nearest):
             # a cloud keeps its true outline. The resampled values alone would not do: GDAL fills
             # the rim of a hole from the valid neighbours, shrinking it by up to a source pixel.
             # Warped first and kept as booleans only, so two float copies of a window never coexist.
-            under = np.isfinite(warp_window(src, info, grid, window, "near"))
-            under = under[good].all(axis=0) if good.any() else under.any(axis=0)
+            under = covered(np.isfinite(warp_window(src, info, grid, window, "near")))
         values = warp_window(src, info, grid, window, method)
         finite = np.isfinite(values)
-        # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.
-        valid = finite[good].all(axis=0) if good.any() else finite.any(axis=0)
+        valid = covered(finite)
         if under is not None:
             valid &= under
         if qualities:  # quality classes (clouds, shadows...) and explicit mask values are invalid

@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterCrs,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMultipleLayers,
@@ -36,6 +37,7 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
     MASK_CLASSES = "MASK_CLASSES"
     MASK_BUFFER = "MASK_BUFFER"
     MASK_VALUES = "MASK_VALUES"
+    DASK_SCHEDULER = "DASK_SCHEDULER"
     MASKS_SUFFIX = "_MASKS"  # FINE_MS_MASKS, DENSE_MS_MASKS, HS_MASKS
     _ROLES = (("fine_ms", FINE_MS), ("dense_ms", DENSE_MS), ("hs", HS))
 
@@ -86,6 +88,14 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
             "for EPSG:4326); default the fine MS pixel size.\n"
             "TARGET_EXTENT (optional): area of the grid, snapped outward to whole pixels; default the "
             "overlap of all inputs, snapped inward to the fine MS pixel grid.\n"
+            "Dask scheduler (advanced): where the layers are warped, window by window. Empty (default): the "
+            "environment variable DASK_SCHEDULER if it is set, else Dask tasks in this process on every core, "
+            "or one window after another where the Python packages dask and distributed are not installed. "
+            "'threads': Dask in this process; 'none': without Dask. tcp://host:port: the workers of a running "
+            "dask.distributed cluster warp the windows and this process writes them, so the workers need GDAL's "
+            "Python bindings and this plugin importable (PYTHONPATH=<the QGIS plugins folder holding "
+            "stsfusion>) and must see the input layers at the same paths as QGIS (a shared folder). The MDD "
+            "holds the same values whichever way it is built.\n"
             "OUTPUT: the MDD manifest (.json); the stacks <name>_<role>.tif and masks "
             "<name>_<role>_mask.tif are written beside it."
         )
@@ -165,6 +175,14 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                 maxValue=100,
             )
         )
+        scheduler = QgsProcessingParameterString(
+            self.DASK_SCHEDULER,
+            self.tr("Dask scheduler (empty = DASK_SCHEDULER variable, else this process; tcp://host:port; none)"),
+            defaultValue="",
+            optional=True,
+        )
+        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(scheduler)
         self.addParameter(
             QgsProcessingParameterFileDestination(
                 self.OUTPUT, self.tr("MDD manifest"), self.tr("MDD manifest (*.json)")
@@ -283,22 +301,33 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                     if masks[role]
                 )
             )
-        build_mdd_stack(
-            output,
-            layers["fine_ms"],
-            layers["dense_ms"],
-            layers["hs"],
-            dates=self.parameterAsString(parameters, self.DATES, context) or None,
-            target_crs=_wkt(crs) if crs.isValid() else None,
-            pixel_size=pixel_size,
-            target_extent=extent,
-            extent_crs=extent_crs,
-            callbacks=feedback_callbacks(feedback, log_progress_messages=True),
-            mask_classes=[c for c in classes if c] or None,
-            mask_buffer=self.parameterAsInt(parameters, self.MASK_BUFFER, context),
-            masks={role: m for role, m in masks.items() if m} or None,
-            mask_values=self.parameterAsString(parameters, self.MASK_VALUES, context) or None,
+        from ..model.fusion.distributed import dask_client, resolve_scheduler
+
+        mode = resolve_scheduler(self.parameterAsString(parameters, self.DASK_SCHEDULER, context))
+        feedback.pushInfo(
+            {
+                "none": "Warping in this process, one window after another.",
+                "threads": "Warping as Dask tasks in this process.",
+            }.get(mode, f"Warping on the Dask cluster {mode}; writing here.")
         )
+        with dask_client(mode) as client:
+            build_mdd_stack(
+                output,
+                layers["fine_ms"],
+                layers["dense_ms"],
+                layers["hs"],
+                dates=self.parameterAsString(parameters, self.DATES, context) or None,
+                target_crs=_wkt(crs) if crs.isValid() else None,
+                pixel_size=pixel_size,
+                target_extent=extent,
+                extent_crs=extent_crs,
+                callbacks=feedback_callbacks(feedback, log_progress_messages=True),
+                mask_classes=[c for c in classes if c] or None,
+                mask_buffer=self.parameterAsInt(parameters, self.MASK_BUFFER, context),
+                masks={role: m for role, m in masks.items() if m} or None,
+                mask_values=self.parameterAsString(parameters, self.MASK_VALUES, context) or None,
+                executor=client,
+            )
         return {self.OUTPUT: output}
 
 

@@ -27,7 +27,7 @@ and sets a stop that the running tasks check before each tile (in this process a
 a Dask ``Event``): they remove their partial files and end, the client waits for them, then
 releases every future left. So a cancel keeps the groups already committed and leaves no partial
 file. The scheduler never needs the plugin: a task goes to it as ``pickle.loads`` of bytes
-(``_Call``), only the workers unpickle it.
+(``core.tasks.portable_call``), only the workers unpickle it.
 
 dask and distributed are imported only here and only when used: QGIS's Python may lack them
 (``DASK_MISSING_NOTE``; the fusion then runs the loop of ``fuse.py``). No QGIS import here.
@@ -49,6 +49,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 from ..core.callbacks import Callbacks, Canceled, callbacks_or_default
+from ..core.tasks import portable_call
 from ..mdd.format import MDD
 from ..mdd.geotiff import gdal_cache
 from .fuse import (
@@ -69,6 +70,7 @@ __all__ = [
     "NO_DASK",
     "SCHEDULER_ENV",
     "dask_available",
+    "dask_client",
     "fuse_with_dask",
     "is_cluster",
     "resolve_scheduler",
@@ -128,7 +130,7 @@ def resolve_scheduler(value: str | None = None, environ: dict | None = None) -> 
     if not dask_available():
         raise FusionError(
             f"{origin} is '{text}', which needs the Python packages dask and distributed, not installed here: "
-            f"install them ({INSTALL_HINT}), or leave DASK_SCHEDULER empty to fuse without Dask."
+            f"install them ({INSTALL_HINT}), or leave DASK_SCHEDULER empty to run without Dask."
         )
     return mode or text
 
@@ -315,20 +317,46 @@ def _fuse_in_process(
     )
     cb.log(describe_device(device, torch_threads, training=False))
     try:
-        with (
-            distributed.LocalCluster(
-                n_workers=1,
-                threads_per_worker=workers,
-                processes=False,
-                dashboard_address=None,
-                memory_limit=0,  # no memory monitor pausing the worker on this process's (QGIS's) own memory
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP server: a free local port
-            ) as cluster,
-            distributed.Client(cluster, set_as_default=False) as client,
-        ):
+        with _local_client(workers) as client:
             return _run_futures(client, distributed, THREADS, job, groups, None, 0, workers, n_tiles, cb)
     finally:
         configure_threads(threads)
+
+
+@contextmanager
+def _local_client(threads: int) -> Iterator[Any]:
+    """A ``distributed.Client`` of a LocalCluster in this process: one worker of ``threads`` threads."""
+    distributed = _import_distributed(THREADS)
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=max(1, int(threads)),
+            processes=False,
+            dashboard_address=None,
+            memory_limit=0,  # no memory monitor pausing the worker on this process's (QGIS's) own memory
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP server: a free local port
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+@contextmanager
+def dask_client(mode: str, threads: int = 0) -> Iterator[Any]:
+    """A ``distributed.Client`` for a ``resolve_scheduler`` mode, closed on exit: "threads" a
+    LocalCluster in this process (``threads`` threads, 0: one per core), an address that cluster
+    (FusionError when it cannot be reached or has no worker); None for "none". For steps that hand
+    their own tasks to Dask (Build MDD stack's windows); Fuse plans its own (``fuse_with_dask``)."""
+    if mode == NO_DASK:
+        yield None
+    elif is_cluster(mode):
+        with _connect(mode) as client:
+            yield client
+    else:
+        from dask.system import CPU_COUNT
+
+        with _local_client(int(threads) or int(CPU_COUNT)) as client:
+            yield client
 
 
 # ---- on a dask.distributed cluster ------------------------------------------------------------
@@ -344,7 +372,7 @@ def _import_distributed(address: str) -> Any:
         where = "Dask in this process" if address == THREADS else f"DASK_SCHEDULER '{address}'"
         raise FusionError(
             f"{where} needs the Python packages dask and distributed, which do not import here ({e}): install "
-            f"them ({INSTALL_HINT}), or set DASK_SCHEDULER to none to fuse without Dask."
+            f"them ({INSTALL_HINT}), or set DASK_SCHEDULER to none to run without Dask."
         ) from None
 
 
@@ -375,7 +403,7 @@ def _reachable(address: str, timeout: float) -> None:
     except OSError as e:
         raise FusionError(
             f"Cannot reach the Dask scheduler at {address} ({e}): start one ('dask scheduler', then 'dask worker "
-            f"{address}' on each machine), check the host and port, or leave DASK_SCHEDULER empty to fuse in this "
+            f"{address}' on each machine), check the host and port, or leave DASK_SCHEDULER empty to run in this "
             "process."
         ) from None
 
@@ -395,18 +423,6 @@ def _check_worker(mdd_path: str, model_path: str, folder: str) -> dict:
     elif not os.access(folder, os.W_OK):
         problems.append(f"it may not write into the output folder {folder}")
     return {"host": socket.gethostname(), "cpus": int(CPU_COUNT), "problems": problems}
-
-
-class _Call:
-    """A task the scheduler can handle without the plugin: it is submitted as ``pickle.loads`` of
-    these bytes, and unpickling them on the worker makes the call (``__reduce__``), so only the
-    workers import ``stsfusion``. The task's exceptions come out of ``pickle.loads`` unchanged."""
-
-    def __init__(self, function: Callable, *args: Any) -> None:
-        self.function, self.args = function, args
-
-    def __reduce__(self) -> tuple:
-        return self.function, self.args
 
 
 def _dask_task(job: FusionJob, dates: list[str], run_id: str, threads: int | dict) -> dict:
@@ -463,7 +479,7 @@ def _connect(address: str) -> Iterator[Any]:
     except (OSError, ValueError) as e:
         raise FusionError(
             f"Cannot connect to the Dask scheduler at {address} ({e}): check the address, or leave "
-            "DASK_SCHEDULER empty to fuse in this process."
+            "DASK_SCHEDULER empty to run in this process."
         ) from None
     try:
         try:
@@ -573,7 +589,7 @@ def _run_futures(
         while queue or running:
             while queue and len(running) < max(1, slots) and error is None and not canceled:
                 dates = queue.pop(0)
-                call = pickle.dumps(_Call(_dask_task, job, dates, run_id, plan), protocol=pickle.HIGHEST_PROTOCOL)
+                call = portable_call(_dask_task, job, dates, run_id, plan)
                 future = client.submit(
                     pickle.loads, call, key=f"stsfusion-fuse-{dates[0]}-{run_id}", pure=False, workers=workers
                 )

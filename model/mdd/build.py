@@ -3,7 +3,8 @@
 ``build_mdd_stack`` is the whole algorithm behind ``stsfusion:buildmdd``, on plain paths and values.
 Memory stays bounded by a window: each layer is warped by GDAL onto the target grid one window
 (256 rows by a memory-budgeted, tile-aligned width) at a time and written into the role's stack
-(RoleStackWriter). Stacks are written under temporary names and renamed only when every layer
+(RoleStackWriter). The windows may be warped as Dask tasks (``executor``: in this process on every
+core, or on a cluster), as many at once as there are threads; this process writes them in order. Stacks are written under temporary names and renamed only when every layer
 is in; the manifest comes last, so a failure or a cancel leaves no output file.
 """
 
@@ -11,21 +12,28 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.callbacks import Callbacks, callbacks_or_default
+from ..core.callbacks import Callbacks, Canceled, callbacks_or_default
 from ..core.grid import Grid
 from ..core.memory import release_freed_memory
+from ..core.tasks import portable_call
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
 from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
 from .geotiff import with_gdal_cache
 from .products import ProductError, QualityRule, open_product, readers, unknown_classes
-from .products.quality import QualityMask, explicit_mask, parse_mask_values
+from .products.quality import QualityMask, class_summary, explicit_mask, parse_mask_values
 from .raster_io import (
     LayerInfo,
     RasterInputError,
@@ -355,6 +363,7 @@ def build_mdd_stack(
     mask_buffer: int = 0,
     masks: dict[str, Sequence[str | tuple[str, str]]] | None = None,
     mask_values: str | None = None,
+    executor: object | None = None,
 ) -> MDD:
     """Builds the MDD whose manifest is ``output`` (.json); returns it opened.
 
@@ -373,6 +382,10 @@ def build_mdd_stack(
     says which mask values are invalid (``parse_mask_values``: "" any non-zero, "3,8,9" those
     values, "bits:1,3,4" those bits); grown by ``mask_buffer`` mask pixels, added to a product's
     own quality layer. The mask's nodata and the area outside it are valid.
+    executor: None warps the windows here, one after another; a ``distributed.Client`` (Dask in this
+    process or on a cluster whose workers see the inputs at the same paths) or any executor with
+    ``submit`` warps them as tasks, as many at once as it has threads, and this process writes them:
+    the values are the same either way.
     Raises BuildMddError for bad input and Canceled on cancel, leaving no file behind.
     """
     cb = callbacks_or_default(callbacks)
@@ -456,46 +469,39 @@ def build_mdd_stack(
             for role in ROLES:
                 writers.append(RoleStackWriter(stacks[role], grid))
             stored = {role: stacks[role].stored_grid(grid) for role in ROLES}
-            total = sum(len(roles[r]) * stored[r].width * stored[r].height for r in ROLES)
-            done = 0
+            jobs = []
             for role, writer in zip(ROLES, writers):
-                inputs[role] = []
-                pixels = stored[role].width * stored[role].height
                 for t, info in enumerate(roles[role]):
                     method = _resampling(native[role][t], stored[role].pixel_size)
-                    progress(
-                        done / total,
+                    header = (
                         f"{ROLE_LABELS[role]} {info.date} '{info.name}' (date from "
                         f"{info.date_source}): {native[role][t]:g} -> {stored[role].pixel_size:g}, {method}"
-                        + (f" (stored at its own pixel size, {px:g} as read)" if stored[role] is not grid else ""),
+                        + (f" (stored at its own pixel size, {px:g} as read)" if stored[role] is not grid else "")
                     )
-                    valid_fraction, masked_fraction = _copy_layer(
-                        info,
-                        stored[role],
-                        method,
-                        writer,
-                        t,
-                        stacks[role].bbl,
-                        block_memory_mb,
-                        stacks[role].block if stored[role] is not grid else block,
-                        cb,
-                        lambda n, done=done: progress((done + n) / total, ""),
+                    windows = list(
+                        _windows(
+                            stored[role],
+                            info.band_count,
+                            stacks[role].block if stored[role] is not grid else block,
+                            block_memory_mb,
+                        )
                     )
-                    done += pixels
-                    entry = {
-                        "layer": info.name,
-                        "source": info.origin or info.source,
-                        "date": info.date,
-                        "date_source": info.date_source,
-                        "resampling": method,
-                        "valid_fraction": round(valid_fraction, 6),
-                    }
-                    if info.masks:  # only with explicit masks: without, the manifest stays as it was
-                        entry["masks"] = [q.path for q in info.masks]
-                        entry["masked_fraction"] = round(masked_fraction, 6)
-                    inputs[role].append(entry)
-                    note = f"; masked {info.masked}" if info.masked is not None else ""
-                    progress(done / total, f"  valid: {100 * valid_fraction:.1f} % of the grid{note}")
+                    jobs.append(
+                        _LayerJob(role, t, info, stored[role], method, writer, stacks[role].bbl, windows, header)
+                    )
+            for job in _copy_layers(jobs, executor, cb):
+                entry = {
+                    "layer": job.info.name,
+                    "source": job.info.origin or job.info.source,
+                    "date": job.info.date,
+                    "date_source": job.info.date_source,
+                    "resampling": job.method,
+                    "valid_fraction": round(job.valid_fraction, 6),
+                }
+                if job.info.masks:  # only with explicit masks: without, the manifest stays as it was
+                    entry["masks"] = [q.path for q in job.info.masks]
+                    entry["masked_fraction"] = round(job.masked_fraction, 6)
+                inputs.setdefault(job.role, []).append(entry)
             for w in writers:
                 w.commit()
                 committed.append(w.stack)
@@ -531,65 +537,197 @@ def _windows(grid, band_count, block, block_memory_mb):
             yield x, y, min(cols, grid.width - x), min(block, grid.height - y)
 
 
-def _copy_layer(
-    info: LayerInfo, grid, method, writer, t, bbl, block_memory_mb, block, cb: Callbacks, on_pixels
-) -> tuple:
-    """Warps one layer onto the grid and writes it window by window; returns its valid fraction and
-    the fraction its quality layer and explicit masks flag (``info.masked`` says by what)."""
+@dataclass
+class _LayerJob:
+    """One layer to copy into its role's stack, window by window, and what its windows found."""
+
+    role: str
+    t: int  # its date's index in the role's stack
+    info: LayerInfo
+    grid: Grid  # the role's stored grid
+    method: str
+    writer: RoleStackWriter
+    bbl: list | None
+    windows: list
+    header: str  # the log line that introduces it
+    valid_fraction: float = 0.0
+    masked_fraction: float = 0.0
+    n_valid: int = 0
+    n_masked: int = 0
+    band_seen: np.ndarray | None = None
+    counts: list = field(default_factory=list)  # per quality layer: class -> invalid pixels
+
+    def task(self, window: tuple) -> bytes:
+        """The window's task, as bytes for ``pickle.loads`` (``PortableCall``): a cluster's scheduler
+        never needs the plugin, only its workers do."""
+        qualities = ([self.info.quality] if self.info.quality is not None else []) + list(self.info.masks)
+        return portable_call(_warp_task, self.info, self.grid, window, self.method, self.bbl, qualities)
+
+
+def _warp_task(info: LayerInfo, grid: Grid, window: tuple, method: str, bbl: list | None, qualities: list) -> dict:
+    """One window of a layer warped onto its stored grid (a Dask task, in this process or on a
+    worker): the values ready to write (nodata where not finite or in a bad band), the valid pixels,
+    the bands seen, and what the quality layers and masks flagged."""
+    release_freed_memory()  # the last window's buffers: the peak stays that of the windows in flight
     src = open_source(info)
+    if src is None:
+        raise BuildMddError(
+            f"Cannot open '{info.source}' on {socket.gethostname()}: a Dask worker reads the inputs at the paths "
+            "given here, so put them in a folder every worker sees at the same path, or build in this process "
+            "(DASK_SCHEDULER none)."
+        )
     good = np.ones(info.band_count, bool) if not bbl else np.asarray(bbl, bool)
-    n_valid, band_seen, done = 0, np.zeros(info.band_count, bool), 0
-    # The product's own quality layer, then the explicit masks: each one's invalid pixels are invalid.
-    qualities = [QualityMask(q, grid) for q in ([info.quality] if info.quality is not None else []) + info.masks]
-    n_masked, total = 0, grid.width * grid.height
-    for window in _windows(grid, info.band_count, block, block_memory_mb):
+    # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.
+    covered = (lambda f: f[good].all(axis=0)) if good.any() else (lambda f: f.any(axis=0))
+    under = None
+    if method != "near":
+        # Validity comes from the source pixel under each target pixel's centre (nearest): a cloud
+        # keeps its true outline. The resampled values alone would not do: GDAL fills the rim of a
+        # hole from the valid neighbours, shrinking it by up to a source pixel. Warped first and kept
+        # as booleans only, so two float copies of a window never coexist.
+        under = covered(np.isfinite(warp_window(src, info, grid, window, "near")))
+    values = warp_window(src, info, grid, window, method)
+    src = None
+    finite = np.isfinite(values)
+    valid = covered(finite)
+    if under is not None:
+        valid &= under
+    n_masked, counts = 0, []
+    if qualities:  # quality classes (clouds, shadows...) and explicit mask values are invalid
+        masks = [QualityMask(q, grid) for q in qualities]
+        hit = masks[0].invalid(window)
+        for q in masks[1:]:
+            hit |= q.invalid(window)
+        valid &= ~hit
+        n_masked, counts = int(hit.sum()), [q.counts for q in masks]
+    band_seen = finite.any(axis=(1, 2))
+    # A value that is not there (non-finite) or not to be trusted (a bad band) is nodata, also in a
+    # valid pixel: it reads back as NaN, stays out of the PCA and comes out as nodata.
+    finite &= good[:, None, None]
+    np.copyto(values, NODATA, where=~finite)
+    return {"values": values, "valid": valid, "band_seen": band_seen, "n_masked": n_masked, "counts": counts}
+
+
+def _copy_layers(jobs: list, executor, cb: Callbacks) -> Iterator[_LayerJob]:
+    """Warps every window of every layer of ``jobs`` and writes it into its role's stack; yields
+    each layer when its last window is written (in the order of ``jobs``).
+
+    ``executor``: None warps here, one window after another; else anything with ``submit(fn,
+    *args)`` (a ``distributed.Client``: Dask in this process or on a cluster; a
+    ``concurrent.futures`` executor) warps them as tasks, as many at a time as it has threads (so
+    the memory is that of as many windows). Their results are written here, in order,
+    so the stacks' values are those of the loop, and a failure or a cancel waits for the windows in
+    flight (never more than those) before the writers' files are removed."""
+    stream = [(job, window) for job in jobs for window in job.windows]
+    total = max(1, sum(w[2] * w[3] for _, w in stream))
+    slots = _task_slots(executor)
+    running: deque = deque()
+    done = 0
+    try:
+        for k in range(len(stream)):
+            while executor is not None and len(running) < slots and k + len(running) < len(stream):
+                job, window = stream[k + len(running)]
+                running.append(_submit(executor, job.task(window)))
+            job, window = stream[k]
+            if window is job.windows[0]:
+                cb.progress(done / total, job.header)
+            if executor is None:
+                cb.check("Build MDD stack was canceled; no output was written.")
+                result = pickle.loads(job.task(window))
+            else:
+                future = running.popleft()
+                result = _result(future, cb)
+            job.writer.write(job.t, result["values"], result["valid"], window, in_place=True)
+            job.writer.flush()  # whole blocks: out of GDAL's cache now, so its memory does not grow
+            _add_window(job, result)
+            del result
+            done += window[2] * window[3]
+            cb.progress(done / total, "")
+            if window is job.windows[-1]:
+                _finish_layer(job)
+                note = f"; masked {job.info.masked}" if job.info.masked is not None else ""
+                cb.progress(done / total, f"  valid: {100 * job.valid_fraction:.1f} % of the grid{note}")
+                yield job
+    finally:
+        _wait_for(running)
+
+
+def _task_slots(executor) -> int:
+    """How many tasks ``executor`` runs at once: its threads (a Dask client: all its workers')."""
+    if executor is None:
+        return 0
+    if hasattr(executor, "nthreads"):
+        return max(1, sum(executor.nthreads().values()))
+    return max(1, int(getattr(executor, "_max_workers", 1)))
+
+
+def _submit(executor, payload: bytes):
+    if hasattr(executor, "scheduler_info"):  # a distributed.Client: every window its own task
+        return executor.submit(pickle.loads, payload, pure=False)
+    return executor.submit(pickle.loads, payload)
+
+
+def _result(future, cb: Callbacks) -> dict:
+    """The future's result; the cancel is read while it runs (a window takes a second or so)."""
+    while not future.done():
         cb.check("Build MDD stack was canceled; no output was written.")
-        release_freed_memory()  # the last window's buffers: the peak stays that of one window
-        under = None
-        # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.
-        covered = (lambda f: f[good].all(axis=0)) if good.any() else (lambda f: f.any(axis=0))
-        if method != "near":
-            # Validity comes from the source pixel under each target pixel's centre (nearest):
-            # a cloud keeps its true outline. The resampled values alone would not do: GDAL fills
-            # the rim of a hole from the valid neighbours, shrinking it by up to a source pixel.
-            # Warped first and kept as booleans only, so two float copies of a window never coexist.
-            under = covered(np.isfinite(warp_window(src, info, grid, window, "near")))
-        values = warp_window(src, info, grid, window, method)
-        finite = np.isfinite(values)
-        valid = covered(finite)
-        if under is not None:
-            valid &= under
-        if qualities:  # quality classes (clouds, shadows...) and explicit mask values are invalid
-            hit = qualities[0].invalid(window)
-            for q in qualities[1:]:
-                hit |= q.invalid(window)
-            valid &= ~hit
-            n_masked += int(hit.sum())
-        band_seen |= finite.any(axis=(1, 2))
-        # A value that is not there (non-finite) or not to be trusted (a bad band) is nodata, also in
-        # a valid pixel: it reads back as NaN, stays out of the PCA and comes out as nodata.
-        finite &= good[:, None, None]
-        np.copyto(values, NODATA, where=~finite)  # in place, as the writer does: one copy of the window
-        del finite
-        writer.write(t, values, valid, window, in_place=True)
-        writer.flush()  # whole blocks: out of GDAL's cache now, so its memory does not grow with the raster
-        n_valid += int(valid.sum())
-        done += window[2] * window[3]
-        on_pixels(done)
-    masked = "; ".join(f"{q.quality.label}: {q.summary(total)}" for q in qualities)
-    if n_valid == 0 and any(any(q.counts.values()) for q in qualities):
+        time.sleep(0.02)
+    cb.check("Build MDD stack was canceled; no output was written.")
+    try:
+        return future.result()
+    except (BuildMddError, Canceled):
+        raise
+    except Exception as e:  # a worker's own error (GDAL, memory) or Dask's (a lost worker)
+        raise BuildMddError(
+            f"Warping a window failed: {type(e).__name__}: {e}. On a Dask cluster a worker may have died or lack "
+            "the inputs; run again, or with DASK_SCHEDULER none to build in this process."
+        ) from None
+
+
+def _wait_for(running: deque) -> None:
+    """Lets the windows in flight end (their results are dropped), so no task outlives the run."""
+    while running:
+        future = running.popleft()
+        with suppress(Exception):
+            future.result()
+
+
+def _add_window(job: _LayerJob, result: dict) -> None:
+    job.n_valid += int(result["valid"].sum())
+    job.n_masked += result["n_masked"]
+    job.band_seen = result["band_seen"] if job.band_seen is None else job.band_seen | result["band_seen"]
+    for k, counts in enumerate(result["counts"]):
+        if len(job.counts) <= k:
+            job.counts.append({})
+        for cls, n in counts.items():
+            job.counts[k][cls] = job.counts[k].get(cls, 0) + n
+
+
+def _finish_layer(job: _LayerJob) -> None:
+    """The layer's valid and masked fractions (``info.masked`` says by what); BuildMddError when no
+    pixel of it is valid on the grid."""
+    info, grid = job.info, job.grid
+    total = grid.width * grid.height
+    qualities = ([info.quality] if info.quality is not None else []) + list(info.masks)
+    masked = "; ".join(
+        f"{q.label}: {class_summary(job.counts[k] if k < len(job.counts) else {}, total)}"
+        for k, q in enumerate(qualities)
+    )
+    if job.n_valid == 0 and any(any(c.values()) for c in job.counts):
         fixes = (["MASK_CLASSES"] if info.quality is not None else []) + (["MASK_VALUES"] if info.masks else [])
         fix = " or ".join(fixes) + (" (or check its mask)" if info.masks else "")
         raise BuildMddError(
             f"Layer '{info.name}' is masked everywhere on the target grid ({masked}): leave this date "
             f"out, or choose fewer {fix}."
         )
-    if n_valid == 0:
-        empty = [str(b + 1) for b in np.flatnonzero(~band_seen & good)]
+    if job.n_valid == 0:
+        good = np.ones(info.band_count, bool) if not job.bbl else np.asarray(job.bbl, bool)
+        seen = job.band_seen if job.band_seen is not None else np.zeros(info.band_count, bool)
+        empty = [str(b + 1) for b in np.flatnonzero(~seen & good)]
         why = (
             f"bands {', '.join(empty[:10])}{'...' if len(empty) > 10 else ''} are nodata everywhere; "
             "mark such bands bad (band metadata bbl=0 or ENVI 'bbl') or remove them, "
-            if band_seen.any() and empty
+            if seen.any() and empty
             else ""
         )
         raise BuildMddError(
@@ -597,5 +735,5 @@ def _copy_layer(
             "choose a TARGET_EXTENT where it has data, or remove it."
         )
     if qualities:
-        info.masked = f"{100.0 * n_masked / total:.1f} % ({masked})"
-    return n_valid / float(total), n_masked / float(total)
+        info.masked = f"{100.0 * job.n_masked / total:.1f} % ({masked})"
+    job.valid_fraction, job.masked_fraction = job.n_valid / float(total), job.n_masked / float(total)

@@ -286,3 +286,44 @@ def test_a_path_gdal_cannot_open(qgis_app, dirs):
     bad.write_text("not a raster")
     p["DENSE_MS"] = p["DENSE_MS"] + [str(bad)]
     expect_failure(qgis_app, p, out, "DENSE_MS: GDAL cannot open", "notes_20220901.tif", "GeoTIFF")
+
+
+def test_dask_scheduler_none_threads_and_the_environment_variable_build_the_same_mdd(qgis_app, dirs, monkeypatch):
+    """DASK_SCHEDULER: empty (Dask in this process where installed), 'none' (the loop), and the
+    environment variable DASK_SCHEDULER read when the parameter is empty; the values are the same."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    from stsfusion.model.mdd.format import MDD
+
+    pytest.importorskip("distributed")
+    d, out = dirs
+    logs, mdds = {}, {}
+    for name, value, env in (("default", "", None), ("none", "none", None), ("env", "", "none")):
+        if env:
+            monkeypatch.setenv("DASK_SCHEDULER", env)
+        feedback = QgsProcessingFeedback()
+        seen = []
+        feedback.pushInfo = seen.append
+        (out / name).mkdir()
+        result = processing.run(ALG, params_for(d, out / name, DASK_SCHEDULER=value, PIXEL_SIZE=5.0), feedback=feedback)
+        logs[name], mdds[name] = seen, MDD.open(result["OUTPUT"])
+    assert "Warping as Dask tasks in this process." in logs["default"]
+    assert "Warping in this process, one window after another." in logs["none"]
+    assert "Warping in this process, one window after another." in logs["env"]
+    for role in ("fine_ms", "dense_ms", "hs"):
+        for other in ("none", "env"):
+            np.testing.assert_array_equal(mdds["default"].read(role), mdds[other].read(role))
+            np.testing.assert_array_equal(mdds["default"].read_mask(role), mdds[other].read_mask(role))
+
+
+def test_an_unreachable_dask_scheduler_is_a_clear_error(qgis_app, dirs):
+    pytest.importorskip("distributed")
+    d, out = dirs
+    expect_failure(
+        qgis_app,
+        params_for(d, out, DASK_SCHEDULER="tcp://127.0.0.1:9"),
+        out,
+        "Cannot reach the Dask scheduler at tcp://127.0.0.1:9",
+        "leave DASK_SCHEDULER empty to run in this process",
+    )

@@ -117,5 +117,10 @@ class QualityMask:
 
     def summary(self, total_pixels: int) -> str:
         """'cloud 12.3 %, cloud_shadow 4.1 %' of the grid (classes overlap: shares may add up to more)."""
-        parts = [f"{cls} {100.0 * n / max(total_pixels, 1):.1f} %" for cls, n in self.counts.items() if n]
-        return ", ".join(parts) if parts else "nothing"
+        return class_summary(self.counts, total_pixels)
+
+
+def class_summary(counts: dict, total_pixels: int) -> str:
+    """'cloud 12.3 %, cloud_shadow 4.1 %': invalid pixels per class (``counts``) as shares of the grid."""
+    parts = [f"{cls} {100.0 * n / max(total_pixels, 1):.1f} %" for cls, n in counts.items() if n]
+    return ", ".join(parts) if parts else "nothing"

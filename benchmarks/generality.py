@@ -74,7 +74,15 @@ def prepare_scene(scene: str) -> dict:
     summary = os.path.join(work, "scene.json")
     if os.path.exists(summary):
         with open(summary) as f:
-            return json.load(f)
+            prepared = json.load(f)
+        if "interpolation" not in prepared:  # scenes prepared before the interpolation baseline was added
+            dataset, dataset_dir = _dataset(scene)
+            prepared["interpolation"] = _assess_baseline(
+                scene, "interpolation", prepared["mdd"], dataset, dataset_dir, work
+            )
+            with open(summary, "w") as f:
+                json.dump(prepared, f, indent=1)
+        return prepared
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     dataset, dataset_dir = _dataset(scene)
@@ -86,18 +94,10 @@ def prepare_scene(scene: str) -> dict:
         params = [f"{k}={os.path.join(dataset_dir, n)}" for k, r in keys for n in dataset["roles"][r]["files"]]
     mdd = os.path.join(work, "mdd.json")
     qgis_process("stsfusion:buildmdd", params + [f"OUTPUT={mdd}"], os.path.join(work, "buildmdd.log"))
-    baselines = {}
-    for method in ("two_stage", "per_date_regression"):
-        folder = os.path.join(work, method)
-        try:
-            paths = run_baseline(mdd, method, folder)
-        except BaselineError as e:  # no HS date with a fine MS within MAX_DAYS_APART (offset calendars)
-            print(f"  {scene}: no {method} ({e})", flush=True)
-            baselines[method] = {}
-            continue
-        dates = [os.path.basename(p)[len(method) + 1 : -4] for p in paths]
-        baselines[method] = assess_folder(folder, method, dict(dataset, dates=dates), dataset_dir, work)
-        shutil.rmtree(folder)
+    baselines = {
+        method: _assess_baseline(scene, method, mdd, dataset, dataset_dir, work)
+        for method in ("interpolation", "two_stage", "per_date_regression")
+    }
     keep = ("scenario", "calendar", "dates", "hs_dates", "no_hs_dates", "held_out_dates", "tuning_dates")
     result = {"scene": scene, "mdd": mdd, "dataset": {k: dataset[k] for k in keep if k in dataset}, **baselines}
     with open(summary, "w") as f:
@@ -105,8 +105,29 @@ def prepare_scene(scene: str) -> dict:
     return result
 
 
+def _assess_baseline(scene: str, method: str, mdd: str, dataset: dict, dataset_dir: str, work: str) -> dict:
+    """date -> metrics of baseline ``method`` on the scene's MDD; {} where it cannot run."""
+    folder = os.path.join(work, method)
+    try:
+        paths = run_baseline(mdd, method, folder)
+    except BaselineError as e:  # no HS date with a fine MS within MAX_DAYS_APART (offset calendars)
+        print(f"  {scene}: no {method} ({e})", flush=True)
+        return {}
+    dates = [os.path.basename(p)[len(method) + 1 : -4] for p in paths]
+    result = assess_folder(folder, method, dict(dataset, dates=dates), dataset_dir, work)
+    shutil.rmtree(folder)
+    return result
+
+
 def run_scene(
-    scene: str, config: str, options: dict, pca: int, epochs: int, reuse: str | None = None, seed: int = 0
+    scene: str,
+    config: str,
+    options: dict,
+    pca: int,
+    epochs: int,
+    reuse: str | None = None,
+    seed: int = 0,
+    kernels: str = "1",
 ) -> dict:
     prepared = prepare_scene(scene)
     dataset, dataset_dir = _dataset(scene)
@@ -120,7 +141,9 @@ def run_scene(
     if reuse:  # the model another configuration trained: a fusion-time switch only
         shutil.copy(os.path.join(WORK, "generality", reuse, scene, "model.pt"), model)
     else:
-        training.train_fusion_model(mdd, model, kernels="1", pca_components=pca, epochs=epochs, device="cpu", seed=seed)
+        training.train_fusion_model(
+            mdd, model, kernels=kernels, pca_components=pca, epochs=epochs, device="cpu", seed=seed
+        )
     train_s = time.monotonic() - t0
     fuse_time_series(mdd, model, os.path.join(work, "fused"), device="cpu", scheduler="none")
     network = assess_folder(os.path.join(work, "fused"), "fused", dataset, dataset_dir, work)
@@ -133,10 +156,12 @@ def run_scene(
         "pca_components": pca,
         "epochs": epochs,
         "seed": seed,
+        "kernels": kernels,
         "train_s": round(train_s, 1),
         "network": network,
         "per_date_regression": prepared["per_date_regression"],
         "two_stage": prepared["two_stage"],
+        "interpolation": prepared["interpolation"],
         "dataset": prepared["dataset"],
     }
     with open(os.path.join(WORK, "generality", config, f"{scene}.json"), "w") as f:
@@ -254,6 +279,45 @@ def bars_table(root: str) -> list:
     return lines + [""]
 
 
+def kernel_table(root: str, configs: list) -> list:
+    """Per scene, one table: the interpolation and two-stage baselines and the network of each of
+    ``configs`` (its kernel set named), on the held-out dates without HS, and on the HS dates with
+    the per-date regression."""
+    lines = []
+    for scene in DEV_SCENES + (HELD_OUT_SCENE,):
+        runs = [r for c in configs for r in _saved_runs(root, c, (scene,))]
+        if not runs:
+            continue
+        d = runs[0]["dataset"]
+        held = d["held_out_dates"]
+        hs_dates = [x for x in d["dates"] if x in runs[0]["per_date_regression"]]
+        kind = "held-out scene" if scene == HELD_OUT_SCENE else "development scene"
+        lines += [f"#### {scene} ({kind})", ""]
+        for title, dates, baselines in (
+            (
+                f"Held-out dates without HS ({', '.join(held)})",
+                held,
+                (("interpolation", "Interpolation"), ("two_stage", "Two-stage")),
+            ),
+            (
+                f"HS dates ({', '.join(hs_dates)})",
+                hs_dates,
+                (("interpolation", "Interpolation"), ("per_date_regression", "Per-date regression")),
+            ),
+        ):
+            if not dates:
+                continue
+            lines += [f"{title}:", "", "| Method | CC | SAM (°) | PSNR (dB) | SSIM |", "|---|---|---|---|---|"]
+            for key, name in baselines:
+                if all(x in runs[0].get(key, {}) for x in dates):
+                    lines.append(_row(name, mean_over(runs[0][key], dates)))
+            for r in runs:
+                label = f"network, kernels {r.get('kernels', '1')} ({r['config']}, {r['train_s']:.0f} s training)"
+                lines.append(_row(label, mean_over(r["network"], dates)))
+            lines.append("")
+    return lines
+
+
 def _family(config: str) -> str:
     """A configuration's name without its seed: a_defaults_seed1 -> a_defaults."""
     return config.split("_seed")[0]
@@ -324,13 +388,21 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=training.DEFAULTS["epochs"])
     ap.add_argument("--scenes", default=",".join(DEV_SCENES + (HELD_OUT_SCENE,)))
     ap.add_argument("--seed", type=int, default=0, help="training seed (run-to-run spread)")
+    ap.add_argument("--kernels", default="1", help="the network's kernel set: 1, 1,3 or 1,3,5")
+    ap.add_argument(
+        "--kernel-table",
+        help="print the per-scene table of these configurations (comma-separated, e.g. the defaults with each "
+        "kernel set) with the interpolation and two-stage baselines",
+    )
     ap.add_argument("--reuse", help="fuse with the models this configuration trained (fusion-time switches)")
     ap.add_argument("--write", action="store_true", help="with --report: put the tables into BENCHMARKS.md")
     ap.add_argument("--report", action="store_true", help="print the tables of every configuration run")
     args = ap.parse_args(argv)
     if args.config:
         for scene in [s.strip() for s in args.scenes.split(",") if s.strip()]:
-            r = run_scene(scene, args.config, json.loads(args.options), args.pca, args.epochs, args.reuse, args.seed)
+            r = run_scene(
+                scene, args.config, json.loads(args.options), args.pca, args.epochs, args.reuse, args.seed, args.kernels
+            )
             d = r["dataset"]
             for label, dates in (("tuning", d["tuning_dates"]), ("held out", d["held_out_dates"])):
                 m, b = mean_over(r["network"], dates), mean_over(r["two_stage"], dates)
@@ -348,6 +420,8 @@ def main(argv=None) -> int:
                 f"{scene} {args.config} HS dates: "
                 + ", ".join(f"{k} {m[k]:.4f} ({m[k] - b[k]:+.4f})" for k in METRICS[:4])
             )
+    if args.kernel_table:
+        print("\n".join(kernel_table(os.path.join(WORK, "generality"), args.kernel_table.split(","))))
     if args.report:
         text = report()
         print(text)

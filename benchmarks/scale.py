@@ -2,7 +2,7 @@
 """Scale benchmark: time and peak memory of Build MDD stack, Train and Fuse at three grid sizes.
 
     .venv/bin/python benchmarks/scale.py [--sizes 512,1024,2048] [--hs-bands 128] [--dates 10]
-        [--epochs 2] [--fuse-dates 2] [--dask-workers 1,2] [--work benchmarks/output/scale]
+        [--epochs 2] [--fuse-dates 2] [--dask-workers 1,2] [--work benchmarks/output/scale] [--dask-only]
 
 For each size N it writes a synthetic series (procedural, no real data: what is measured is time and
 memory, not accuracy): fine MS N x N px at 10 m (4 bands) on 4 dates, dense MS at 20 m (8 bands) on
@@ -15,6 +15,9 @@ Dask cluster of each ``--dask-workers`` count (DASK_SCHEDULER=<its address>) whe
 installed. For the fused output it also times GDAL's own copy of the same files
 with the same creation options (gdal_translate), the yardstick of "fusion at the speed of writing
 its output". Results go to <work>/scale.json and, as a table, to stdout (paste into BENCHMARKS.md).
+Each LocalCluster runs under GNU time as well: "cluster MiB" is the peak of its largest process (a
+worker, or the scheduler). ``--dask-only`` reruns only the LocalCluster runs on an earlier run's MDD
+and model (results: <work>/scale_dask.json).
 """
 
 from __future__ import annotations
@@ -174,19 +177,32 @@ def start_cluster(workers: int):
         "print(c.scheduler_address, flush=True)\nsys.stdin.read()\nc.close()\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
+    # Under GNU time: its peak is that of the cluster's largest process (a worker, or the scheduler).
+    times = os.path.join(os.path.abspath(os.environ.get("TMPDIR", "/tmp")), f"stsfusion_cluster_{os.getpid()}.time")
+    timer = ["/usr/bin/time", "-f", "%M", "-o", times] if os.path.exists("/usr/bin/time") else []
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        timer + [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
-    return proc, proc.stdout.readline().strip()
+    return proc, proc.stdout.readline().strip(), times
 
 
-def stop_cluster(cluster) -> None:
-    proc, _ = cluster
+def stop_cluster(cluster) -> float | None:
+    """Stops the cluster; returns the peak resident memory (MiB) of its largest process."""
+    proc, _, times = cluster
     proc.stdin.close()
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
+        return None
+    try:
+        with open(times) as f:
+            return round(float(f.read().split()[-1]) / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        if os.path.exists(times):
+            os.remove(times)
 
 
 def run_size(n: int, args, work: str) -> dict:
@@ -198,17 +214,20 @@ def run_size(n: int, args, work: str) -> dict:
     logs = os.path.join(folder, "logs")
     os.makedirs(logs, exist_ok=True)
     mdd = os.path.join(folder, "mdd", "scale.json")
-    shutil.rmtree(os.path.dirname(mdd), ignore_errors=True)
-    params = [f"{k}={p}" for k, paths in series["layers"].items() for p in paths] + [f"OUTPUT={mdd}"]
-    result["build"] = timed(
-        "Build MDD stack", qgis_process("stsfusion:buildmdd", params), os.path.join(logs, "build.log")
-    )
     model = os.path.join(folder, "model.pt")
-    train = [f"MDD={mdd}", f"EPOCHS={args.epochs}", "SELF_CHECK=false", "DEVICE=cpu", f"OUTPUT_MODEL={model}"]
-    result["train"] = timed("Train", qgis_process("stsfusion:train", train), os.path.join(logs, "train.log"))
+    reuse = args.dask_only and os.path.exists(mdd) and os.path.exists(model)
+    if not reuse:
+        shutil.rmtree(os.path.dirname(mdd), ignore_errors=True)
+        params = [f"{k}={p}" for k, paths in series["layers"].items() for p in paths] + [f"OUTPUT={mdd}"]
+        result["build"] = timed(
+            "Build MDD stack", qgis_process("stsfusion:buildmdd", params), os.path.join(logs, "build.log")
+        )
+        train = [f"MDD={mdd}", f"EPOCHS={args.epochs}", "SELF_CHECK=false", "DEVICE=cpu", f"OUTPUT_MODEL={model}"]
+        result["train"] = timed("Train", qgis_process("stsfusion:train", train), os.path.join(logs, "train.log"))
     fuse_dates = ",".join(series["dates"][1 : 1 + args.fuse_dates])
     pixel_bands = n * n * args.hs_bands * args.fuse_dates
-    runs = [("in process", None), ("loop", 0)] + [(f"Dask, {w} worker(s)", w) for w in args.dask_workers]
+    runs = [] if reuse else [("in process", None), ("loop", 0)]
+    runs += [(f"Dask, {w} worker(s)", w) for w in args.dask_workers]
     result["fuse"] = {}
     for label, workers in runs:
         out = os.path.join(folder, "fused" if workers is None else f"fused_{workers}")
@@ -223,11 +242,15 @@ def run_size(n: int, args, work: str) -> dict:
                 print(f"  {label}: skipped (dask.distributed is not installed)")
                 continue
             fuse.append(f"DASK_SCHEDULER={cluster[1]}")
+        worker_peak = None
         try:
             r = timed(f"Fuse, {label}", qgis_process("stsfusion:fuse", fuse), os.path.join(logs, f"fuse_{workers}.log"))
         finally:
             if cluster is not None:
-                stop_cluster(cluster)
+                worker_peak = stop_cluster(cluster)
+        if worker_peak is not None:
+            r["cluster_peak_mb"] = worker_peak
+            print(f"  largest process of the cluster (worker or scheduler): peak {worker_peak:.0f} MiB")
         r["fuse_s"] = fusion_seconds(os.path.join(logs, f"fuse_{workers}.log"))  # without QGIS's start-up
         r["pixel_bands_per_s"] = round(pixel_bands / (r["fuse_s"] or r["wall_s"])) if r["rc"] == 0 else None
         if workers is None and r["rc"] == 0:
@@ -244,7 +267,7 @@ def table(results: list) -> str:
     lines = [
         "| grid (px) | HS bands | dates | Build s / MiB | Train s / MiB | Fuse s / MiB | fusion itself s | "
         "Fuse pixel·bands/s | GDAL copy s (Fuse ×) | loop without Dask: fusion s / MiB | "
-        "Dask LocalCluster 1 worker: fusion s | 2 workers: fusion s |",
+        "Dask LocalCluster 1 worker: fusion s / cluster MiB | 2 workers: fusion s / cluster MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -260,7 +283,8 @@ def table(results: list) -> str:
             f"| {r['size']}² | {r['hs_bands']} | {r['dates']} | {cell(r['build'])} | {cell(r['train'])} | "
             f"{cell(f)} | {f.get('fuse_s', '–')} | {f.get('pixel_bands_per_s') or 0:,} | "
             f"{f.get('gdal_copy_s', '–')} ({f.get('vs_gdal_copy', '–')}×) | "
-            f"{lp.get('fuse_s', '–')} / {lp.get('peak_mb', '–')} | {d1.get('fuse_s', '–')} | {d2.get('fuse_s', '–')} |"
+            f"{lp.get('fuse_s', '–')} / {lp.get('peak_mb', '–')} | {d1.get('fuse_s', '–')} / {d1.get('cluster_peak_mb', '–')} | "
+            f"{d2.get('fuse_s', '–')} / {d2.get('cluster_peak_mb', '–')} |"
         )
     return "\n".join(lines)
 
@@ -274,6 +298,11 @@ def main(argv=None) -> int:
     ap.add_argument("--fuse-dates", type=int, default=2)
     ap.add_argument("--dask-workers", default="1,2")
     ap.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "output", "scale"))
+    ap.add_argument(
+        "--dask-only",
+        action="store_true",
+        help="only the LocalCluster runs, on the MDD and model of an earlier run (results: scale_dask.json)",
+    )
     args = ap.parse_args(argv)
     args.dask_workers = [int(v) for v in args.dask_workers.split(",") if v.strip()]
     os.makedirs(args.work, exist_ok=True)
@@ -285,9 +314,10 @@ def main(argv=None) -> int:
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
             "results": results,
         }
-        with open(os.path.join(args.work, "scale.json"), "w") as f:
+        with open(os.path.join(args.work, "scale_dask.json" if args.dask_only else "scale.json"), "w") as f:
             json.dump(summary, f, indent=1)
-    print(table(results))
+    if not args.dask_only:
+        print(table(results))
     return 0
 
 

@@ -66,6 +66,7 @@ def test_dask_threads_in_this_process_build_the_loops_values(loop, tmp_path):
         mdd = _build(inputs, tmp_path / "dask", client, callbacks=Callbacks(progress=lambda f, m: messages.append(m)))
     _assert_same(reference, mdd)
     assert any("valid: " in m and "masked" in m for m in messages)  # the masks' counts came back from the tasks
+    assert build_module._OPENED == {}  # every thread's last layer closed: the inputs may be removed
 
 
 @pytest.mark.slow
@@ -78,8 +79,8 @@ def test_a_local_cluster_of_two_worker_processes_builds_the_loops_values(loop, t
         Client(cluster, set_as_default=False) as client,
     ):
         mdd = _build(inputs, tmp_path / "dask", client)
-        workers = client.run(lambda: 1)
-    assert len(workers) == 2
+        still_open = client.run(lambda: len(__import__("stsfusion.model.mdd.build", fromlist=["_"])._OPENED))
+    assert len(still_open) == 2 and not any(still_open.values())  # each worker closed the layers it read
     _assert_same(reference, mdd)
 
 

@@ -218,6 +218,7 @@ def fuse_with_dask(
             scale=scale,
             file_md=file_md,
             device=device,
+            gdal_cache_mb=int(gdal_cache_mb),
         )
         started = time.monotonic()
         if client is not None:

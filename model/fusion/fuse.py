@@ -41,6 +41,7 @@ from ..mdd.geotiff import (
     COMPRESSIONS,
     GeoTiffWriter,
     WriterGroup,
+    cap_gdal_cache,
     gdal_cache,
     read_band_wavelengths,
     remove_leftovers,
@@ -291,6 +292,7 @@ class FusionJob:
     scale: float | None
     file_md: dict
     device: str = "cpu"
+    gdal_cache_mb: int = FUSE_GDAL_CACHE_MB  # GDAL's block cache in the process that fuses a group
 
 
 def prepare_outputs(
@@ -438,6 +440,7 @@ def fuse_date_group(job: FusionJob, dates: list[str], callbacks: Callbacks | Non
 
     cb = callbacks_or_default(callbacks)
     cb.check("Fusion canceled: the dates under way were not written.")
+    cap_gdal_cache(job.gdal_cache_mb)  # a cluster's worker: bounded as this process is
     started = time.monotonic()
     mdd = MDD.open(job.mdd_path)
     predictor = load_predictor(job.model_path, device=job.device)

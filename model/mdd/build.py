@@ -33,7 +33,7 @@ from ..core.memory import release_freed_memory
 from ..core.tasks import portable_call
 from ..core.vocabulary import ROLE_LABELS, ROLE_PARAMS, ROLES, iso_date
 from .format import MDD, NODATA, RoleStack, RoleStackWriter, stack_paths, write_manifest
-from .geotiff import with_gdal_cache
+from .geotiff import cap_gdal_cache, with_gdal_cache
 from .products import ProductError, QualityRule, open_product, readers, unknown_classes
 from .products.quality import QualityMask, class_summary, explicit_mask, parse_mask_values
 from .raster_io import (
@@ -571,6 +571,7 @@ def _warp_task(info: LayerInfo, grid: Grid, window: tuple, method: str, bbl: lis
     worker): the values ready to write (nodata where not finite or in a bad band), the valid pixels,
     the bands seen, and what the quality layers and masks flagged."""
     release_freed_memory()  # the last window's buffers: the peak stays that of the windows in flight
+    cap_gdal_cache(BUILD_GDAL_CACHE_MB)  # a cluster's worker: bounded as this process is
     src, masks = _opened(info, grid, qualities)
     good = np.ones(info.band_count, bool) if not bbl else np.asarray(bbl, bool)
     # Bad bands (bbl = 0, e.g. EnMAP's water-vapour bands, nodata everywhere) do not count.

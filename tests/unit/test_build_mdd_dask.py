@@ -80,7 +80,9 @@ def test_a_local_cluster_of_two_worker_processes_builds_the_loops_values(loop, t
     ):
         mdd = _build(inputs, tmp_path / "dask", client)
         still_open = client.run(lambda: len(__import__("stsfusion.model.mdd.build", fromlist=["_"])._OPENED))
+        caches = client.run(lambda: __import__("osgeo.gdal", fromlist=["_"]).GetCacheMax())
     assert len(still_open) == 2 and not any(still_open.values())  # each worker closed the layers it read
+    assert all(v <= build_module.BUILD_GDAL_CACHE_MB * 2**20 for v in caches.values())  # not 5 % of the RAM
     _assert_same(reference, mdd)
 
 

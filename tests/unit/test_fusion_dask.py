@@ -15,7 +15,7 @@ from osgeo import gdal
 from stsfusion.model.core.callbacks import Callbacks, Canceled
 from stsfusion.model.fusion import distributed as dist
 from stsfusion.model.fusion.distributed import resolve_scheduler, split_dates
-from stsfusion.model.fusion.fuse import fuse_time_series
+from stsfusion.model.fusion.fuse import FUSE_GDAL_CACHE_MB, fuse_time_series
 from stsfusion.model.fusion.tiling import FusionError
 
 
@@ -230,6 +230,9 @@ def test_a_local_cluster_of_two_workers_writes_the_same_bytes(real, reference, c
     assert progress == [pytest.approx(0.5), pytest.approx(1.0)]  # per completed task
     _assert_same_outputs(paths, reference)
     assert _no_partial(tmp_path)
+    # Each worker's GDAL cache was capped as this process's is (not GDAL's 5 % of the RAM).
+    caches = client.run(lambda: __import__("osgeo.gdal", fromlist=["_"]).GetCacheMax())
+    assert caches and all(v <= FUSE_GDAL_CACHE_MB * 2**20 for v in caches.values()), caches
 
 
 @pytest.mark.slow

@@ -17,8 +17,10 @@ the tables of every configuration run so far:
 - dates with HS, against the per-date regression.
 Scenes differ in sensors and calendar: same_day (ZY1-02D-like fine MS, GF-6 WFV dense MS, EnMAP
 HS, all on the same days), offset_5_8 (the same sensors, fine MS and HS 5-8 days from the dense
-MS dates, on opposite sides), products_clear (Sentinel-2 L2A, Landsat 8 C2 L2 and EnMAP L2A product
-layouts). products_clear is the held-out scene: it is reported, never used to choose.
+MS dates, on opposite sides), swir_offset_5_8 (offset_5_8's calendar; a fine MS with SWIR bands,
+Landsat 8 OLI-like, and a GF-1 WFV dense MS), products_clear (Sentinel-2 L2A, Landsat 8 C2 L2 and
+EnMAP L2A product layouts). products_clear is the held-out scene: it is reported, never used to
+choose.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from stsfusion.model.fusion.fuse import fuse_time_series
 from stsfusion.model.nn import training
 
 WORK = os.path.join(ROOT, "benchmarks", "output")
-DEV_SCENES = ("same_day", "offset_5_8")
+DEV_SCENES = ("same_day", "offset_5_8", "swir_offset_5_8")
 HELD_OUT_SCENE = "products_clear"
 DEFAULT_OPTIONS = dict(training.NETWORK_OPTIONS)
 

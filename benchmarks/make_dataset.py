@@ -26,6 +26,9 @@ benchmarks/output/dataset; any other scenario goes to benchmarks/output/dataset_
                 own 1-3 days, fine MS and HS to opposite sides (e.g. fine at D-2, HS at D+1). The
                 truth is simulated on the union of all acquisition dates.
     offset_5_8  the same with 5-8 days.
+    swir_offset_5_8  offset_5_8's calendar with other sensors: fine MS Landsat 8 OLI-like (bands 1-7,
+                SWIR included, on the 30 m grid), dense MS GF-1 WFV (4 bands, x2: 60 m), HS the
+                truth's own bands (x3: 90 m). A development scene whose fine MS has SWIR bands.
     one_fine    same-day calendar, fine MS on one date only (DATES[3]).
     one_hs      same-day calendar, HS on one date only (DATES[3]).
     cloudy_fine same-day calendar, the fine MS cloudy on every date (20-40 % cover).
@@ -104,6 +107,8 @@ SCENARIOS = {
     "one_fine": "same-day calendar, fine MS on one date only",
     "one_hs": "same-day calendar, HS on one date only",
     "cloudy_fine": "same-day calendar, fine MS cloudy on every date (20-40 % cover)",
+    "swir_offset_5_8": "offset_5_8's calendar with other sensors: fine MS Landsat 8 OLI-like (7 bands, SWIR "
+    "included), dense MS GF-1 WFV (4 bands, x2), HS the truth's own bands (x3)",
     "products_clear": "same-day calendar as products: fine MS Sentinel-2 L2A, dense MS Landsat 8 C2 L2 (x2), "
     "HS EnMAP L2A (x3); no clouds",
     "products_cloudy": "products_clear with clouds and shadows flagged only in the quality layers: every fine MS "
@@ -118,7 +123,7 @@ CLOUDY = {  # products_cloudy: role -> (DATES indices with clouds, cover range)
     "dense_ms": ((1, 3, 4), (0.1, 0.3)),  # a held-out date, an HS date, the tuning date
     "hs": ((0, 3), (0.1, 0.3)),
 }
-OFFSETS = {"offset_1_3": (1, 3), "offset_5_8": (5, 8)}
+OFFSETS = {"offset_1_3": (1, 3), "offset_5_8": (5, 8), "swir_offset_5_8": (5, 8)}
 ONE_DATE = DATES[3]
 
 
@@ -220,6 +225,27 @@ def product_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
         "B02, B03, B04, B05, B06, B07, B08, B8A, B11, B12 (the ten bands the Sentinel-2 reader stacks)",
         "dense_ms": "measured Landsat 8 OLI responses (srf/L8_OLI.txt, from acolite): bands 1-7 "
         "(the Landsat reader stacks all seven SR bands)",
+        "hs": "the truth's own bands (EnMAP)",
+    }
+    return sensors, responses
+
+
+def swir_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
+    """(sensors, responses description) of swir_offset_5_8: a fine MS with SWIR bands (Landsat 8
+    OLI-like bands 1-7 on the 30 m grid) and a 4-band dense MS (GF-1 WFV), neither of the other
+    scenes' sensor sets; noise, gains and misregistration as in default_sensors."""
+    oli = srf.subset(load_srf_file(os.path.join(data, "srf", "L8_OLI.txt")), OLI_BANDS)
+    wfv = load_srf_file(os.path.join(data, "srf", "GF1_WFV1.txt"))
+    sensors = sim_sensors.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, fine_response=oli, dense_response=wfv)
+    names = {
+        "fine_ms": "Landsat 8 OLI-like at 30 m (simulated)",
+        "dense_ms": "GF-1 WFV (simulated)",
+        "hs": "ZY1-02D AHSI/EnMAP-like HS (simulated)",
+    }
+    sensors = {role: dataclasses.replace(spec, sensor=names[role]) for role, spec in sensors.items()}
+    responses = {
+        "fine_ms": "measured Landsat 8 OLI responses (srf/L8_OLI.txt, from acolite): bands 1-7",
+        "dense_ms": "measured GF-1 WFV1 responses (srf/GF1_WFV1.txt, from acolite): bands 1-4",
         "hs": "the truth's own bands (EnMAP)",
     }
     return sensors, responses
@@ -349,6 +375,8 @@ def main(argv=None) -> int:
     products = args.scenario in PRODUCT_SCENARIOS
     if products:
         sensors, responses = product_sensors(args.data, wl, fwhm)
+    elif args.scenario == "swir_offset_5_8":
+        sensors, responses = swir_sensors(args.data, wl, fwhm)
     design, sensors, calendar, extra = scenario_design(args.scenario, args.seed, sensors)
     t_setup = time.time() - t0
     # The truth on every acquisition date (the union of the roles' dates), so each sensor sees its own day.

@@ -490,7 +490,7 @@ def _predict_tile(predictor, cache, tile, date, grid, n_bands, shrink, cb) -> np
             sub = (x0 + sx, y0 + sy, sw, sh)
             out[:, sy : sy + sh, sx : sx + sw] = _predict_tile(predictor, cache, sub, date, grid, n_bands, shrink, cb)
         return out
-    halo_for = getattr(predictor, "halo_for", None)  # less context on the dates without a detail step
+    halo_for = getattr(predictor, "halo_for", None)  # less context for a model without the detail step
     halo = int(halo_for(date)) if halo_for is not None else int(predictor.halo)
     window, crop = expand_window(tile, halo, grid.width, grid.height)
     try:

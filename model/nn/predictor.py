@@ -63,7 +63,7 @@ class FusionPredictor:
         self.roles = meta["roles"]
         self.kernels = meta["kernels"]
         # The spectral map of each training HS date (date_maps.py): the network's with the date_maps
-        # option, and in any case the fine detail of an HS date (``_own_date_detail``); None in a
+        # option, and in any case the fine detail of every date (``_detail``); None in a
         # model file from before them.
         maps = arrays.get("date_maps")
         self.hs_maps = np.asarray(maps, np.float32) if maps is not None else None
@@ -201,30 +201,44 @@ class FusionPredictor:
         return None if i is None else self.hs_maps[i][None]
 
     def halo_for(self, date: str) -> int:
-        """The context ``date`` needs: ``halo`` on a date with the detail step, the network's alone
-        on the others (6 % fewer pixels through the network for a 256 px tile)."""
-        return self.halo if self._own_map(date) is not None else int(self.net.halo)
+        """The context ``date`` needs: ``halo`` where the detail step applies (every date of a model
+        with spectral maps), the network's alone otherwise."""
+        return self.halo if self.detail_blur is not None else int(self.net.halo)
 
-    def _own_date_detail(self, scores, x: dict, date: str):
-        """On a date with its own HS image and fine MS: the detail finer than the HS pixel from that
-        date's own regression of the HS on the fine MS (``r``), the rest from the network:
-        ``r + G(scores - r)``, G the HS PSF (Gaussian, validity-weighted), where the fine MS is valid.
-        The per-date regression keeps the fine MS's edges exactly where they are; the network's
-        finer detail also carries what its HS-scale inputs have of noise and misregistration.
-        Measured on two simulated scenes (BENCHMARKS.md, Generality): CC, PSNR and SSIM up on every
-        HS date. scores (1, k, H, W) torch; returns the same."""
+    def _detail(self, scores, x: dict, out: dict, date: str):
+        """The detail finer than the HS pixel from a regression of the HS on the fine MS (``r``), the
+        rest from the network: ``r + G(scores - r)``, G the HS PSF (Gaussian, validity-weighted).
+        - On a date with its own HS image and fine MS: that date's own regression, on its observed
+          fine MS, where that is valid. The per-date regression keeps the fine MS's edges exactly
+          where they are; the network's finer detail also carries what its HS-scale inputs have of
+          noise and misregistration (CC, PSNR and SSIM up on every HS date of two simulated scenes).
+        - On any other date: the regression of the HS dates blended in time (``date_maps.map_for``),
+          on the network's own fine MS estimate ``m`` (observed, or predicted in time), where that
+          is valid. The network is best at the HS scale (SAM, PSNR), a per-band regression of the
+          fine MS at the fine scale (CC, SSIM): on the tuning date of three development scenes, CC
+          +0.004 to +0.005 and SSIM +0.013 to +0.018 (BENCHMARKS.md, Generality).
+        scores (1, k, H, W) torch; returns the same."""
         import torch
 
+        from .date_maps import map_for
         from .network import apply_map
 
         own = self._own_map(date)
-        if own is None or not bool((x["va"] > 0).any()):
-            return scores
-        w = torch.from_numpy(own).to(scores.device, scores.dtype)
-        a, va = x["a"].to(scores.dtype), x["va"].to(scores.dtype)
-        r = apply_map(w, a)
-        low, _ = self.detail_blur((scores - r) * va, va)
-        return torch.where(va > 0, r + low, scores)
+        if own is not None:
+            if not bool((x["va"] > 0).any()):
+                return scores
+            w, ms, valid = own, x["a"], x["va"]
+        else:
+            w, ms, valid = (
+                map_for(self.map_days, self.hs_maps, day_number(date), self.max_days)[None],
+                out["m"],
+                out["vm"],
+            )
+        w = torch.from_numpy(w).to(scores.device, scores.dtype)
+        ms, valid = ms.to(scores.dtype), valid.to(scores.dtype)
+        r = apply_map(w, ms)
+        low, _ = self.detail_blur((scores - r) * valid, valid)
+        return torch.where(valid > 0, r + low, scores)
 
     def _reference(self, mdd, window, r, dense, fine_dates, hs_dates) -> dict:
         """The tensors of reference HS date ``r`` in ``window`` and its residual (which depends on
@@ -265,7 +279,7 @@ class FusionPredictor:
         with NETWORK_LOCK, torch.no_grad(), autocast(self.device, precision_for(self.device, training=False)[0]):
             out = self.net.fuse(x)
             if self.detail_blur is not None:
-                out["scores"] = self._own_date_detail(out["scores"].float(), x, date)
+                out["scores"] = self._detail(out["scores"].float(), x, out, date)
         scores = out["scores"].float()[0].cpu().numpy()
         valid = out["vm"].float()[0, 0].cpu().numpy() > 0
         if crop is not None:

@@ -200,8 +200,9 @@ switch tried at commit d8f044a and removed since), f_guided
 before the temporal branch), g_guided_pca30, h_guided_e60 (60 epochs), i_guided_refprior
 (`reference_in_prior`), k_guided_e15 (15 epochs), l_e15 (the defaults with 15 epochs); m_detail (k_guided_e15 trained again, the same weights, now
 with the detail step on the HS dates: finer than the HS pixel from the date's own regression of
-the HS on its fine MS, the rest from the network; the defaults); `_seedN`: the same with another
-training seed (the run-to-run spread).
+the HS on its fine MS, the rest from the network); q_detail_all (the m_detail models, the detail
+step on every date: the HS dates' maps blended in time on the network's fine MS estimate; the
+defaults); `_seedN`: the same with another training seed (the run-to-run spread).
 """
 
 

@@ -101,6 +101,11 @@ def test_dates_are_grouped_to_keep_every_slot_busy():
     assert [len(g) for g in split_dates(dates[:6], 2)] == [3, 3]
     assert [len(g) for g in split_dates(dates[:6], 2, per_task=4)] == [4, 2]
     assert sum(split_dates(dates, 3), []) == dates and split_dates([], 4) == []
+    # In this process (networks taking turns) a task takes 2 dates at least, to share each tile's reads.
+    assert [len(g) for g in split_dates(dates[:2], 2, at_least=2)] == [2]
+    assert [len(g) for g in split_dates(dates[:5], 2, at_least=2)] == [3, 2]
+    assert [len(g) for g in split_dates(dates, 16, at_least=2)] == [2] * 10
+    assert [len(g) for g in split_dates(dates[:1], 2, at_least=2)] == [1]
 
 
 def test_an_unreachable_scheduler_is_a_clear_error_and_writes_nothing(tmp_path):

@@ -53,6 +53,13 @@ def _source_weight(d, dq, dq2):
     return (m2 / (m1 + m2)).astype(np.float32)
 
 
+# The detail step on the dates without their own HS too (``FusionPredictor._detail``). Off: on the
+# tuning date of three development scenes it gave CC +0.004 to +0.005 and SSIM +0.013 to +0.018, but
+# on the demo sample CC 0.9604 -> 0.9578 and SSIM 0.861 -> 0.842 (BENCHMARKS.md, Generality), and it
+# costs about 5 % of fusion time; not a default until that is understood.
+DETAIL_ON_EVERY_DATE = False
+
+
 class FusionPredictor:
     """A loaded model, ready to fuse windows of an MDD with the same roles and bands."""
 
@@ -201,9 +208,10 @@ class FusionPredictor:
         return None if i is None else self.hs_maps[i][None]
 
     def halo_for(self, date: str) -> int:
-        """The context ``date`` needs: ``halo`` where the detail step applies (every date of a model
-        with spectral maps), the network's alone otherwise."""
-        return self.halo if self.detail_blur is not None else int(self.net.halo)
+        """The context ``date`` needs: ``halo`` where the detail step applies, the network's alone
+        otherwise (6 % fewer pixels through the network for a 256 px tile)."""
+        applies = self._own_map(date) is not None or (DETAIL_ON_EVERY_DATE and self.detail_blur is not None)
+        return self.halo if applies else int(self.net.halo)
 
     def _detail(self, scores, x: dict, out: dict, date: str):
         """The detail finer than the HS pixel from a regression of the HS on the fine MS (``r``), the
@@ -212,11 +220,9 @@ class FusionPredictor:
           fine MS, where that is valid. The per-date regression keeps the fine MS's edges exactly
           where they are; the network's finer detail also carries what its HS-scale inputs have of
           noise and misregistration (CC, PSNR and SSIM up on every HS date of two simulated scenes).
-        - On any other date: the regression of the HS dates blended in time (``date_maps.map_for``),
-          on the network's own fine MS estimate ``m`` (observed, or predicted in time), where that
-          is valid. The network is best at the HS scale (SAM, PSNR), a per-band regression of the
-          fine MS at the fine scale (CC, SSIM): on the tuning date of three development scenes, CC
-          +0.004 to +0.005 and SSIM +0.013 to +0.018 (BENCHMARKS.md, Generality).
+        - On any other date, only with ``DETAIL_ON_EVERY_DATE``: the regression of the HS dates
+          blended in time (``date_maps.map_for``), on the network's own fine MS estimate ``m``
+          (observed, or predicted in time), where that is valid.
         scores (1, k, H, W) torch; returns the same."""
         import torch
 
@@ -228,6 +234,8 @@ class FusionPredictor:
             if not bool((x["va"] > 0).any()):
                 return scores
             w, ms, valid = own, x["a"], x["va"]
+        elif not DETAIL_ON_EVERY_DATE:
+            return scores
         else:
             w, ms, valid = (
                 map_for(self.map_days, self.hs_maps, day_number(date), self.max_days)[None],

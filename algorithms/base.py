@@ -176,6 +176,19 @@ class STSFusionAlgorithm(QgsProcessingAlgorithm):
         threads.setFlags(threads.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(threads)
 
+    def add_dask_scheduler_parameter(self) -> None:
+        """DASK_SCHEDULER (advanced), alike on Build MDD stack and Fuse; the subclass defines the key."""
+        from qgis.core import QgsProcessingParameterDefinition, QgsProcessingParameterString
+
+        scheduler = QgsProcessingParameterString(
+            self.DASK_SCHEDULER,
+            self.tr("Dask scheduler (empty = DASK_SCHEDULER variable, else this process; tcp://host:port; none)"),
+            defaultValue="",
+            optional=True,
+        )
+        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(scheduler)
+
     def process(self, parameters, context, feedback) -> dict:
         raise NotImplementedError
 

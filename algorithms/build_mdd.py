@@ -8,7 +8,6 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterCrs,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMultipleLayers,
@@ -175,14 +174,7 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                 maxValue=100,
             )
         )
-        scheduler = QgsProcessingParameterString(
-            self.DASK_SCHEDULER,
-            self.tr("Dask scheduler (empty = DASK_SCHEDULER variable, else this process; tcp://host:port; none)"),
-            defaultValue="",
-            optional=True,
-        )
-        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(scheduler)
+        self.add_dask_scheduler_parameter()
         self.addParameter(
             QgsProcessingParameterFileDestination(
                 self.OUTPUT, self.tr("MDD manifest"), self.tr("MDD manifest (*.json)")
@@ -301,13 +293,13 @@ class BuildMddAlgorithm(STSFusionAlgorithm):
                     if masks[role]
                 )
             )
-        from ..model.fusion.distributed import dask_client, resolve_scheduler
+        from ..model.fusion.distributed import NO_DASK, THREADS, dask_client, resolve_scheduler
 
         mode = resolve_scheduler(self.parameterAsString(parameters, self.DASK_SCHEDULER, context))
         feedback.pushInfo(
             {
-                "none": "Warping in this process, one window after another.",
-                "threads": "Warping as Dask tasks in this process.",
+                NO_DASK: "Warping in this process, one window after another.",
+                THREADS: "Warping as Dask tasks in this process.",
             }.get(mode, f"Warping on the Dask cluster {mode}; writing here.")
         )
         with dask_client(mode) as client:

@@ -143,14 +143,7 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
                 self.SKIP_EXISTING, self.tr("Skip dates already fused (resume an interrupted run)"), False
             )
         )
-        scheduler = QgsProcessingParameterString(
-            self.DASK_SCHEDULER,
-            self.tr("Dask scheduler (empty = DASK_SCHEDULER variable, else this process; tcp://host:port; none)"),
-            defaultValue="",
-            optional=True,
-        )
-        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(scheduler)
+        self.add_dask_scheduler_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, self.tr("Fused GeoTIFFs")))
 

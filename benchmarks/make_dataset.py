@@ -207,19 +207,25 @@ def simulate_inputs(truth, wl, fwhm, design, sensors, seed: int, nominal: dict |
     return images
 
 
+def _named_sensors(wl, fwhm, fine, dense, names: dict) -> dict:
+    """default_sensors (noise, gains, misregistration) with measured fine and dense MS responses,
+    each role's spec named ``names[role]``."""
+    sensors = sim_sensors.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, fine_response=fine, dense_response=dense)
+    return {role: dataclasses.replace(spec, sensor=names[role]) for role, spec in sensors.items()}
+
+
 def product_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
     """(sensors, responses description) of the products scenarios: fine MS Sentinel-2A MSI, dense MS
     Landsat 8 OLI (measured responses from ../shared/data/srf), HS the truth's own bands; noise,
     gains and misregistration as in default_sensors."""
     s2 = srf.subset(load_srf_file(os.path.join(data, "srf", "S2A_MSI.txt")), S2_BANDS)
     oli = srf.subset(load_srf_file(os.path.join(data, "srf", "L8_OLI.txt")), OLI_BANDS)
-    sensors = sim_sensors.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, fine_response=s2, dense_response=oli)
     names = {
         "fine_ms": "Sentinel-2A MSI (simulated)",
         "dense_ms": "Landsat 8 OLI (simulated)",
         "hs": "EnMAP HSI (simulated)",
     }
-    sensors = {role: dataclasses.replace(spec, sensor=names[role]) for role, spec in sensors.items()}
+    sensors = _named_sensors(wl, fwhm, s2, oli, names)
     responses = {
         "fine_ms": "measured Sentinel-2A MSI responses (srf/S2A_MSI.txt, from acolite): "
         "B02, B03, B04, B05, B06, B07, B08, B8A, B11, B12 (the ten bands the Sentinel-2 reader stacks)",
@@ -236,13 +242,12 @@ def swir_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
     scenes' sensor sets; noise, gains and misregistration as in default_sensors."""
     oli = srf.subset(load_srf_file(os.path.join(data, "srf", "L8_OLI.txt")), OLI_BANDS)
     wfv = load_srf_file(os.path.join(data, "srf", "GF1_WFV1.txt"))
-    sensors = sim_sensors.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, fine_response=oli, dense_response=wfv)
     names = {
         "fine_ms": "Landsat 8 OLI-like at 30 m (simulated)",
         "dense_ms": "GF-1 WFV (simulated)",
         "hs": "ZY1-02D AHSI/EnMAP-like HS (simulated)",
     }
-    sensors = {role: dataclasses.replace(spec, sensor=names[role]) for role, spec in sensors.items()}
+    sensors = _named_sensors(wl, fwhm, oli, wfv, names)
     responses = {
         "fine_ms": "measured Landsat 8 OLI responses (srf/L8_OLI.txt, from acolite): bands 1-7",
         "dense_ms": "measured GF-1 WFV1 responses (srf/GF1_WFV1.txt, from acolite): bands 1-4",

@@ -69,6 +69,7 @@ __all__ = [
     "INSTALL_HINT",
     "NO_DASK",
     "SCHEDULER_ENV",
+    "THREADS",
     "dask_available",
     "dask_client",
     "fuse_with_dask",

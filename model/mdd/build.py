@@ -562,8 +562,12 @@ class _LayerJob:
     def task(self, window: tuple) -> bytes:
         """The window's task, as bytes for ``pickle.loads`` (``PortableCall``): a cluster's scheduler
         never needs the plugin, only its workers do."""
-        qualities = ([self.info.quality] if self.info.quality is not None else []) + list(self.info.masks)
-        return portable_call(_warp_task, self.info, self.grid, window, self.method, self.bbl, qualities)
+        return portable_call(_warp_task, self.info, self.grid, window, self.method, self.bbl, self.qualities)
+
+    @property
+    def qualities(self) -> list:
+        """The layer's quality layer (a product's) and explicit masks, in the order of its counts."""
+        return ([self.info.quality] if self.info.quality is not None else []) + list(self.info.masks)
 
 
 def _warp_task(info: LayerInfo, grid: Grid, window: tuple, method: str, bbl: list | None, qualities: list) -> dict:
@@ -745,7 +749,7 @@ def _finish_layer(job: _LayerJob) -> None:
     pixel of it is valid on the grid."""
     info, grid = job.info, job.grid
     total = grid.width * grid.height
-    qualities = ([info.quality] if info.quality is not None else []) + list(info.masks)
+    qualities = job.qualities
     masked = "; ".join(
         f"{q.label}: {class_summary(job.counts[k] if k < len(job.counts) else {}, total)}"
         for k, q in enumerate(qualities)

@@ -50,7 +50,8 @@ from .raster_io import (
 )
 from .resample import storage_ratio
 
-MAX_WINDOW_COLUMNS = 256  # widest window Build MDD stack warps at once: the same at every raster size
+WINDOW_ROWS = 256  # Build MDD stack's window height on a coarse role, in fine-grid px (RoleStack.stored_px)
+MAX_WINDOW_COLUMNS = 512  # its widest window, in fine-grid px: the same at every raster size from 512 px
 # Each window's source blocks are read once (its neighbours share only their edges), and the written
 # blocks are flushed window by window: a small cache is enough, and the same at every raster size.
 BUILD_GDAL_CACHE_MB = 16
@@ -375,8 +376,8 @@ def build_mdd_stack(
     CRS units (default: the fine MS pixel size); target_extent: (xmin, ymin, xmax, ymax) in
     ``extent_crs`` (default the target CRS); default: the overlap of all inputs, snapped inward to
     the fine MS pixel grid. ``callbacks`` report progress and are checked for cancel per window.
-    Windows are ``block`` rows (the GeoTIFF tile size) by as many columns as ``block_memory_mb``
-    allows. A path may also be a product (EnMAP L2A, Sentinel-2 L2A, Landsat C2 L2: model/mdd/
+    Windows are ``block`` rows (a multiple of the stacks' 64 px tiles) by as many columns as
+    ``block_memory_mb`` allows. A path may also be a product (EnMAP L2A, Sentinel-2 L2A, Landsat C2 L2: model/mdd/
     products): it is read with its date, wavelengths and scaling, and its quality layer masks the
     classes ``mask_classes`` (None: the family's default), grown by ``mask_buffer`` source pixels.
     masks: role -> explicit MASK rasters (paths or (name, path) pairs) for that role's layers, matched
@@ -484,8 +485,9 @@ def build_mdd_stack(
                         _windows(
                             stored[role],
                             info.band_count,
-                            stacks[role].block if stored[role] is not grid else block,
+                            stacks[role].stored_px(WINDOW_ROWS) if stored[role] is not grid else block,
                             block_memory_mb,
+                            stacks[role].stored_px(MAX_WINDOW_COLUMNS),
                         )
                     )
                     jobs.append(
@@ -522,18 +524,20 @@ def build_mdd_stack(
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _windows(grid, band_count, block, block_memory_mb):
-    """Windows (xoff, yoff, xsize, ysize) of ``block`` rows and a multiple of ``block`` columns.
+def _windows(grid, band_count, block, block_memory_mb, max_columns=MAX_WINDOW_COLUMNS):
+    """Windows (xoff, yoff, xsize, ysize) of ``block`` rows and a multiple of ``block`` columns, at
+    most ``max_columns`` (rounded down to ``block``, at least one block).
 
-    With block = the GeoTIFF tile size (256), every window fills whole tiles of every band, so
+    With block a multiple of the GeoTIFF tile size (256 rows of 64 px tiles on the fine grid,
+    ``RoleStack.stored_px`` on a coarse role's), every window fills whole tiles of every band, so
     each tile is compressed and written once; windows of a few rows across the full width would
     leave every tile of the strip half-written and make GDAL re-read them once its cache is full.
     A window holds about six float32 copies of its bands (raw, scaled, validity, written values,
     GDAL buffers): its width comes from the memory budget, at least one block.
     """
     per_col = band_count * block * 4 * 6
-    # At most MAX_WINDOW_COLUMNS: the window, hence the memory, stops growing with the raster's width.
-    cols = max(block, min(MAX_WINDOW_COLUMNS, block_memory_mb * 2**20 // per_col) // block * block)
+    # At most max_columns: the window, hence the memory, stops growing with the raster's width.
+    cols = max(block, min(int(max_columns), block_memory_mb * 2**20 // per_col) // block * block)
     for y in range(0, grid.height, block):
         for x in range(0, grid.width, cols):
             yield x, y, min(cols, grid.width - x), min(block, grid.height - y)

@@ -40,6 +40,9 @@ gdal.UseExceptions()
 FORMAT = "sts-fusion-mdd"
 FORMAT_VERSION = 2  # 2: each role at its own pixel size (``pixel_ratio``); 1: every role on the fine grid
 NODATA = -9999.0
+# The stacks' compression level (ZSTD, or DEFLATE where GDAL lacks it): 3, not GDAL's default of 9,
+# writes a 128-band HS stack 2-3x faster for files 0.4 % larger; reading is as fast at any level.
+MDD_COMPRESSION_LEVEL = 3
 
 
 class MDDError(ValueError):
@@ -91,10 +94,20 @@ class RoleStack:
 
     @property
     def block(self) -> int:
-        """Its files' tile size: what a 256 px window of the fine grid (a fusion tile, a training
-        region) covers of the stored grid, rounded up to a multiple of 16; so a window decompresses
-        about what it needs, not a 256 px block of a coarse role of which it uses a ninth."""
-        return max(64, min(256, 16 * math.ceil(256 / self.pixel_ratio / 16)))
+        """Its files' tile size: what 64 px of the fine grid cover of the stored grid, rounded up to
+        a multiple of 16, at least 32. A fusion tile's window (256 px and a 20 px halo each side)
+        then decompresses about 1.5² times its own pixels, not 3² times as with 256 px tiles, where
+        it took slivers of its eight neighbours' whole tiles and GDAL's bounded cache could not keep
+        them for the next tile row (1024² px: every window of a fusion read in 2.2 s against 6.1 s,
+        the files 3 % larger)."""
+        return max(32, min(64, 16 * math.ceil(64 / self.pixel_ratio / 16)))
+
+    def stored_px(self, fine_px: int) -> int:
+        """What ``fine_px`` px of the fine grid cover of the stored grid, in whole tiles: Build MDD
+        stack's windows (256 rows, 512 columns of the fine grid) in a coarse role's pixels. A
+        window then fills whole tiles, a coarse role's is not one thin row of tiles, and it has its
+        full size on any grid of 512 px or more, so Build's memory is the same on every larger one."""
+        return self.block * math.ceil(int(fine_px) / self.pixel_ratio / self.block)
 
 
 def band_description(date: str, wavelength: float | None, band_index: int) -> str:
@@ -403,6 +416,7 @@ class RoleStackWriter:
             band_md,
             role_md,
             compression=fast_compression(),
+            level=MDD_COMPRESSION_LEVEL,
             block=stack.block,
         )
         try:
@@ -416,6 +430,7 @@ class RoleStackWriter:
                 None,
                 role_md,
                 compression=fast_compression(),
+                level=MDD_COMPRESSION_LEVEL,
                 block=stack.block,
             )
         except BaseException:

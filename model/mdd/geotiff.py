@@ -75,10 +75,11 @@ class GeoTiffWriter:
         threads: str | int | None = None,
         predictor: int | None = None,
         block: int = 256,
+        level: int | None = None,
     ) -> None:
         self.path = path
         self._tmp = partial_path(path)
-        options = creation_options(dtype, compression, threads, predictor, block)
+        options = creation_options(dtype, compression, threads, predictor, block, level)
         self._ds = gdal.GetDriverByName("GTiff").Create(self._tmp, grid.width, grid.height, n_bands, dtype, options)
         self._ds.SetGeoTransform(tuple(grid.geotransform))
         self._ds.SetProjection(grid.crs_wkt)
@@ -134,11 +135,13 @@ def creation_options(
     threads: str | int | None = None,
     predictor: int | None = None,
     block: int = 256,
+    level: int | None = None,
 ) -> list:
     """GTiff creation options: ``block`` px tiles (a multiple of 16), band interleave, the
     compression with a predictor (None: 3, floating point, for float data, none for integers; 2
-    suits int16 reflectance) and, optionally, GDAL's own multi-threaded compression (the bytes
-    written are the same whatever the thread count)."""
+    suits int16 reflectance) at ``level`` (ZSTD_LEVEL or ZLEVEL; None: GDAL's default, 9 and 6)
+    and, optionally, GDAL's own multi-threaded compression (the bytes written are the same
+    whatever the thread count)."""
     compression = str(compression).upper()
     if compression not in COMPRESSIONS:
         raise ValueError(f"Unknown compression '{compression}': choose {' or '.join(COMPRESSIONS)}.")
@@ -150,6 +153,8 @@ def creation_options(
         predictor = 3
     if predictor:
         options.append(f"PREDICTOR={int(predictor)}")
+    if level is not None:
+        options.append(f"{'ZSTD_LEVEL' if compression == 'ZSTD' else 'ZLEVEL'}={int(level)}")
     if threads is not None and str(threads) not in ("", "1"):
         options.append(f"NUM_THREADS={threads}")
     return options

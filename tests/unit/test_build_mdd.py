@@ -147,6 +147,43 @@ def test_block_size_does_not_change_the_result(tmp_path):
         np.testing.assert_array_equal(a.read_mask(role), b.read_mask(role))
 
 
+def test_stacks_are_stored_in_small_tiles_and_windows_stop_growing_at_512_px(tmp_path):
+    """The stacks' tiles cover 64 px of the fine grid (a fusion tile's window decompresses about
+    1.5² times its pixels, not 3²), compressed at ZSTD level 3 (or DEFLATE's); Build's windows are at
+    most 256 rows by 512 columns of the fine grid on every role, so a 512 px grid already has the
+    windows of a 2048 px one."""
+    from stsfusion.model.core.grid import Grid
+    from stsfusion.model.mdd.build import MAX_WINDOW_COLUMNS, WINDOW_ROWS, _windows
+    from stsfusion.model.mdd.format import MDD_COMPRESSION_LEVEL, RoleStack
+
+    fine, dense, hs = make_inputs(tmp_path)
+    mdd = build_mdd_stack(str(tmp_path / "m.json"), fine, dense, hs)
+    for role in ("fine_ms", "dense_ms", "hs"):
+        stack = mdd.roles[role]
+        ds = gdal.Open(stack.path)
+        assert ds.GetRasterBand(1).GetBlockSize() == [stack.block, stack.block]
+        structure = ds.GetMetadata("IMAGE_STRUCTURE")
+        assert structure["COMPRESSION"] in ("ZSTD", "DEFLATE") and structure["PREDICTOR"] == "3"
+    assert MDD_COMPRESSION_LEVEL == 3
+
+    def stack(ratio):
+        return RoleStack(role="hs", path="x", mask_path="y", dates=[], wavelengths=[], pixel_ratio=ratio)
+
+    assert [stack(r).block for r in (1, 1.5, 2, 3, 6)] == [64, 48, 32, 32, 32]
+    assert [stack(r).stored_px(256) for r in (1, 2, 3)] == [256, 128, 96]
+    for ratio in (1, 2, 3):
+        s = stack(ratio)
+        sizes = []
+        for side in (512, 2048):
+            n = -(-side // ratio)
+            stored = Grid("", (0, 10.0 * ratio, 0, 0, 0, -10.0 * ratio), n, n)
+            rows = s.stored_px(WINDOW_ROWS) if ratio > 1 else 256
+            wins = list(_windows(stored, 128, rows, 256, s.stored_px(MAX_WINDOW_COLUMNS)))
+            sizes.append(max(w[2] * w[3] for w in wins))
+            assert all(w[2] % s.block == 0 or w[0] + w[2] == stored.width for w in wins)
+        assert sizes[1] <= 1.15 * sizes[0], (ratio, sizes)
+
+
 def test_cancel_leaves_nothing(tmp_path):
     fine, dense, hs = make_inputs(tmp_path)
     out = tmp_path / "out"

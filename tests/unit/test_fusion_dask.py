@@ -215,6 +215,46 @@ def test_dask_threads_in_process_write_the_loops_bytes(real, reference, tmp_path
 
 
 @pytest.mark.slow
+def test_one_task_at_a_time_runs_in_this_thread_with_the_same_bytes_progress_and_cancel(real, reference, tmp_path):
+    """Three dates make one task (two dates at least a task): Dask's scheduler would add nothing but
+    its overhead, so the task runs in the calling thread, and writes the loop's bytes."""
+    manifest, model = real
+    dates = [os.path.basename(p)[6:16] for p in reference][:3]
+    log, progress = [], []
+    paths = fuse_time_series(
+        manifest,
+        model,
+        str(tmp_path / "ok"),
+        dates,
+        tile_size=16,
+        device="cpu",
+        threads=1,
+        scheduler="threads",
+        callbacks=Callbacks(log=log.append, progress=lambda f, m: progress.append(f)),
+    )
+    assert any("1 task(s) of 3 date(s), one at a time" in m and "run in this thread" in m for m in log), log
+    assert not any("worker thread(s)" in m for m in log)
+    _assert_same_outputs(paths, reference[:3])
+    assert len(progress) > 2 and progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+    assert _no_partial(tmp_path / "ok")
+
+    calls = []
+    with pytest.raises(Canceled):
+        fuse_time_series(
+            manifest,
+            model,
+            str(tmp_path / "c"),
+            dates,
+            tile_size=16,
+            device="cpu",
+            threads=1,
+            scheduler="threads",
+            callbacks=Callbacks(progress=lambda f, m: calls.append(f), is_canceled=lambda: len(calls) >= 3),
+        )
+    assert os.listdir(tmp_path / "c") == []
+
+
+@pytest.mark.slow
 def test_a_local_cluster_of_two_workers_writes_the_same_bytes(real, reference, cluster, tmp_path):
     manifest, model = real
     c, client = cluster

@@ -291,7 +291,6 @@ def _fuse_in_process(
     """The groups on a LocalCluster of threads in this process; returns the values clipped to
     int16. PyTorch's thread count is process-wide: set once for all the tasks, and set back to
     ``threads`` (0: PyTorch's default) afterwards."""
-    distributed = _import_distributed(THREADS)
     from dask.system import CPU_COUNT
 
     from ..nn.device import configure_threads, describe_device
@@ -331,6 +330,7 @@ def _fuse_in_process(
             "thread(s), one task's network at a time."
         )
         cb.log(describe_device(device, torch_threads, training=False))
+        distributed = _import_distributed(THREADS)  # only here: importing it takes 0.6 s
         with _local_client(workers) as client:
             return _run_futures(client, distributed, THREADS, job, groups, None, 0, workers, n_tiles, cb)
     finally:

@@ -51,7 +51,7 @@ from .raster_io import (
 from .resample import storage_ratio
 
 WINDOW_ROWS = 256  # Build MDD stack's window height on a coarse role, in fine-grid px (RoleStack.stored_px)
-MAX_WINDOW_COLUMNS = 512  # its widest window, in fine-grid px: the same at every raster size from 512 px
+MAX_WINDOW_COLUMNS = 512  # its widest window, in fine-grid px (at most): the same at every raster size from 512 px
 # Each window's source blocks are read once (its neighbours share only their edges), and the written
 # blocks are flushed window by window: a small cache is enough, and the same at every raster size.
 BUILD_GDAL_CACHE_MB = 16
@@ -487,7 +487,7 @@ def build_mdd_stack(
                             info.band_count,
                             stacks[role].stored_px(WINDOW_ROWS) if stored[role] is not grid else block,
                             block_memory_mb,
-                            stacks[role].stored_px(MAX_WINDOW_COLUMNS),
+                            stacks[role].stored_px(MAX_WINDOW_COLUMNS, within=True),
                         )
                     )
                     jobs.append(

@@ -53,11 +53,13 @@ def _source_weight(d, dq, dq2):
     return (m2 / (m1 + m2)).astype(np.float32)
 
 
-# The detail step on the dates without their own HS too (``FusionPredictor._detail``). Off: on the
-# tuning date of three development scenes it gave CC +0.004 to +0.005 and SSIM +0.013 to +0.018, but
-# on the demo sample CC 0.9604 -> 0.9578 and SSIM 0.861 -> 0.842 (BENCHMARKS.md, Generality), and it
-# costs about 5 % of fusion time; not a default until that is understood.
-DETAIL_ON_EVERY_DATE = False
+# The detail step on the dates without their own HS too (``FusionPredictor._detail``), for models
+# that carry the detail's skill (``detail_skill.py``). Chosen on the tuning date of three development
+# scenes (CC 0.9467 -> 0.9504, SSIM 0.816 -> 0.830 on their mean; BENCHMARKS.md, Generality). Without
+# the skill, the whole step on every date lowered the demo sample's CC 0.9604 -> 0.9578 and SSIM
+# 0.861 -> 0.842 (the SWIR's detail from four VNIR bands); weighted by the skill, 0.9605 and 0.857.
+# About 5 % more fusion time. Models without the skill keep the step on their HS dates only.
+DETAIL_ON_EVERY_DATE = True
 
 
 class FusionPredictor:
@@ -80,6 +82,11 @@ class FusionPredictor:
             from .network import GaussianBlur, psf_sigma
 
             self.detail_blur = GaussianBlur(psf_sigma(float(meta["roles"]["hs"]["scale_ratio"]))).to(device)
+        # Per PCA component, how far the maps' detail is trusted (detail_skill.py): the detail step's
+        # weight; None in a model file from before it (the step then applies whole).
+        # NaN: not measurable on the training scene (no HS date with its own fine MS), the step whole.
+        skill = arrays.get("detail_skill")
+        self.detail_skill = np.nan_to_num(np.asarray(skill, np.float32), nan=1.0) if skill is not None else None
         # The detail step needs the network's output that far around each kept pixel.
         self.halo = int(net.halo) + (self.detail_blur.radius if self.detail_blur is not None else 0)
         self.bracketing = True  # temporal prediction from the fine MS dates on both sides of t
@@ -207,10 +214,16 @@ class FusionPredictor:
         i = own_index(self.map_days, self.hs_maps, day_number(date), self.max_days)
         return None if i is None else self.hs_maps[i][None]
 
+    @property
+    def _detail_every_date(self) -> bool:
+        """The detail step on the dates without their own HS as well: by default, for models that
+        carry its skill (a model without it had the step on its HS dates only)."""
+        return DETAIL_ON_EVERY_DATE and self.detail_blur is not None and self.detail_skill is not None
+
     def halo_for(self, date: str) -> int:
         """The context ``date`` needs: ``halo`` where the detail step applies, the network's alone
         otherwise (6 % fewer pixels through the network for a 256 px tile)."""
-        applies = self._own_map(date) is not None or (DETAIL_ON_EVERY_DATE and self.detail_blur is not None)
+        applies = self._own_map(date) is not None or self._detail_every_date
         return self.halo if applies else int(self.net.halo)
 
     def _detail(self, scores, x: dict, out: dict, date: str):
@@ -220,9 +233,11 @@ class FusionPredictor:
           fine MS, where that is valid. The per-date regression keeps the fine MS's edges exactly
           where they are; the network's finer detail also carries what its HS-scale inputs have of
           noise and misregistration (CC, PSNR and SSIM up on every HS date of two simulated scenes).
-        - On any other date, only with ``DETAIL_ON_EVERY_DATE``: the regression of the HS dates
+        - On any other date (``DETAIL_ON_EVERY_DATE``, for a model with the skill): the regression of the HS dates
           blended in time (``date_maps.map_for``), on the network's own fine MS estimate ``m``
           (observed, or predicted in time), where that is valid.
+        Each PCA component takes the step as far as the maps' detail is trusted there
+        (``detail_skill``, measured one scale up at training; 0 keeps the network's output).
         scores (1, k, H, W) torch; returns the same."""
         import torch
 
@@ -234,7 +249,7 @@ class FusionPredictor:
             if not bool((x["va"] > 0).any()):
                 return scores
             w, ms, valid = own, x["a"], x["va"]
-        elif not DETAIL_ON_EVERY_DATE:
+        elif not self._detail_every_date:
             return scores
         else:
             w, ms, valid = (
@@ -246,7 +261,11 @@ class FusionPredictor:
         ms, valid = ms.to(scores.dtype), valid.to(scores.dtype)
         r = apply_map(w, ms)
         low, _ = self.detail_blur((scores - r) * valid, valid)
-        return torch.where(valid > 0, r + low, scores)
+        detailed = torch.where(valid > 0, r + low, scores)
+        if self.detail_skill is None:
+            return detailed
+        skill = torch.from_numpy(self.detail_skill).to(scores.device, scores.dtype)[None, :, None, None]
+        return scores + skill * (detailed - scores)  # each component's detail: the map's as far as it is trusted
 
     def _reference(self, mdd, window, r, dense, fine_dates, hs_dates) -> dict:
         """The tensors of reference HS date ``r`` in ``window`` and its residual (which depends on

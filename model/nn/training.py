@@ -21,6 +21,7 @@ from ..core.vocabulary import ROLES
 from ..mdd.format import MDD
 from ..mdd.geotiff import with_gdal_cache
 from .checkpoint import CHECKPOINT_EVERY, Checkpointer, checkpoint_path, restore_rng, rng_state, training_fingerprint
+from .detail_skill import detail_skill
 from .device import (
     autocast,
     configure_threads,
@@ -182,6 +183,14 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
     # Each HS date's own map: in the model file for fusion (the detail of the HS dates, predictor.py),
     # and, with the date_maps option, in place of the spectral branch's linear part.
     data.hs_maps = fit_date_maps(data, xs, ys, per_date, rng, required=bool(getattr(net, "date_maps", False)))
+    # How far the maps' detail can be trusted, per PCA component (detail_skill.py): fusion weights
+    # its detail step by it. No random draw here, so the seeded training that follows is unchanged.
+    # NaN where it cannot be measured (no HS date with its own fine MS, too few pixels): the step whole.
+    if data.hs_maps is not None:
+        skill = detail_skill(data)
+        data.detail_skill = skill if skill is not None else np.full(data.pca.n_components, np.nan, np.float32)
+    else:
+        data.detail_skill = None
     if getattr(net, "date_maps", False):
         data.date_maps = data.hs_maps
 
@@ -253,6 +262,8 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
     arrays.update({f"pca_{k}": v for k, v in data.pca.arrays().items()})
     if getattr(data, "hs_maps", None) is not None:  # the spectral map of each training HS date
         arrays["date_maps"] = data.hs_maps
+    if getattr(data, "detail_skill", None) is not None:  # per PCA component, the detail step's weight
+        arrays["detail_skill"] = data.detail_skill
     return meta, arrays
 
 

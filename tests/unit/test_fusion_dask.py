@@ -220,18 +220,22 @@ def test_one_task_at_a_time_runs_in_this_thread_with_the_same_bytes_progress_and
     its overhead, so the task runs in the calling thread, and writes the loop's bytes."""
     manifest, model = real
     dates = [os.path.basename(p)[6:16] for p in reference][:3]
+
+    def fuse(folder, callbacks):
+        return fuse_time_series(
+            manifest,
+            model,
+            str(tmp_path / folder),
+            dates,
+            tile_size=16,
+            device="cpu",
+            threads=1,
+            scheduler="threads",
+            callbacks=callbacks,
+        )
+
     log, progress = [], []
-    paths = fuse_time_series(
-        manifest,
-        model,
-        str(tmp_path / "ok"),
-        dates,
-        tile_size=16,
-        device="cpu",
-        threads=1,
-        scheduler="threads",
-        callbacks=Callbacks(log=log.append, progress=lambda f, m: progress.append(f)),
-    )
+    paths = fuse("ok", Callbacks(log=log.append, progress=lambda f, m: progress.append(f)))
     assert any("1 task(s) of 3 date(s), one at a time" in m and "run in this thread" in m for m in log), log
     assert not any("worker thread(s)" in m for m in log)
     _assert_same_outputs(paths, reference[:3])
@@ -240,17 +244,7 @@ def test_one_task_at_a_time_runs_in_this_thread_with_the_same_bytes_progress_and
 
     calls = []
     with pytest.raises(Canceled):
-        fuse_time_series(
-            manifest,
-            model,
-            str(tmp_path / "c"),
-            dates,
-            tile_size=16,
-            device="cpu",
-            threads=1,
-            scheduler="threads",
-            callbacks=Callbacks(progress=lambda f, m: calls.append(f), is_canceled=lambda: len(calls) >= 3),
-        )
+        fuse("c", Callbacks(progress=lambda f, m: calls.append(f), is_canceled=lambda: len(calls) >= 3))
     assert os.listdir(tmp_path / "c") == []
 
 

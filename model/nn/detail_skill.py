@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .network import psf_sigma
-from .preprocessing import gaussian_blur_stack
+from .preprocessing import gaussian_blur_stack, ridge
 
 REDUCTION = 2.0  # one scale up: the HS's resolution reduced this many times more
 MAX_PIXELS = 200_000  # per HS date, for the map's fit (a regular subsample beyond)
@@ -85,11 +85,4 @@ def _fit(parts: list) -> tuple[np.ndarray, np.ndarray]:
     """The ridge map (k, n_fine), intercept (k,) from the reduced fine MS to the reduced HS."""
     xs = np.concatenate([p["x2"][:, p["fit"]].T for p in parts])
     ys = np.concatenate([p["y2"][:, p["fit"]].T for p in parts])
-    if len(xs) > MAX_PIXELS:  # a regular subsample: no random draw, so training's seeded stream is untouched
-        pick = np.linspace(0, len(xs) - 1, MAX_PIXELS).astype(int)
-        xs, ys = xs[pick], ys[pick]
-    xa = np.c_[xs, np.ones(len(xs))]
-    reg = 1e-3 * len(xs) * np.eye(xa.shape[1])
-    reg[-1, -1] = 0.0
-    sol = np.linalg.solve(xa.T @ xa + reg, xa.T @ ys)
-    return sol[:-1].T, sol[-1]
+    return ridge(xs, ys, max_pixels=MAX_PIXELS)  # no rng: a regular subsample, training's stream untouched

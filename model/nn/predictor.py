@@ -83,8 +83,8 @@ class FusionPredictor:
 
             self.detail_blur = GaussianBlur(psf_sigma(float(meta["roles"]["hs"]["scale_ratio"]))).to(device)
         # Per PCA component, how far the maps' detail is trusted (detail_skill.py): the detail step's
-        # weight; None in a model file from before it (the step then applies whole).
-        # NaN: not measurable on the training scene (no HS date with its own fine MS), the step whole.
+        # weight. NaN (not measurable on the training scene) reads as 1, the step whole; None in a
+        # model file from before it: the step whole, on the HS dates only.
         skill = arrays.get("detail_skill")
         self.detail_skill = np.nan_to_num(np.asarray(skill, np.float32), nan=1.0) if skill is not None else None
         # The detail step needs the network's output that far around each kept pixel.

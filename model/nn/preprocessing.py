@@ -217,6 +217,32 @@ def _snr_weights(z: np.ndarray, usable: np.ndarray, wavelengths) -> tuple:
     return np.where(usable, np.maximum(weight, 0.05), 0.0), noise_b
 
 
+def ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    bias: bool = True,
+    lam: float = 1e-3,
+    max_pixels: int = 50000,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares y ~ x @ W (+ b) with a small ridge; x (n, i), y (n, o) -> (W (o, i), b (o,)).
+    Beyond ``max_pixels`` rows, a random subsample drawn from ``rng``, or without one a regular
+    subsample (no draw: a caller's seeded stream stays as it was)."""
+    if len(x) > max_pixels:
+        if rng is not None:
+            pick = rng.choice(len(x), max_pixels, replace=False)
+        else:
+            pick = np.linspace(0, len(x) - 1, max_pixels).astype(int)
+        x, y = x[pick], y[pick]
+    x = x.astype(np.float64)
+    xa = np.c_[x, np.ones(len(x))] if bias else x
+    reg = lam * len(x) * np.eye(xa.shape[1])
+    if bias:
+        reg[-1, -1] = 0.0
+    sol = np.linalg.solve(xa.T @ xa + reg, xa.T @ y.astype(np.float64))
+    return (sol[:-1].T, sol[-1]) if bias else (sol.T, np.zeros(y.shape[1]))
+
+
 def gaussian_blur_stack(values: np.ndarray, valid: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Normalised Gaussian blur of (time, band, row, col) with validity (time, row, col), whole image.
 

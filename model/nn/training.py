@@ -34,7 +34,7 @@ from .device import (
     select_device,
 )
 from .model_file import save_model
-from .preprocessing import TrainingDataError
+from .preprocessing import TrainingDataError, ridge
 from .samples import TrainingSet
 
 if TYPE_CHECKING:
@@ -108,20 +108,6 @@ def task_losses(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator,
     return losses
 
 
-def _ridge(x, y, bias=True, lam=1e-3, max_pixels=50000, rng=None):
-    """Least squares y ~ x @ W (+ b) with a small ridge; x (n, i), y (n, o) -> (W (o, i), b (o,))."""
-    if len(x) > max_pixels:
-        pick = rng.choice(len(x), max_pixels, replace=False)
-        x, y = x[pick], y[pick]
-    x = x.astype(np.float64)
-    xa = np.c_[x, np.ones(len(x))] if bias else x
-    reg = lam * len(x) * np.eye(xa.shape[1])
-    if bias:
-        reg[-1, -1] = 0.0
-    sol = np.linalg.solve(xa.T @ xa + reg, xa.T @ y.astype(np.float64))
-    return (sol[:-1].T, sol[-1]) if bias else (sol.T, np.zeros(y.shape[1]))
-
-
 def _pixels(arr, t, valid):
     """(n, bands) of arr[t] at the pixels where valid (row, col) is true."""
     return np.moveaxis(arr[t], 0, -1)[valid]
@@ -148,7 +134,7 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
             xs.append(_pixels(d.z, dt, ok))
             ys.append(_pixels(f.z, t, ok))
     if xs and sum(len(x) for x in xs):
-        band_map = _ridge(np.concatenate(xs), np.concatenate(ys), rng=rng)
+        band_map = ridge(np.concatenate(xs), np.concatenate(ys), rng=rng)
         set_conv(net.spatial.linear, *band_map)
     xs, ys = [], []
     for reg in data.regions:
@@ -159,7 +145,7 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
             xs.append(_pixels(d.z, dt, ok) - _pixels(d.z, dq, ok))
             ys.append(_pixels(f.z, t, ok) - _pixels(f.z, q, ok))
     if xs and sum(len(x) for x in xs):
-        set_conv(net.temporal.change, *_ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
+        set_conv(net.temporal.change, *ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
     elif band_map is not None:  # one fine MS date: the change of the fine MS is the mapped dense change
         set_conv(net.temporal.change, band_map[0], np.zeros(band_map[0].shape[0]))
     xs, ys, per_date = [], [], {}
@@ -179,7 +165,7 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
             ys.append(_pixels(reg.hs.z, h, ok))
             per_date.setdefault(h, []).append(len(xs) - 1)
     if xs and sum(len(x) for x in xs):
-        set_conv(net.spectral.linear, *_ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+        set_conv(net.spectral.linear, *ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
     # Each HS date's own map: in the model file for fusion (the detail of the HS dates, predictor.py),
     # and, with the date_maps option, in place of the spectral branch's linear part.
     data.hs_maps = fit_date_maps(data, xs, ys, per_date, rng, required=bool(getattr(net, "date_maps", False)))
@@ -206,7 +192,7 @@ def fit_date_maps(
     for h, parts in per_date.items():
         x = np.concatenate([xs[i] for i in parts])
         if len(x) >= 4 * (nf + 1):
-            w, b = _ridge(x, np.concatenate([ys[i] for i in parts]), rng=rng)
+            w, b = ridge(x, np.concatenate([ys[i] for i in parts]), rng=rng)
             maps[h] = np.c_[w, b]
     if not np.isfinite(maps).all(axis=(1, 2)).any():
         if not required:

@@ -179,7 +179,7 @@ def fuse_time_series(
         callbacks_or_default(callbacks).log(DASK_MISSING_NOTE)
     threads = configure_threads(threads)
     predictor = load_predictor(model_path, device=device)
-    predictor.check_compatible(mdd)
+    mdd = predictor.prepare(mdd)  # checked, and read co-registered as the model was trained
     callbacks_or_default(callbacks).log(describe_device(predictor.device, threads, training=False))
     report_self_check(predictor.meta, callbacks_or_default(callbacks))
     with gdal_cache(gdal_cache_mb):
@@ -442,9 +442,8 @@ def fuse_date_group(job: FusionJob, dates: list[str], callbacks: Callbacks | Non
     cb.check("Fusion canceled: the dates under way were not written.")
     cap_gdal_cache(job.gdal_cache_mb)  # a cluster's worker: bounded as this process is
     started = time.monotonic()
-    mdd = MDD.open(job.mdd_path)
     predictor = load_predictor(job.model_path, device=job.device)
-    predictor.check_compatible(mdd)
+    mdd = predictor.prepare(MDD.open(job.mdd_path))
     grid = mdd.grid
     tiles = tile_windows(grid.width, grid.height, job.tile_size)
     shrink = {"side": max(grid.width, grid.height)}

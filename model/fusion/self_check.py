@@ -91,7 +91,8 @@ def evaluate_holdout(
     size = -(-TILE // f) * f
     nb = mdd.roles["hs"].n_bands
     out = {k: np.full((nb, h // f, w // f), np.nan, np.float32) for k in ("network", "two_stage", "observed")}
-    cache = TileReadCache(view)
+    cache = TileReadCache(view.registered(predictor.shifts))
+    mdd = mdd.registered(predictor.shifts)  # the withheld HS where the network puts it: moved onto the fine MS
     for tx, ty, tw, th in tile_windows(w, h, size):
         cb.check("Self-check canceled: no model file written.")
         tile = (x0 + tx, y0 + ty, tw // f * f, th // f * f)

@@ -128,6 +128,7 @@ class MDD:
         self.grid = grid
         self.roles = roles  # role -> RoleStack, in ROLES order
         self.hidden = {}  # (role, date) -> window (xoff, yoff, xsize, ysize) read as invalid
+        self.shifts = {}  # (role, date) -> (dy, dx) fine px: a coarse image's co-registration (``registered``)
         self._handles = threading.local()  # open datasets, per thread (a GDAL dataset is not shared)
 
     @contextlib.contextmanager
@@ -172,10 +173,22 @@ class MDD:
         listed, so the calendar (which fine MS pairs with it) is the same as in the MDD."""
         if date not in self.roles[role].dates:
             raise MDDError(f"{ROLE_LABELS[role]} has no image on {date} to hide.")
-        view = MDD(self.path, self.grid, dict(self.roles))
-        view.hidden = dict(self.hidden)
+        view = self._view()
         whole = (0, 0, self.grid.width, self.grid.height)
         view.hidden[(role, date)] = whole if window is None else tuple(int(v) for v in window)
+        return view
+
+    def _view(self) -> MDD:
+        view = MDD(self.path, self.grid, dict(self.roles))
+        view.hidden, view.shifts = dict(self.hidden), dict(self.shifts)
+        return view
+
+    def registered(self, shifts: dict) -> MDD:
+        """A view of this MDD in which each coarse image named in ``shifts`` ((role, date) -> (dy, dx)
+        in fine pixels, ``registration.estimate_shifts``) is read moved by that much: fine pixel (y, x)
+        takes what the image has at (y - dy, x - dx). Roles stored on the fine grid are read as they are."""
+        view = self._view()
+        view.shifts = {k: (float(v[0]), float(v[1])) for k, v in shifts.items() if any(v)}
         return view
 
     @classmethod
@@ -267,13 +280,20 @@ class MDD:
             raise MDDError(f"{ROLE_LABELS[stack.role]} has no image on {', '.join(missing)}.")
         return [stack.dates.index(d) for d in dates]
 
-    def _taps(self, stack: RoleStack, xoff: int, yoff: int, xs: int, ys: int) -> tuple:
+    def _taps(self, stack: RoleStack, xoff: int, yoff: int, xs: int, ys: int, shift=(0.0, 0.0)) -> tuple:
         """The bilinear/nearest taps of a fine window on a role stored at a coarser pixel size."""
         stored = stack.stored_grid(self.grid)
         return (
-            axis_taps(yoff, ys, stack.pixel_ratio, stored.height),
-            axis_taps(xoff, xs, stack.pixel_ratio, stored.width),
+            axis_taps(yoff, ys, stack.pixel_ratio, stored.height, shift[0]),
+            axis_taps(xoff, xs, stack.pixel_ratio, stored.width, shift[1]),
         )
+
+    def _by_shift(self, stack: RoleStack, idx: list) -> list:
+        """[(positions in ``idx``, their date indices, (dy, dx))]: the dates read with the same taps."""
+        groups = {}
+        for i, t in enumerate(idx):
+            groups.setdefault(self.shifts.get((stack.role, stack.dates[t]), (0.0, 0.0)), []).append(i)
+        return [(pos, [idx[i] for i in pos], shift) for shift, pos in groups.items()]
 
     def _stored_mask(self, stack: RoleStack, idx: list, xoff: int, yoff: int, xs: int, ys: int) -> np.ndarray:
         ds = self._open(stack.mask_path)
@@ -299,9 +319,11 @@ class MDD:
         if stack.pixel_ratio == 1:
             out = self._stored_mask(stack, idx, xoff, yoff, xs, ys)
         else:
-            ty, tx = self._taps(stack, xoff, yoff, xs, ys)
-            coarse = self._stored_mask(stack, idx, tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start)
-            out = nearest_mask(coarse, ty, tx)
+            out = np.empty((len(idx), ys, xs), dtype=bool)
+            for pos, group, shift in self._by_shift(stack, idx):
+                ty, tx = self._taps(stack, xoff, yoff, xs, ys, shift)
+                coarse = self._stored_mask(stack, group, tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start)
+                out[pos] = nearest_mask(coarse, ty, tx)
         return self._hide(out, role, dates, (xoff, yoff, xs, ys))
 
     def _hide(self, out: np.ndarray, role: str, dates: list | None, window: tuple) -> np.ndarray:
@@ -323,20 +345,22 @@ class MDD:
         idx = self._date_indices(stack, dates)
         if stack.pixel_ratio == 1:
             out = self._stored_values(stack, idx, xoff, yoff, xs, ys)
-        else:  # bilinear from the valid coarse pixels; a band's NODATA (no value there) is not used
-            ty, tx = self._taps(stack, xoff, yoff, xs, ys)
-            cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
-            coarse = self._stored_values(stack, idx, cx, cy, cw, ch)
-            stored_valid = self._stored_mask(stack, idx, cx, cy, cw, ch)
-            usable = stored_valid[:, None]  # (time, 1, rows, cols)
-            missing = usable & (coarse == NODATA)  # a band without a value in a valid pixel
-            if missing.any():
-                usable = usable & ~missing
-            out = bilinear(coarse, usable, ty, tx, NODATA)
-        if stack.pixel_ratio == 1:
             valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
-        else:  # the stored mask already read above, not read again
-            valid = self._hide(nearest_mask(stored_valid, ty, tx), role, dates, (xoff, yoff, xs, ys))
+        else:  # bilinear from the valid coarse pixels; a band's NODATA (no value there) is not used
+            out = np.empty((len(idx), stack.n_bands, ys, xs), dtype=np.float32)
+            valid = np.empty((len(idx), ys, xs), dtype=bool)
+            for pos, group, shift in self._by_shift(stack, idx):
+                ty, tx = self._taps(stack, xoff, yoff, xs, ys, shift)
+                cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
+                coarse = self._stored_values(stack, group, cx, cy, cw, ch)
+                stored_valid = self._stored_mask(stack, group, cx, cy, cw, ch)
+                usable = stored_valid[:, None]  # (time, 1, rows, cols)
+                missing = usable & (coarse == NODATA)  # a band without a value in a valid pixel
+                if missing.any():
+                    usable = usable & ~missing
+                out[pos] = bilinear(coarse, usable, ty, tx, NODATA)
+                valid[pos] = nearest_mask(stored_valid, ty, tx)  # the stored mask read once
+            valid = self._hide(valid, role, dates, (xoff, yoff, xs, ys))
         out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
         return out
 
@@ -364,14 +388,23 @@ class MDD:
             valid = self.read_mask(role, (xoff, yoff, xs, ys), dates)
             out = np.asarray(project(values), dtype=np.float32)
         else:
-            ty, tx = self._taps(stack, xoff, yoff, xs, ys)
-            cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
-            coarse = self._stored_values(stack, idx, cx, cy, cw, ch)
-            stored_valid = self._stored_mask(stack, idx, cx, cy, cw, ch)
-            coarse[(coarse == NODATA) | ~stored_valid[:, None]] = np.nan
-            projected = np.asarray(project(coarse), dtype=np.float32)
-            out = bilinear(projected, stored_valid[:, None], ty, tx, 0.0)
-            valid = self._hide(nearest_mask(stored_valid, ty, tx), role, dates, (xoff, yoff, xs, ys))
+            out, valid = None, np.empty((len(idx), ys, xs), dtype=bool)
+            for pos, group, shift in self._by_shift(stack, idx):
+                ty, tx = self._taps(stack, xoff, yoff, xs, ys, shift)
+                cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
+                coarse = self._stored_values(stack, group, cx, cy, cw, ch)
+                stored_valid = self._stored_mask(stack, group, cx, cy, cw, ch)
+                coarse[(coarse == NODATA) | ~stored_valid[:, None]] = np.nan
+                projected = np.asarray(project(coarse), dtype=np.float32)
+                fine = bilinear(projected, stored_valid[:, None], ty, tx, 0.0)
+                if out is None:
+                    out = np.empty((len(idx),) + fine.shape[1:], dtype=np.float32)
+                out[pos] = fine
+                valid[pos] = nearest_mask(stored_valid, ty, tx)
+            if out is None:  # no date asked for
+                k = np.asarray(project(np.full((1, stack.n_bands, 1, 1), np.nan, np.float32))).shape[1]
+                out = np.empty((0, k, ys, xs), dtype=np.float32)
+            valid = self._hide(valid, role, dates, (xoff, yoff, xs, ys))
         out[~np.broadcast_to(valid[:, None], out.shape)] = 0.0
         return out, valid
 

@@ -58,8 +58,10 @@ class AxisTaps:
     near: np.ndarray
 
 
-def axis_taps(offset: int, size: int, ratio: float, n_coarse: int) -> AxisTaps:
-    centres = (np.arange(offset, offset + size, dtype=np.float64) + 0.5) / ratio  # in coarse pixels
+def axis_taps(offset: int, size: int, ratio: float, n_coarse: int, shift: float = 0.0) -> AxisTaps:
+    """``shift``: a misregistration's correction along the axis, in fine pixels (``registration.py``):
+    fine pixel i takes what the image has at i - shift."""
+    centres = (np.arange(offset, offset + size, dtype=np.float64) + 0.5 - shift) / ratio  # in coarse pixels
     u = centres - 0.5  # relative to coarse pixel centres
     lo = np.floor(u).astype(np.int64)
     w_hi = (u - lo).astype(np.float32)

@@ -26,6 +26,7 @@ import numpy as np
 from ..core.calendar import fill_in_time, fine_for
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
+from ..mdd.registration import shifts_from_json
 from .device import autocast, precision_for, select_device
 from .model_file import ModelError, load_model
 from .preprocessing import HSPCA, BandNormalizer
@@ -93,6 +94,9 @@ class FusionPredictor:
         # Fine MS and HS this many days apart are one date (calendar rule); models from before the
         # rule paired only the same day.
         self.max_days = float(meta.get("parameters", {}).get("max_days_apart", 0))
+        # Each coarse image's co-registration with the fine MS, estimated at training (mdd/registration.py);
+        # none in a model file from before it.
+        self.shifts = shifts_from_json(meta.get("registration"))
         self.hs_wavelengths = list(self.roles["hs"]["wavelengths"])
         self.hs_fwhm = self.roles["hs"].get("fwhm")
         self.fine_norm = BandNormalizer(arrays["fine_mean"], arrays["fine_std"])
@@ -135,6 +139,12 @@ class FusionPredictor:
                 + "; ".join(problems)
                 + ". Train a model on an MDD built from the same sensors."
             )
+
+    def prepare(self, mdd: MDD) -> MDD:
+        """``check_compatible``, then the MDD as this model reads it: each coarse image moved by the shift
+        training estimated for it (``MDD.registered``; dates the model did not see are read as they are)."""
+        self.check_compatible(mdd)
+        return mdd.registered(self.shifts) if self.shifts else mdd
 
     # -- reading and normalising one window -------------------------------------------------------
 

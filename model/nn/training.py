@@ -20,6 +20,7 @@ from ..core.memory import format_mb, peak_rss_mb
 from ..core.vocabulary import ROLES
 from ..mdd.format import MDD
 from ..mdd.geotiff import with_gdal_cache
+from ..mdd.registration import estimate_shifts, shifts_to_json
 from .checkpoint import CHECKPOINT_EVERY, Checkpointer, checkpoint_path, restore_rng, rng_state, training_fingerprint
 from .detail_skill import detail_skill
 from .device import (
@@ -55,8 +56,14 @@ WIDTH, N_BLOCKS = 32, 2
 # Design switches; defaults chosen with benchmarks/generality.py on two development scenes' tuning date
 # and HS dates, 3 seeds (BENCHMARKS.md, "Generality"): guided_change on (tuning date CC +0.0028, PSNR
 # +0.25 dB, SSIM +0.003 with 15 epochs); date_maps and reference_in_prior off (no better).
+# coregister: each coarse image is moved onto the fine MS before training and fusion (mdd/registration.py).
 NETWORK_OPTIONS = dict(
-    reference_smoothing=2.0, reference_in_prior=False, smooth_correction=True, date_maps=False, guided_change=True
+    reference_smoothing=2.0,
+    reference_in_prior=False,
+    smooth_correction=True,
+    date_maps=False,
+    guided_change=True,
+    coregister=True,
 )
 MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
 CANCELED = "Training cancelled: no model file written."
@@ -66,6 +73,7 @@ def network_options(data: TrainingSet) -> dict:
     """NETWORK_OPTIONS as FusionNetwork takes them: ``guided_change`` becomes the radius of the
     guided change, 1.5 dense MS pixels (at least 2 grid pixels), as the two-stage baseline's window."""
     options = dict(NETWORK_OPTIONS)
+    options.pop("coregister", None)  # a data option, not the network's
     guided = options.pop("guided_change", False)
     options["guided_radius"] = max(2, int(round(1.5 * data.dense_ratio))) if guided else 0
     return options
@@ -238,6 +246,7 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
         "history": history,
         "info": info,
         "source_mdd": mdd.path,
+        "registration": shifts_to_json(mdd.shifts),  # (role, date) -> the shift fusion reads it with
     }
     arrays = {
         "fine_mean": data.fine_norm.mean,
@@ -308,6 +317,8 @@ def fit_network(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     progress(0.0, "reading the MDD")
+    if NETWORK_OPTIONS.get("coregister"):
+        mdd = mdd.registered(estimate_shifts(mdd, log))
     data = TrainingSet(mdd, pca_components, patch_size, seed, log, max_days_apart)
     cb.check(CANCELED)
     net = FusionNetwork(

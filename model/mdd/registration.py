@@ -1,0 +1,162 @@
+"""Co-registration of the coarse roles with the fine MS: one sub-pixel translation per image.
+
+A coarser sensor is rarely where its georeferencing says: Landsat against Sentinel-2 is off by a
+third to half of a 30 m pixel, and the simulated series of benchmarks/ by up to 0.4 dense MS and
+0.35 HS pixels (0.8 and 1 fine pixels). Misregistered, a dense MS change between two dates carries
+the image's edges twice, shifted: on the development scene same_day it made half of the error of
+the dense MS change mapped to the fine bands on the held-out dates (RMSE 0.0096-0.0209 reflectance
+before, 0.0051-0.0097 after; BENCHMARKS.md, "Co-registration").
+
+Each coarse image is matched to the fine MS of the nearest date (the same day where there is one),
+blurred to the image's resolution: Lucas-Kanade (Gauss-Newton) on the translation, with every band of
+the image fitted as a least-squares mix of the fine MS bands plus an offset at each step, so gains,
+offsets, the bands' relation and most of the change between the two dates do not bias it. An HS
+image enters as the means of up to ``HS_GROUPS`` groups of neighbouring bands (less noise, less
+work). Estimated on the central window of at most ``MAX_SIDE`` pixels a side (bounded memory); an
+image whose estimate does not converge, needs more than ``MAX_SHIFT`` of its own pixels or has too
+few valid pixels there keeps its georeferencing (shift 0). Pure numpy and scipy.ndimage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ..core.vocabulary import by_distance, day_number
+from .format import MDD, read_values
+
+MAX_SIDE = 512  # the window the shifts are estimated on, fine px
+MAX_SHIFT = 0.75  # the largest shift taken, in the coarse image's own pixels
+HS_GROUPS = 12
+MIN_PIXELS = 500
+ITERATIONS = 30
+TOLERANCE = 1e-3  # fine px: the step at which the estimate has converged
+
+
+def _psf_sigma(ratio: float) -> float:
+    """Gaussian sigma (fine px) that takes the fine MS to a ``ratio`` times coarser sensor's resolution
+    (the same model as the network's, ``nn.network.psf_sigma``)."""
+    return math.sqrt(max(ratio * ratio - 1.0, 0.0)) / 2.3548
+
+
+def _band_groups(values: np.ndarray, n: int) -> np.ndarray:
+    """(band, row, col) -> at most ``n`` means of neighbouring bands with data (NaN where invalid)."""
+    usable = [b for b in range(values.shape[0]) if np.isfinite(values[b]).any()]
+    if len(usable) <= n:
+        return values[usable]
+    return np.stack([values[list(g)].mean(axis=0) for g in np.array_split(usable, n)])
+
+
+def _shifted(a: np.ndarray, shift: tuple) -> np.ndarray:
+    """a (..., rows, cols) moved by ``shift`` (out[y, x] = a[y - dy, x - dx], bilinear, edges held)."""
+    from scipy import ndimage
+
+    return ndimage.shift(a, (0,) * (a.ndim - 2) + tuple(shift), order=1, mode="nearest", prefilter=False)
+
+
+def _blurred(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy import ndimage
+
+    if sigma <= 0:
+        return np.where(valid, values, 0.0)
+    w = ndimage.gaussian_filter(valid.astype(np.float64), sigma)
+    out = np.stack([ndimage.gaussian_filter(np.where(valid, b, 0.0), sigma) for b in values])
+    return out / np.maximum(w, 1e-6)
+
+
+def estimate_shift(
+    image: np.ndarray, reference: np.ndarray, ratio: float, max_shift: float | None = None
+) -> tuple[float, float] | None:
+    """(dy, dx) in fine pixels that moves ``image`` (band, row, col) onto ``reference`` (band, row, col),
+    both on the fine grid with NaN where invalid (``image`` as read from the MDD, a coarse image
+    brought to the grid; ``reference`` a fine MS), or None where it cannot be estimated. See the
+    module docstring."""
+    max_shift = MAX_SHIFT * ratio if max_shift is None else max_shift
+    img_ok = np.isfinite(image).all(axis=0)
+    ref_ok = np.isfinite(reference).all(axis=0)
+    margin = int(math.ceil(ratio + max_shift)) + 1
+    inner = np.zeros_like(img_ok)
+    inner[margin:-margin, margin:-margin] = True
+    if (img_ok & ref_ok & inner).sum() < MIN_PIXELS:
+        return None
+    ref = _blurred(reference.astype(np.float64), ref_ok, _psf_sigma(ratio))
+    design = np.concatenate([ref, np.ones((1,) + ref.shape[1:])])
+    img = np.where(img_ok, image, 0.0).astype(np.float64)
+    img /= np.maximum(np.array([b[img_ok].std() for b in img]), 1e-12)[:, None, None]  # bands weigh alike
+    s = np.zeros(2)
+    for _ in range(ITERATIONS):
+        moved = _shifted(img, s)
+        ok = (_shifted(img_ok.astype(np.float64), s) > 0.999) & ref_ok & inner
+        if ok.sum() < MIN_PIXELS:
+            return None
+        x = design[:, ok].T
+        y = moved[:, ok].T
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        e = (y - x @ coef).T  # (band, pixel): what the fine MS cannot explain at this shift
+        gy = np.gradient(moved, axis=1)[:, ok]
+        gx = np.gradient(moved, axis=2)[:, ok]
+        h = np.array([[np.sum(gy * gy), np.sum(gy * gx)], [np.sum(gy * gx), np.sum(gx * gx)]])
+        if np.linalg.cond(h) > 1e6:  # no edges to register on
+            return None
+        step = np.linalg.solve(h, np.array([np.sum(gy * e), np.sum(gx * e)]))
+        s += step
+        if np.abs(s).max() > max_shift:
+            return None
+        if np.abs(step).max() < TOLERANCE:
+            return float(s[0]), float(s[1])
+    return None
+
+
+def estimate_shifts(mdd: MDD, log: Callable[[str], None] | None = None) -> dict:
+    """(role, date) -> (dy, dx) fine px for every image of the coarse roles (stored coarser than the
+    grid) whose shift could be estimated; ``MDD.registered`` reads them moved by it."""
+    if "fine_ms" not in mdd.roles:
+        return {}
+    g = mdd.grid
+    w, h = min(g.width, MAX_SIDE), min(g.height, MAX_SIDE)
+    window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
+    fine = mdd.roles["fine_ms"]
+    references = {}
+    shifts = {}
+    for role in ("dense_ms", "hs"):
+        stack = mdd.roles.get(role)
+        if stack is None or stack.pixel_ratio == 1:
+            continue
+        ratio = mdd.scale_ratio(role)
+        for date in stack.dates:
+            image = read_values(mdd, role, window, [date])[0]
+            if role == "hs":
+                image = _band_groups(image, HS_GROUPS)
+            found = None
+            for ref_date in by_distance(fine.dates, day_number(date)):
+                if ref_date not in references:
+                    references[ref_date] = read_values(mdd, "fine_ms", window, [ref_date])[0]
+                found = estimate_shift(image, references[ref_date], ratio)
+                if found is not None:
+                    break
+            if found is not None:
+                shifts[(role, date)] = found
+        if log is not None:
+            moved = [shifts[(role, d)] for d in stack.dates if (role, d) in shifts]
+            largest = max((math.hypot(*v) for v in moved), default=0.0)
+            log(
+                f"Co-registration: {len(moved)} of {stack.n_dates} {role.replace('_', ' ')} images matched to the "
+                f"fine MS, shifts up to {largest:.2f} fine px"
+                + ("" if len(moved) == stack.n_dates else " (the others are read as georeferenced)")
+                + "."
+            )
+    return shifts
+
+
+def shifts_to_json(shifts: dict) -> dict:
+    """{role: {date: [dy, dx]}}: the form the model file keeps."""
+    out = {}
+    for (role, date), (dy, dx) in sorted(shifts.items()):
+        out.setdefault(role, {})[date] = [round(float(dy), 4), round(float(dx), 4)]
+    return out
+
+
+def shifts_from_json(d: dict | None) -> dict:
+    return {(role, date): (float(v[0]), float(v[1])) for role, dates in (d or {}).items() for date, v in dates.items()}

@@ -33,6 +33,7 @@ HS_GROUPS = 12
 MIN_PIXELS = 500
 ITERATIONS = 30
 TOLERANCE = 1e-3  # fine px: the step at which the estimate has converged
+BLUR_DATES = 3
 
 
 def _psf_sigma(ratio: float) -> float:
@@ -148,6 +149,69 @@ def estimate_shifts(mdd: MDD, log: Callable[[str], None] | None = None) -> dict:
                 + "."
             )
     return shifts
+
+
+def _misfit(image: np.ndarray, reference: np.ndarray, ok: np.ndarray, sigma: float) -> float:
+    """Mean over ``image``'s bands of the share of its variance that the fine MS blurred by ``sigma``
+    (each band a least-squares mix of the reference bands plus an offset) does not explain."""
+    ref = _blurred(reference, np.isfinite(reference).all(axis=0), sigma)
+    x = np.c_[ref[:, ok].T, np.ones(int(ok.sum()))]
+    y = image[:, ok].T
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return float(np.mean(np.mean((y - x @ coef) ** 2, axis=0) / np.maximum(y.var(axis=0), 1e-12)))
+
+
+def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None) -> float | None:
+    """The Gaussian sigma (fine px) that best takes the fine MS to ``role``'s images as they are read on
+    the grid: the sensor's PSF and the resampling onto the grid together (for a 30 m HS on a 10 m grid
+    about 1.8 px, where the PSF alone, FWHM one pixel, would be 1.2). Fitted on the images of ``role``
+    nearest in time to a fine MS (read through ``mdd``, so a registered view's shifts apply), each band
+    a least-squares mix of the blurred fine MS bands; the median over up to ``BLUR_DATES`` of them;
+    None where none can be used (a role on the fine grid, too few pixels, no minimum in the range)."""
+    stack, fine = mdd.roles.get(role), mdd.roles.get("fine_ms")
+    if stack is None or fine is None or stack.pixel_ratio == 1:
+        return None
+    g = mdd.grid
+    w, h = min(g.width, MAX_SIDE), min(g.height, MAX_SIDE)
+    window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
+    ratio = mdd.scale_ratio(role)
+    nominal = _psf_sigma(ratio)
+    grid = nominal * np.arange(0.5, 3.01, 0.1)  # sigma candidates: half to three times the PSF alone
+    found = []
+    pairs = []  # the images nearest in time to a fine MS first: the least change between the two
+    for date in stack.dates:
+        near = by_distance(fine.dates, day_number(date))
+        if near:
+            pairs.append((abs(day_number(near[0]) - day_number(date)), date, near[0]))
+    for _, date, ref_date in sorted(pairs)[:BLUR_DATES]:
+        image = read_values(mdd, role, window, [date])[0]
+        if role == "hs":
+            image = _band_groups(image, HS_GROUPS)
+        reference = read_values(mdd, "fine_ms", window, [ref_date])[0].astype(np.float64)
+        margin = int(math.ceil(3 * grid[-1])) + 1
+        ok = np.isfinite(image).all(axis=0) & np.isfinite(reference).all(axis=0)
+        ok[:margin], ok[-margin:], ok[:, :margin], ok[:, -margin:] = False, False, False, False
+        if ok.sum() < MIN_PIXELS:
+            continue
+        misfit = [_misfit(image.astype(np.float64), reference, ok, s) for s in grid]
+        best = int(np.argmin(misfit))
+        if 0 < best < len(grid) - 1:  # a minimum inside the range, not at its edge: refined by a parabola
+            a, b, c = misfit[best - 1 : best + 2]
+            step = grid[1] - grid[0]
+            found.append(float(grid[best] + 0.5 * step * (a - c) / max(a - 2 * b + c, 1e-12)))
+    if not found:
+        if log is not None:
+            log(
+                f"Blur of the {role.replace('_', ' ')} on the grid: not measurable, the sensor PSF alone ({nominal:.2f} px)."
+            )
+        return None
+    sigma = float(np.median(found))
+    if log is not None:
+        log(
+            f"Blur of the {role.replace('_', ' ')} on the grid (its PSF and the resampling): sigma {sigma:.2f} px "
+            f"(the PSF alone {nominal:.2f}), from {len(found)} date(s)."
+        )
+    return sigma
 
 
 def shifts_to_json(shifts: dict) -> dict:

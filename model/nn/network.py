@@ -281,6 +281,7 @@ class FusionNetwork(nn.Module):
         reference_gap: bool = True,
         date_maps: bool = False,
         guided_radius: int = 0,
+        hs_sigma: float | None = None,
     ) -> None:
         super().__init__()
         self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
@@ -298,7 +299,11 @@ class FusionNetwork(nn.Module):
             reference_gap=bool(reference_gap),
             date_maps=bool(date_maps),
             guided_radius=int(guided_radius),
+            hs_sigma=float(hs_sigma) if hs_sigma else None,
         )
+        # The HS's blur as it lies on the grid (registration.estimate_blur: its PSF and the resampling);
+        # None: the PSF alone, a Gaussian of FWHM one HS pixel (models from before it).
+        self.hs_sigma = float(hs_sigma) if hs_sigma else psf_sigma(hs_ratio)
         # True: the spectral branch's linear part is the date's own map (fitted on each HS date,
         # blended in time between them: ``date_maps.py``), given with the inputs as "wmap".
         self.date_maps = bool(date_maps)
@@ -309,13 +314,13 @@ class FusionNetwork(nn.Module):
         self.spatial = SpatialBranch(n_dense, n_fine, self.kernels, width, n_blocks)
         self.temporal = TemporalBranch(n_fine, n_dense, self.kernels, width, n_blocks, int(guided_radius))
         self.spectral = SpectralBranch(n_fine, n_components, self.kernels, width, n_blocks)
-        self.blur = GaussianBlur(psf_sigma(hs_ratio))
+        self.blur = GaussianBlur(self.hs_sigma)
         # rho holds only HS-scale detail; a second HS-PSF blur keeps that and drops the HS noise and
         # the edge artefacts of a misregistered coarse sensor, which the reduced scale cannot show.
-        self.rho_blur = GaussianBlur(psf_sigma(hs_ratio) * float(reference_smoothing))
+        self.rho_blur = GaussianBlur(self.hs_sigma * float(reference_smoothing))
         head_in = 3 * width + 3 * n_components + 5
         self.head = FusionHead(
-            head_in, n_components, self.kernels, width, n_blocks, psf_sigma(hs_ratio) if smooth_correction else 0.0
+            head_in, n_components, self.kernels, width, n_blocks, self.hs_sigma if smooth_correction else 0.0
         )
 
     @property

@@ -80,9 +80,9 @@ class FusionPredictor:
         self.date_maps = self.hs_maps if getattr(net, "date_maps", False) else None
         self.detail_blur = None
         if self.hs_maps is not None:
-            from .network import GaussianBlur, psf_sigma
+            from .network import GaussianBlur
 
-            self.detail_blur = GaussianBlur(psf_sigma(float(meta["roles"]["hs"]["scale_ratio"]))).to(device)
+            self.detail_blur = GaussianBlur(net.hs_sigma).to(device)  # the HS's blur on the grid
         # Per PCA component, how far the maps' detail is trusted (detail_skill.py): the detail step's
         # weight. NaN (not measurable on the training scene) reads as 1, the step whole; None in a
         # model file from before it: the step whole, on the HS dates only.

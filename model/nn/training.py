@@ -20,7 +20,7 @@ from ..core.memory import format_mb, peak_rss_mb
 from ..core.vocabulary import ROLES
 from ..mdd.format import MDD
 from ..mdd.geotiff import with_gdal_cache
-from ..mdd.registration import estimate_shifts, shifts_to_json
+from ..mdd.registration import estimate_blur, estimate_shifts, shifts_to_json
 from .checkpoint import CHECKPOINT_EVERY, Checkpointer, checkpoint_path, restore_rng, rng_state, training_fingerprint
 from .detail_skill import detail_skill
 from .device import (
@@ -64,6 +64,7 @@ NETWORK_OPTIONS = dict(
     date_maps=False,
     guided_change=True,
     coregister=True,
+    fitted_blur=True,
 )
 MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
 CANCELED = "Training cancelled: no model file written."
@@ -73,7 +74,8 @@ def network_options(data: TrainingSet) -> dict:
     """NETWORK_OPTIONS as FusionNetwork takes them: ``guided_change`` becomes the radius of the
     guided change, 1.5 dense MS pixels (at least 2 grid pixels), as the two-stage baseline's window."""
     options = dict(NETWORK_OPTIONS)
-    options.pop("coregister", None)  # a data option, not the network's
+    for data_option in ("coregister", "fitted_blur"):  # how the data are read, not the network's
+        options.pop(data_option, None)
     guided = options.pop("guided_change", False)
     options["guided_radius"] = max(2, int(round(1.5 * data.dense_ratio))) if guided else 0
     return options
@@ -319,6 +321,7 @@ def fit_network(
     progress(0.0, "reading the MDD")
     if NETWORK_OPTIONS.get("coregister"):
         mdd = mdd.registered(estimate_shifts(mdd, log))
+    hs_sigma = estimate_blur(mdd, "hs", log) if NETWORK_OPTIONS.get("fitted_blur") else None
     data = TrainingSet(mdd, pca_components, patch_size, seed, log, max_days_apart)
     cb.check(CANCELED)
     net = FusionNetwork(
@@ -330,6 +333,7 @@ def fit_network(
         width=WIDTH,
         n_blocks=N_BLOCKS,
         reference_gap=len(data.hs_dates) > 1,
+        hs_sigma=hs_sigma,
         **network_options(data),
     )
     init_linear_priors(net, data, rng)

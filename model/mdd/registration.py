@@ -27,11 +27,12 @@ import numpy as np
 from ..core.vocabulary import by_distance, day_number
 from .format import MDD, read_values
 
-MAX_SIDE = 512  # the window the shifts are estimated on, fine px
+MAX_SIDE = 256  # the window the shifts and the blur are estimated on, fine px (65 536 pixels at most)
 MAX_SHIFT = 0.75  # the largest shift taken, in the coarse image's own pixels
 HS_GROUPS = 12
 MIN_PIXELS = 500
-ITERATIONS = 30
+ITERATIONS = 15
+SLOW_AFTER = 4  # iterations after which a step must at least halve the last one
 TOLERANCE = 1e-3  # fine px: the step at which the estimate has converged
 BLUR_DATES = 3
 
@@ -86,8 +87,8 @@ def estimate_shift(
     design = np.concatenate([ref, np.ones((1,) + ref.shape[1:])])
     img = np.where(img_ok, image, 0.0).astype(np.float64)
     img /= np.maximum(np.array([b[img_ok].std() for b in img]), 1e-12)[:, None, None]  # bands weigh alike
-    s = np.zeros(2)
-    for _ in range(ITERATIONS):
+    s, previous = np.zeros(2), np.inf
+    for i in range(ITERATIONS):
         moved = _shifted(img, s)
         ok = (_shifted(img_ok.astype(np.float64), s) > 0.999) & ref_ok & inner
         if ok.sum() < MIN_PIXELS:
@@ -96,8 +97,14 @@ def estimate_shift(
         y = moved[:, ok].T
         coef, *_ = np.linalg.lstsq(x, y, rcond=None)
         e = (y - x @ coef).T  # (band, pixel): what the fine MS cannot explain at this shift
-        gy = np.gradient(moved, axis=1)[:, ok]
-        gx = np.gradient(moved, axis=2)[:, ok]
+        nb = e.shape[0]
+        grads = np.concatenate([np.gradient(moved, axis=1)[:, ok], np.gradient(moved, axis=2)[:, ok]]).T
+        # Variable projection: the band mixes are fitted again at every shift, so only the part of the
+        # image's gradient that they cannot mimic moves the fit (on smooth scenes the plain gradient
+        # takes steps ten times too short).
+        g_coef, *_ = np.linalg.lstsq(x, grads, rcond=None)
+        grads = (grads - x @ g_coef).T
+        gy, gx = grads[:nb], grads[nb:]
         h = np.array([[np.sum(gy * gy), np.sum(gy * gx)], [np.sum(gy * gx), np.sum(gx * gx)]])
         if np.linalg.cond(h) > 1e6:  # no edges to register on
             return None
@@ -105,8 +112,12 @@ def estimate_shift(
         s += step
         if np.abs(s).max() > max_shift:
             return None
-        if np.abs(step).max() < TOLERANCE:
+        size = float(np.abs(step).max())
+        if size < TOLERANCE:
             return float(s[0]), float(s[1])
+        if i >= SLOW_AFTER and size > 0.5 * previous:  # creeping, not converging: the images differ by more than a shift
+            return None
+        previous = size
     return None
 
 
@@ -131,11 +142,12 @@ def estimate_shifts(mdd: MDD, log: Callable[[str], None] | None = None) -> dict:
             if role == "hs":
                 image = _band_groups(image, HS_GROUPS)
             found = None
-            for ref_date in by_distance(fine.dates, day_number(date)):
+            ok = np.isfinite(image).all(axis=0)
+            for ref_date in by_distance(fine.dates, day_number(date)):  # the nearest with enough pixels
                 if ref_date not in references:
                     references[ref_date] = read_values(mdd, "fine_ms", window, [ref_date])[0]
-                found = estimate_shift(image, references[ref_date], ratio)
-                if found is not None:
+                if (ok & np.isfinite(references[ref_date]).all(axis=0)).sum() >= MIN_PIXELS:
+                    found = estimate_shift(image, references[ref_date], ratio)
                     break
             if found is not None:
                 shifts[(role, date)] = found
@@ -176,7 +188,7 @@ def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None)
     window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
     ratio = mdd.scale_ratio(role)
     nominal = _psf_sigma(ratio)
-    grid = nominal * np.arange(0.5, 3.01, 0.1)  # sigma candidates: half to three times the PSF alone
+    grid = nominal * np.arange(0.5, 2.01, 0.05)  # sigma candidates: half to twice the PSF alone
     found = []
     pairs = []  # the images nearest in time to a fine MS first: the least change between the two
     for date in stack.dates:

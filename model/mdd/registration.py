@@ -115,7 +115,9 @@ def estimate_shift(
         size = float(np.abs(step).max())
         if size < TOLERANCE:
             return float(s[0]), float(s[1])
-        if i >= SLOW_AFTER and size > 0.5 * previous:  # creeping, not converging: the images differ by more than a shift
+        if (
+            i >= SLOW_AFTER and size > 0.5 * previous
+        ):  # creeping, not converging: the images differ by more than a shift
             return None
         previous = size
     return None

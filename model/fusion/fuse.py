@@ -179,7 +179,7 @@ def fuse_time_series(
         callbacks_or_default(callbacks).log(DASK_MISSING_NOTE)
     threads = configure_threads(threads)
     predictor = load_predictor(model_path, device=device)
-    mdd = predictor.prepare(mdd)  # checked, and read co-registered as the model was trained
+    mdd = predictor.prepare(mdd, callbacks_or_default(callbacks).log)  # checked, read co-registered
     callbacks_or_default(callbacks).log(describe_device(predictor.device, threads, training=False))
     report_self_check(predictor.meta, callbacks_or_default(callbacks))
     with gdal_cache(gdal_cache_mb):

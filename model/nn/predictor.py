@@ -18,7 +18,9 @@ next reference date).
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +28,7 @@ import numpy as np
 from ..core.calendar import fill_in_time, fine_for
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
-from ..mdd.registration import shifts_from_json
+from ..mdd.registration import estimate_shifts, shifts_from_json
 from .device import autocast, precision_for, select_device
 from .model_file import ModelError, load_model
 from .preprocessing import HSPCA, BandNormalizer
@@ -140,11 +142,22 @@ class FusionPredictor:
                 + ". Train a model on an MDD built from the same sensors."
             )
 
-    def prepare(self, mdd: MDD) -> MDD:
-        """``check_compatible``, then the MDD as this model reads it: each coarse image moved by the shift
-        training estimated for it (``MDD.registered``; dates the model did not see are read as they are)."""
+    def prepare(self, mdd: MDD, log: Callable[[str], None] | None = None) -> MDD:
+        """``check_compatible``, then the MDD as this model reads it (``MDD.registered``): each coarse
+        image moved by the shift training estimated for it. An MDD other than the one the model was
+        trained on (another area or other images of the same sensors) gets its own images' shifts,
+        estimated here as training does, not the training images' shifts of the same dates."""
         self.check_compatible(mdd)
-        return mdd.registered(self.shifts) if self.shifts else mdd
+        shifts = self.shifts
+        trained_on = self.meta.get("source_mdd")
+        same = trained_on and os.path.normcase(os.path.abspath(mdd.path)) == os.path.normcase(
+            os.path.abspath(trained_on)
+        )
+        if self.meta.get("registration") is not None and not same:
+            if log is not None:
+                log("The model was trained on another MDD: co-registering this one's images.")
+            shifts = estimate_shifts(mdd, log)
+        return mdd.registered(shifts) if shifts else mdd
 
     # -- reading and normalising one window -------------------------------------------------------
 

@@ -56,7 +56,10 @@ WIDTH, N_BLOCKS = 32, 2
 # Design switches; defaults chosen with benchmarks/generality.py on two development scenes' tuning date
 # and HS dates, 3 seeds (BENCHMARKS.md, "Generality"): guided_change on (tuning date CC +0.0028, PSNR
 # +0.25 dB, SSIM +0.003 with 15 epochs); date_maps and reference_in_prior off (no better).
-# coregister: each coarse image is moved onto the fine MS before training and fusion (mdd/registration.py).
+# Data options, chosen on three development scenes' tuning date (BENCHMARKS.md, "Co-registration and the
+# HS's blur on the grid"): coregister moves each coarse image onto the fine MS before training and fusion
+# (mdd/registration.py; CC +0.0130, SSIM +0.029); fitted_blur measures the HS's blur on the grid for the
+# network's HS-scale blurs (registration.estimate_blur; CC +0.0007, SSIM +0.003).
 NETWORK_OPTIONS = dict(
     reference_smoothing=2.0,
     reference_in_prior=False,
@@ -248,7 +251,8 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
         "history": history,
         "info": info,
         "source_mdd": mdd.path,
-        "registration": shifts_to_json(mdd.shifts),  # (role, date) -> the shift fusion reads it with
+        # (role, date) -> the shift fusion reads it with; None: trained without co-registration
+        "registration": shifts_to_json(mdd.shifts) if NETWORK_OPTIONS.get("coregister") else None,
     }
     arrays = {
         "fine_mean": data.fine_norm.mean,

@@ -152,10 +152,17 @@ def test_a_trained_model_keeps_the_shifts_and_fusion_reads_with_them(tmp_path, m
     predictor = load_predictor(model, "cpu")
     view = predictor.prepare(MDD.open(manifest))
     assert view.shifts[("dense_ms", date)] == tuple(meta["registration"]["dense_ms"][date])
+    # Another MDD of the same sensors, its dense MS misregistered otherwise: its own shifts, estimated.
+    other = tmp_path / "other"
+    other.mkdir()
+    logs = []
+    moved = predictor.prepare(MDD.open(_coarse_mdd(other, {("dense_ms", 1): (-0.4, 0.7)}, size=48)), logs.append)
+    np.testing.assert_allclose(moved.shifts[("dense_ms", date)], (0.4, -0.7), atol=0.15)
+    assert any("trained on another MDD" in line for line in logs)
     # Without co-registration the model keeps no shift and fusion reads the MDD as it is.
     monkeypatch.setitem(training.NETWORK_OPTIONS, "coregister", False)
     training.train_fusion_model(manifest, str(tmp_path / "plain.pt"), **params)
-    assert load_model(str(tmp_path / "plain.pt"))[0]["registration"] == {}
+    assert load_model(str(tmp_path / "plain.pt"))[0]["registration"] is None
     plain = load_predictor(str(tmp_path / "plain.pt"), "cpu")
     mdd = MDD.open(manifest)
     assert plain.prepare(mdd) is mdd

@@ -8,6 +8,7 @@ renormalised. Kernels are separable, so each pass is a sum of strided slices (nu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,6 +26,14 @@ def default_sigma(factor: int) -> float:
     """PSF sigma in fine pixels such that the PSF's FWHM equals one coarse pixel (``factor``
     fine pixels), the usual model of a sensor whose PSF matches its sampling (Wald's protocol)."""
     return float(factor) / _FWHM_PER_SIGMA
+
+
+def psf_sigma(ratio: float) -> float:
+    """Extra Gaussian sigma (pixels) that takes an image from 1-pixel to `ratio`-pixel resolution.
+
+    A sensor pixel of width s is modelled as a Gaussian with FWHM s (sigma = s / 2.355).
+    """
+    return math.sqrt(max(ratio * ratio - 1.0, 0.0)) / 2.3548
 
 
 def _kernel_1d(factor: int, sigma: float | None) -> np.ndarray:

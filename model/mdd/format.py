@@ -295,6 +295,20 @@ class MDD:
             groups.setdefault(self.shifts.get((stack.role, stack.dates[t]), (0.0, 0.0)), []).append(i)
         return [(pos, [idx[i] for i in pos], shift) for shift, pos in groups.items()]
 
+    def _coarse_reads(self, stack: RoleStack, idx: list, xoff: int, yoff: int, xs: int, ys: int) -> Iterator:
+        """Per group of dates read with the same taps (``_by_shift``): (positions in ``idx``, taps
+        (ty, tx), stored values, stored validity) of the coarse pixels a fine window needs."""
+        for pos, group, shift in self._by_shift(stack, idx):
+            ty, tx = self._taps(stack, xoff, yoff, xs, ys, shift)
+            cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
+            yield (
+                pos,
+                ty,
+                tx,
+                self._stored_values(stack, group, cx, cy, cw, ch),
+                self._stored_mask(stack, group, cx, cy, cw, ch),
+            )
+
     def _stored_mask(self, stack: RoleStack, idx: list, xoff: int, yoff: int, xs: int, ys: int) -> np.ndarray:
         ds = self._open(stack.mask_path)
         out = np.empty((len(idx), ys, xs), dtype=bool)
@@ -349,11 +363,7 @@ class MDD:
         else:  # bilinear from the valid coarse pixels; a band's NODATA (no value there) is not used
             out = np.empty((len(idx), stack.n_bands, ys, xs), dtype=np.float32)
             valid = np.empty((len(idx), ys, xs), dtype=bool)
-            for pos, group, shift in self._by_shift(stack, idx):
-                ty, tx = self._taps(stack, xoff, yoff, xs, ys, shift)
-                cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
-                coarse = self._stored_values(stack, group, cx, cy, cw, ch)
-                stored_valid = self._stored_mask(stack, group, cx, cy, cw, ch)
+            for pos, ty, tx, coarse, stored_valid in self._coarse_reads(stack, idx, xoff, yoff, xs, ys):
                 usable = stored_valid[:, None]  # (time, 1, rows, cols)
                 missing = usable & (coarse == NODATA)  # a band without a value in a valid pixel
                 if missing.any():
@@ -389,11 +399,7 @@ class MDD:
             out = np.asarray(project(values), dtype=np.float32)
         else:
             out, valid = None, np.empty((len(idx), ys, xs), dtype=bool)
-            for pos, group, shift in self._by_shift(stack, idx):
-                ty, tx = self._taps(stack, xoff, yoff, xs, ys, shift)
-                cx, cy, cw, ch = tx.start, ty.start, tx.stop - tx.start, ty.stop - ty.start
-                coarse = self._stored_values(stack, group, cx, cy, cw, ch)
-                stored_valid = self._stored_mask(stack, group, cx, cy, cw, ch)
+            for pos, ty, tx, coarse, stored_valid in self._coarse_reads(stack, idx, xoff, yoff, xs, ys):
                 coarse[(coarse == NODATA) | ~stored_valid[:, None]] = np.nan
                 projected = np.asarray(project(coarse), dtype=np.float32)
                 fine = bilinear(projected, stored_valid[:, None], ty, tx, 0.0)

@@ -5,7 +5,7 @@ third to half of a 30 m pixel, and the simulated series of benchmarks/ by up to 
 0.35 HS pixels (0.8 and 1 fine pixels). Misregistered, a dense MS change between two dates carries
 the image's edges twice, shifted: on the development scene same_day it made half of the error of
 the dense MS change mapped to the fine bands on the held-out dates (RMSE 0.0096-0.0209 reflectance
-before, 0.0051-0.0097 after; BENCHMARKS.md, "Co-registration").
+before, 0.0051-0.0097 after; BENCHMARKS.md, "Co-registration and the HS's blur on the grid").
 
 Each coarse image is matched to the fine MS of the nearest date (the same day where there is one),
 blurred to the image's resolution: Lucas-Kanade (Gauss-Newton) on the translation, with every band of
@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..core.degrade import psf_sigma
 from ..core.vocabulary import by_distance, day_number
 from .format import MDD, read_values
 
@@ -35,12 +36,6 @@ ITERATIONS = 15
 SLOW_AFTER = 4  # iterations after which a step must at least halve the last one
 TOLERANCE = 1e-3  # fine px: the step at which the estimate has converged
 BLUR_DATES = 3
-
-
-def _psf_sigma(ratio: float) -> float:
-    """Gaussian sigma (fine px) that takes the fine MS to a ``ratio`` times coarser sensor's resolution
-    (the same model as the network's, ``nn.network.psf_sigma``)."""
-    return math.sqrt(max(ratio * ratio - 1.0, 0.0)) / 2.3548
 
 
 def _band_groups(values: np.ndarray, n: int) -> np.ndarray:
@@ -83,7 +78,7 @@ def estimate_shift(
     inner[margin:-margin, margin:-margin] = True
     if (img_ok & ref_ok & inner).sum() < MIN_PIXELS:
         return None
-    ref = _blurred(reference.astype(np.float64), ref_ok, _psf_sigma(ratio))
+    ref = _blurred(reference.astype(np.float64), ref_ok, psf_sigma(ratio))
     design = np.concatenate([ref, np.ones((1,) + ref.shape[1:])])
     img = np.where(img_ok, image, 0.0).astype(np.float64)
     img /= np.maximum(np.array([b[img_ok].std() for b in img]), 1e-12)[:, None, None]  # bands weigh alike
@@ -115,17 +110,18 @@ def estimate_shift(
         size = float(np.abs(step).max())
         if size < TOLERANCE:
             return float(s[0]), float(s[1])
-        if (
-            i >= SLOW_AFTER and size > 0.5 * previous
-        ):  # creeping, not converging: the images differ by more than a shift
+        if i >= SLOW_AFTER and size > 0.5 * previous:  # creeping: the images differ by more than a shift
             return None
         previous = size
     return None
 
 
-def estimate_shifts(mdd: MDD, log: Callable[[str], None] | None = None) -> dict:
+def estimate_shifts(
+    mdd: MDD, log: Callable[[str], None] | None = None, check: Callable[[], None] | None = None
+) -> dict:
     """(role, date) -> (dy, dx) fine px for every image of the coarse roles (stored coarser than the
-    grid) whose shift could be estimated; ``MDD.registered`` reads them moved by it."""
+    grid) whose shift could be estimated; ``MDD.registered`` reads them moved by it. ``check`` is
+    called before each image (a cancel check that raises)."""
     if "fine_ms" not in mdd.roles:
         return {}
     g = mdd.grid
@@ -140,6 +136,8 @@ def estimate_shifts(mdd: MDD, log: Callable[[str], None] | None = None) -> dict:
             continue
         ratio = mdd.scale_ratio(role)
         for date in stack.dates:
+            if check is not None:
+                check()
             image = read_values(mdd, role, window, [date])[0]
             if role == "hs":
                 image = _band_groups(image, HS_GROUPS)
@@ -189,8 +187,9 @@ def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None)
     w, h = min(g.width, MAX_SIDE), min(g.height, MAX_SIDE)
     window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
     ratio = mdd.scale_ratio(role)
-    nominal = _psf_sigma(ratio)
+    nominal = psf_sigma(ratio)
     grid = nominal * np.arange(0.5, 2.01, 0.05)  # sigma candidates: half to twice the PSF alone
+    margin = int(math.ceil(3 * grid[-1])) + 1  # the blur's reach: edge pixels do not count
     found = []
     pairs = []  # the images nearest in time to a fine MS first: the least change between the two
     for date in stack.dates:
@@ -202,7 +201,6 @@ def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None)
         if role == "hs":
             image = _band_groups(image, HS_GROUPS)
         reference = read_values(mdd, "fine_ms", window, [ref_date])[0].astype(np.float64)
-        margin = int(math.ceil(3 * grid[-1])) + 1
         ok = np.isfinite(image).all(axis=0) & np.isfinite(reference).all(axis=0)
         ok[:margin], ok[-margin:], ok[:, :margin], ok[:, -margin:] = False, False, False, False
         if ok.sum() < MIN_PIXELS:

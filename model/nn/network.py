@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..core.degrade import psf_sigma
 from .options import KERNEL_SETS
 
 
@@ -222,14 +223,6 @@ class GaussianBlur(nn.Module):
         out = self._conv(x * v) / w.clamp_min(1e-6)
         valid = (w > 0.2).to(x.dtype)
         return out * valid, valid
-
-
-def psf_sigma(ratio: float) -> float:
-    """Extra Gaussian sigma (pixels) that takes an image from 1-pixel to `ratio`-pixel resolution.
-
-    A sensor pixel of width s is modelled as a Gaussian with FWHM s (sigma = s / 2.355).
-    """
-    return math.sqrt(max(ratio * ratio - 1.0, 0.0)) / 2.3548
 
 
 class FusionHead(nn.Module):

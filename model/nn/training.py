@@ -324,7 +324,8 @@ def fit_network(
     rng = np.random.default_rng(seed)
     progress(0.0, "reading the MDD")
     if NETWORK_OPTIONS.get("coregister"):
-        mdd = mdd.registered(estimate_shifts(mdd, log))
+        progress(0.0, "co-registering the coarse images with the fine MS")
+        mdd = mdd.registered(estimate_shifts(mdd, log, lambda: cb.check(CANCELED)))
     hs_sigma = estimate_blur(mdd, "hs", log) if NETWORK_OPTIONS.get("fitted_blur") else None
     data = TrainingSet(mdd, pca_components, patch_size, seed, log, max_days_apart)
     cb.check(CANCELED)

@@ -172,13 +172,14 @@ def test_the_blur_of_a_coarse_role_on_the_grid_is_measured(tmp_path):
     """The HS of _coarse_mdd is a 3x3 block mean read back bilinearly: blurrier than its PSF alone
     (a Gaussian of FWHM one HS pixel, 1.2 fine px). The measured sigma says by how much, and a role
     stored on the fine grid has none."""
-    from stsfusion.model.mdd.registration import _psf_sigma, estimate_blur
+    from stsfusion.model.core.degrade import psf_sigma
+    from stsfusion.model.mdd.registration import estimate_blur
 
     mdd = MDD.open(_coarse_mdd(tmp_path, size=72))
     logs = []
     sigma = estimate_blur(mdd, "hs", logs.append)
     assert sigma is not None and 1.2 < sigma < 2.2, sigma
-    assert sigma > _psf_sigma(3.0) and "Blur of the hs on the grid" in logs[0]
+    assert sigma > psf_sigma(3.0) and "Blur of the hs on the grid" in logs[0]
     dense = estimate_blur(mdd, "dense_ms")
-    assert dense is not None and _psf_sigma(2.0) < dense < sigma
+    assert dense is not None and psf_sigma(2.0) < dense < sigma
     assert estimate_blur(mdd, "fine_ms") is None

@@ -26,6 +26,13 @@ benchmarks/output/dataset; any other scenario goes to benchmarks/output/dataset_
                 own 1-3 days, fine MS and HS to opposite sides (e.g. fine at D-2, HS at D+1). The
                 truth is simulated on the union of all acquisition dates.
     offset_5_8  the same with 5-8 days.
+    prisma_ratio_1_6  offset_1_3's calendar with other sensors and a grid ratio that is not an
+                integer: fine MS ZY1-02D VNIC-like (30 m), dense MS GF-6 WFV (measured responses) at
+                1.6 times the grid (48 m: the paper's 16 m on 10 m), HS PRISMA-like (Gaussian bands,
+                VNIR 402-1010 nm FWHM 11 nm, SWIR 920-2505 nm FWHM 12 nm, overlapping as PRISMA's
+                two spectrometers do; x3: 90 m). The grid is padded to 168x192 px (a multiple of 24).
+    prisma_ratio_2_4  prisma_ratio_1_6 with the HS at 2.4 times the grid (72 m): neither coarse role
+                at an integer ratio.
     swir_offset_5_8  offset_5_8's calendar with other sensors: fine MS Landsat 8 OLI-like (bands 1-7,
                 SWIR included, on the 30 m grid), dense MS GF-1 WFV (4 bands, x2: 60 m), HS the
                 truth's own bands (x3: 90 m). A development scene whose fine MS has SWIR bands.
@@ -109,6 +116,9 @@ SCENARIOS = {
     "cloudy_fine": "same-day calendar, fine MS cloudy on every date (20-40 % cover)",
     "swir_offset_5_8": "offset_5_8's calendar with other sensors: fine MS Landsat 8 OLI-like (7 bands, SWIR "
     "included), dense MS GF-1 WFV (4 bands, x2), HS the truth's own bands (x3)",
+    "prisma_ratio_1_6": "offset_1_3's calendar with other sensors and grid ratios: fine MS ZY1-02D VNIC-like, dense "
+    "MS GF-6 WFV at 1.6 times the grid (the paper's 16 m on 10 m: not an integer), HS PRISMA-like (x3)",
+    "prisma_ratio_2_4": "prisma_ratio_1_6 with the HS at 2.4 times the grid: neither coarse role an integer ratio",
     "products_clear": "same-day calendar as products: fine MS Sentinel-2 L2A, dense MS Landsat 8 C2 L2 (x2), "
     "HS EnMAP L2A (x3); no clouds",
     "products_cloudy": "products_clear with clouds and shadows flagged only in the quality layers: every fine MS "
@@ -123,7 +133,11 @@ CLOUDY = {  # products_cloudy: role -> (DATES indices with clouds, cover range)
     "dense_ms": ((1, 3, 4), (0.1, 0.3)),  # a held-out date, an HS date, the tuning date
     "hs": ((0, 3), (0.1, 0.3)),
 }
-OFFSETS = {"offset_1_3": (1, 3), "offset_5_8": (5, 8), "swir_offset_5_8": (5, 8)}
+RATIO_SCENES = {"prisma_ratio_1_6": 3, "prisma_ratio_2_4": 2.4}  # scenario -> the HS's ratio
+OFFSETS = {"offset_1_3": (1, 3), "offset_5_8": (5, 8), "swir_offset_5_8": (5, 8), **dict.fromkeys(RATIO_SCENES, (1, 3))}
+# RATIO_SCENES: the dense MS 1.6 times the grid, so the grid is padded to a multiple of 24 px
+# (5 dense MS pixels are 8 grid pixels; 3 for an HS at x3, 12 at x2.4) and every sensor pixel lies whole within it.
+RATIO_SCENE_DENSE_FACTOR, RATIO_SCENE_ALIGN = 1.6, 24
 ONE_DATE = DATES[3]
 
 
@@ -190,7 +204,9 @@ def scenario_design(name: str, seed: int, sensors: dict):
     return sim_sensors.SeriesDesign(dates, role_dates), sensors, calendar, extra
 
 
-def simulate_inputs(truth, wl, fwhm, design, sensors, seed: int, nominal: dict | None = None) -> list:
+def simulate_inputs(
+    truth, wl, fwhm, design, sensors, seed: int, nominal: dict | None = None, clear: tuple = ()
+) -> list:
     """sim_sensors.simulate_inputs, except that each image draws its noise, gains, misregistration
     and clouds from the random stream of its nominal date: the same-day calendar date it stands for
     (``nominal``: role -> {date: DATES date}; by default the date itself). So every scenario shares
@@ -203,7 +219,10 @@ def simulate_inputs(truth, wl, fwhm, design, sensors, seed: int, nominal: dict |
             t = DATES.index((nominal or {}).get(role, {}).get(date, date))
             rng = sim_truth.rng_stream(seed, 100 + r, t)
             values = truth.values[truth.dates.index(date)]
-            images.append(sim_sensors.observe(values, wl, fwhm, sensors[role], rng, role, date))
+            spec = sensors[role]
+            if (role, date) in clear:  # --fine-every-date's added images: whole, no cloud
+                spec = dataclasses.replace(spec, cloud_probability=0.0)
+            images.append(sim_sensors.observe(values, wl, fwhm, spec, rng, role, date))
     return images
 
 
@@ -252,6 +271,43 @@ def swir_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
         "fine_ms": "measured Landsat 8 OLI responses (srf/L8_OLI.txt, from acolite): bands 1-7",
         "dense_ms": "measured GF-1 WFV1 responses (srf/GF1_WFV1.txt, from acolite): bands 1-4",
         "hs": "the truth's own bands (EnMAP)",
+    }
+    return sensors, responses
+
+
+def prisma_like_response() -> srf.SpectralResponse:
+    """A PRISMA-like band set (Gaussian bands): VNIR 66 bands from 402 to 1010 nm (FWHM 11 nm) and
+    SWIR 173 from 920 to 2505 nm (FWHM 12 nm), the two spectrometers overlapping at 920-1010 nm as
+    PRISMA's do, listed by wavelength. Bands EnMAP does not cover are left out by the simulation."""
+    vnir = np.linspace(402.0, 1010.0, 66)
+    swir = np.linspace(920.0, 2505.0, 173)
+    centres = np.concatenate([vnir, swir])
+    widths = np.concatenate([np.full(vnir.size, 11.0), np.full(swir.size, 12.0)])
+    order = np.argsort(centres, kind="stable")
+    names = [f"{'VNIR' if i < vnir.size else 'SWIR'} {c:.1f} nm" for i, c in zip(order, centres[order])]
+    return srf.gaussian_response(names, centres[order], widths[order])
+
+
+def prisma_ratio_sensors(data: str, wl, fwhm, hs_factor: float) -> tuple[dict, dict]:
+    """(sensors, responses description) of RATIO_SCENES: the default fine MS (ZY1-02D VNIC-like),
+    the measured GF-6 WFV responses at 1.6 times the grid (not an integer ratio) and a PRISMA-like HS
+    (``prisma_like_response``; its noise by hs_noise_sigma at its own band centres) at ``hs_factor``
+    times the grid; gains and misregistration as in default_sensors."""
+    gf6 = load_srf_file(os.path.join(data, "srf", "GF6_WFV.txt"))
+    sensors = sim_sensors.default_sensors(wl, fwhm, RATIO_SCENE_DENSE_FACTOR, hs_factor, dense_response=gf6)
+    prisma = sim_sensors.covered_response(prisma_like_response(), wl, fwhm)
+    sensors["hs"] = dataclasses.replace(
+        sensors["hs"],
+        sensor="PRISMA-like HS (simulated)",
+        response=prisma,
+        noise=sim_sensors.hs_noise_sigma(prisma.centres()),
+    )
+    responses = {
+        "fine_ms": "resources/sensors/zy1_02d_vnic.json (Gaussian bands)",
+        "dense_ms": "measured GF-6 WFV responses (srf/GF6_WFV.txt, from acolite), 1.6 times the grid's pixel; "
+        "the bands EnMAP does not cover left out",
+        "hs": f"PRISMA-like Gaussian bands (benchmarks/make_dataset.py prisma_like_response): {prisma.n_bands} of "
+        "239 covered by EnMAP",
     }
     return sensors, responses
 
@@ -311,16 +367,16 @@ def default_out(scenario: str) -> str:
     return os.path.join(ROOT, "benchmarks", "output", folder)
 
 
-def build_mosaic(tile_dir: str, vrt_path: str):
+def build_mosaic(tile_dir: str, vrt_path: str, align: int = ALIGN):
     """(hs (band, row, col) reflectance with NaN, wavelengths, fwhm, Grid): the tiles mosaicked
-    by GDAL, the grid padded on the right/bottom to a multiple of ALIGN pixels."""
+    by GDAL, the grid padded on the right/bottom to a multiple of ``align`` pixels."""
     tiles = sorted(glob.glob(os.path.join(tile_dir, "*.tif")))
     if not tiles:
         raise SystemExit(f"No EnMAP tiles in {tile_dir}: give --data, the folder holding enmap_potsdam/.")
     probe = gdal.BuildVRT("", tiles)
     x0, px, _, y0, _, py = probe.GetGeoTransform()
-    w = -(-probe.RasterXSize // ALIGN) * ALIGN
-    h = -(-probe.RasterYSize // ALIGN) * ALIGN
+    w = -(-probe.RasterXSize // align) * align
+    h = -(-probe.RasterYSize // align) * align
     probe = None
     vrt = gdal.BuildVRT(vrt_path, tiles, outputBounds=(x0, y0 + py * h, x0 + px * w, y0))
     first = gdal.Open(tiles[0])
@@ -354,12 +410,20 @@ def main(argv=None) -> int:
     ap.add_argument("--scenario", default="same_day", choices=list(SCENARIOS), help="acquisition calendar")
     ap.add_argument("--out", help="output folder (default benchmarks/output/dataset, or dataset_<scenario>)")
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument(
+        "--fine-every-date",
+        action="store_true",
+        help="a ceiling, not a scene: the scenario with a cloud-free fine MS on the dates without HS as well "
+        "(default out: dataset_<scenario>_fine_every_date). Fused with a model trained on the scenario, it "
+        "shows what a perfect temporal prediction of the fine MS would give on those dates.",
+    )
     args = ap.parse_args(argv)
-    args.out = args.out or default_out(args.scenario)
+    args.out = args.out or default_out(args.scenario + ("_fine_every_date" if args.fine_every_date else ""))
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
+    align = RATIO_SCENE_ALIGN if args.scenario in RATIO_SCENES else ALIGN
     hs, wl, fwhm, grid, n_tiles, acquired = build_mosaic(
-        os.path.join(args.data, "enmap_potsdam"), os.path.join(args.out, "enmap_mosaic.vrt")
+        os.path.join(args.data, "enmap_potsdam"), os.path.join(args.out, "enmap_mosaic.vrt"), align
     )
     t_mosaic = time.time() - t0
     gf6_file = os.path.join(args.data, "srf", "GF6_WFV.txt")
@@ -382,12 +446,20 @@ def main(argv=None) -> int:
         sensors, responses = product_sensors(args.data, wl, fwhm)
     elif args.scenario == "swir_offset_5_8":
         sensors, responses = swir_sensors(args.data, wl, fwhm)
+    elif args.scenario in RATIO_SCENES:
+        sensors, responses = prisma_ratio_sensors(args.data, wl, fwhm, RATIO_SCENES[args.scenario])
     design, sensors, calendar, extra = scenario_design(args.scenario, args.seed, sensors)
+    added = ()
+    if args.fine_every_date:
+        added = tuple(("fine_ms", d) for d in NO_HS if d not in design.role_dates["fine_ms"])
+        design.role_dates["fine_ms"] = sorted(design.role_dates["fine_ms"] + [d for _, d in added])
+        calendar += f"; a ceiling: cloud-free fine MS added on {', '.join(d for _, d in added)}"
+        extra = {**extra, "fine_every_date": True}
     t_setup = time.time() - t0
     # The truth on every acquisition date (the union of the roles' dates), so each sensor sees its own day.
     truth = sim_truth.simulate_truth(hs, wl, design.dates, seed=args.seed, mean_parcel_area_px=MEAN_PARCEL_AREA_PX)
     t_truth = time.time() - t0 - t_setup
-    images = simulate_inputs(truth, wl, fwhm, design, sensors, args.seed, extra.get("nominal_dates"))
+    images = simulate_inputs(truth, wl, fwhm, design, sensors, args.seed, extra.get("nominal_dates"), added)
     t_inputs = time.time() - t0 - t_setup - t_truth
     source = "simulated from the real EnMAP L2A image of Potsdam (2022-07-24) by STS Fusion benchmarks/make_dataset.py"
     if products:
@@ -404,11 +476,23 @@ def main(argv=None) -> int:
         }
     else:
         files = sim_writing.write_inputs(args.out, images, grid, {"SOURCE": source})
-    truth_files = sim_writing.write_truth(os.path.join(args.out, "truth"), truth, grid, wl, fwhm, {"SOURCE": source})
+    # The truth in the HS sensor's bands: its own where it keeps the truth's (EnMAP), else (PRISMA-like)
+    # the fine truth through the HS's responses, without its noise, gains or blur.
+    truth_out, truth_wl, truth_fwhm = truth, wl, fwhm
+    hs_response = sensors["hs"].response
+    if hs_response is not None:
+        values = np.stack([srf.spectral_resample(v, wl, hs_response, fwhm) for v in truth.values]).astype(np.float32)
+        truth_out = dataclasses.replace(truth, values=values)
+        truth_wl, truth_fwhm = hs_response.centres(), hs_response.fwhm()
+    truth_files = sim_writing.write_truth(
+        os.path.join(args.out, "truth"), truth_out, grid, truth_wl, truth_fwhm, {"SOURCE": source}
+    )
     command = "python benchmarks/make_dataset.py"
     if args.scenario != "same_day":
         command += f" --scenario {args.scenario}"
-    summary = sim_writing.series_summary(design, images, files, grid, wl)
+    if args.fine_every_date:
+        command += " --fine-every-date"
+    summary = sim_writing.series_summary(design, images, files, grid, truth_wl)
     kinds = np.bincount(truth.schedule_kind, minlength=len(sim_truth.SCHEDULES))
     summary.update(
         {
@@ -457,7 +541,7 @@ def main(argv=None) -> int:
         f"{len(truth_files)} truth GeoTIFFs, {size / 1e6:.1f} MB"
     )
     print(
-        f"fine grid {grid.width}x{grid.height} px at {grid.pixel_size:g} m, {len(wl)} HS bands; "
+        f"fine grid {grid.width}x{grid.height} px at {grid.pixel_size:g} m, {len(truth_wl)} HS bands; "
         f"held out: {', '.join(HELD_OUT)}; tuning: {', '.join(TUNING)}"
     )
     print(f"scenario {args.scenario}: {calendar}")

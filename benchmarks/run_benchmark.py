@@ -310,7 +310,7 @@ def run_scenario(scenario: str, kernel_sets: list, data: str, root_work: str) ->
     with open(os.path.join(dataset_dir, "dataset.json")) as f:
         dataset = json.load(f)
     dataset.setdefault(
-        "hs_factor", round(dataset["roles"]["hs"]["pixel_size_m"] / dataset["fine_grid"]["pixel_size_m"])
+        "hs_factor", round(dataset["roles"]["hs"]["pixel_size_m"] / dataset["fine_grid"]["pixel_size_m"], 6)
     )
     # What the report needs of dataset.json, so --report-only does not need the dataset itself.
     saved["dataset"] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -39,7 +40,15 @@ class Grid:
         return cls(d["crs_wkt"], tuple(float(v) for v in d["geotransform"]), int(d["width"]), int(d["height"]))
 
 
-def coarse_grid(grid: Grid, factor: int) -> Grid:
-    """The grid of pixels ``factor`` times larger, same origin (remainder rows/cols dropped)."""
+def coarse_grid(grid: Grid, factor: float) -> Grid:
+    """The grid of pixels ``factor`` times larger (an integer or not), same origin, the coarse pixels
+    that lie whole within the grid (the remainder rows/cols dropped)."""
     x0, dx, rx, y0, ry, dy = grid.geotransform
-    return Grid(grid.crs_wkt, (x0, dx * factor, rx, y0, ry, dy * factor), grid.width // factor, grid.height // factor)
+    width, height = coarse_size(grid.width, factor), coarse_size(grid.height, factor)
+    return Grid(grid.crs_wkt, (x0, dx * factor, rx, y0, ry, dy * factor), width, height)
+
+
+def coarse_size(n: int, factor: float) -> int:
+    """How many whole pixels ``factor`` times larger ``n`` pixels hold (168 px at 1.6: 105, where the
+    float quotient 168 // 1.6 is 104)."""
+    return int(math.floor(n / factor + 1e-9))

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..core.degrade import degrade
+from ..core.degrade import MIN_VALID_WEIGHT, default_sigma, degrade
+from ..core.grid import coarse_size
 from ..core.vocabulary import ROLES
 from .srf import SpectralResponse, SRFError, resample_weights, sensor_preset, spectral_resample
 from .synthetic_scene import smooth_field
@@ -61,7 +62,7 @@ class SensorSpec:
     role: str
     sensor: str
     response: SpectralResponse | None
-    factor: int
+    factor: float  # the sensor's pixel over the fine grid's: an integer (x3) or not (GF-6 WFV's 16 m on 10 m: 1.6)
     noise: np.ndarray | float  # std per band, reflectance
     gain_std: float
     offset_std: float
@@ -131,7 +132,7 @@ class SensorImage:
     wavelengths: np.ndarray
     fwhm: np.ndarray
     band_names: list
-    factor: int
+    factor: float
     shift_px: tuple  # (dy, dx) misregistration in the sensor's pixels
     gain: np.ndarray
     cloud_fraction: float
@@ -152,6 +153,34 @@ def subpixel_shift(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
     return out
 
 
+def _sample_axis(a: np.ndarray, centres: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` linearly interpolated at fractional indices ``centres`` along ``axis`` (edges clamped)."""
+    lo = np.clip(np.floor(centres).astype(np.int64), 0, a.shape[axis] - 1)
+    hi = np.clip(lo + 1, 0, a.shape[axis] - 1)
+    w = (centres - lo).reshape([-1 if d == axis % a.ndim else 1 for d in range(a.ndim)])
+    return np.take(a, lo, axis=axis) * (1 - w) + np.take(a, hi, axis=axis) * w
+
+
+def degrade_to(image: np.ndarray, factor: float) -> np.ndarray:
+    """(..., rows, cols) -> what a sensor of pixels ``factor`` times the grid's records: an integer
+    factor is ``core.degrade`` (PSF, then decimation); any other (1.6: 16 m on a 10 m grid) the same
+    Gaussian PSF (FWHM one sensor pixel), sampled at each sensor pixel's centre, fine coordinate
+    (i + 0.5) * factor - 0.5, as for an integer factor, on floor(n / factor) pixels. NaN-aware by
+    normalised convolution; NaN where the valid pixels carry less than MIN_VALID_WEIGHT of the PSF."""
+    f = float(factor)
+    if f.is_integer():
+        return degrade(image, int(f))
+    sigma = [0.0] * (image.ndim - 2) + [default_sigma(f)] * 2
+    valid = np.isfinite(image)
+    num = ndimage.gaussian_filter(np.where(valid, image, 0.0).astype(np.float64), sigma, mode="constant")
+    den = ndimage.gaussian_filter(valid.astype(np.float64), sigma, mode="constant")
+    for axis in (-2, -1):
+        centres = (np.arange(coarse_size(image.shape[axis], f)) + 0.5) * f - 0.5
+        num, den = _sample_axis(num, centres, axis), _sample_axis(den, centres, axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den >= MIN_VALID_WEIGHT, num / den, np.nan).astype(np.float32)
+
+
 def cloud_mask(shape: tuple[int, int], cover: float, rng: np.random.Generator) -> np.ndarray:
     """Bool (row, col), True under a cloud: blobs of a smoothed random field covering ``cover``."""
     f = smooth_field(shape, max(shape) / 12.0, rng)
@@ -169,7 +198,7 @@ def observe(
 ) -> SensorImage:
     """What ``spec``'s sensor records of one date's fine HS truth (band, row, col)."""
     wl = np.asarray(wavelengths, dtype=np.float64)
-    f = int(spec.factor)
+    f = int(spec.factor) if float(spec.factor).is_integer() else float(spec.factor)
     dy, dx = rng.uniform(-spec.max_shift, spec.max_shift, 2) if spec.max_shift else (0.0, 0.0)
     img = subpixel_shift(truth, dy * f, dx * f)
     if spec.response is not None:
@@ -180,9 +209,9 @@ def observe(
         out_wl, out_fwhm = wl, np.asarray(fwhm, dtype=np.float64)
         names = [f"band {b + 1} ({w:g} nm)" for b, w in enumerate(wl)]
     if f > 1:
-        img = degrade(img, f)
+        img = degrade_to(img, f)
     nb = img.shape[0]
-    if spec.response is None:  # HS: gain smooth across wavelength (residual atmosphere)
+    if spec.response is None or role == "hs":  # HS: gain smooth across wavelength (residual atmosphere)
         u = (out_wl - 1450.0) / 1050.0
         c = rng.normal(0, [spec.gain_std, 0.75 * spec.gain_std, 0.5 * spec.gain_std])
         gain = 1 + c[0] + c[1] * u + c[2] * u**2
@@ -200,7 +229,7 @@ def observe(
         cover = rng.uniform(*spec.cloud_cover)
         clouds = cloud_mask(truth.shape[-2:], cover, rng).astype(np.float32)
         # A coarse pixel is masked once a fifth of its footprint is cloudy (conservative masks).
-        cloudy = (degrade(clouds, f) > 0.2) if f > 1 else clouds > 0.5
+        cloudy = (degrade_to(clouds, f) > 0.2) if f > 1 else clouds > 0.5
         img[:, cloudy] = np.nan
         cloud_fraction = float(cloudy.mean())
     return SensorImage(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..core.grid import Grid, coarse_grid
+from ..core.grid import Grid, coarse_grid, coarse_size
 from ..core.vocabulary import ROLES
 from ..mdd.geotiff import spectral_band_metadata, write_geotiff, write_text_atomic
 from .sensors import SeriesDesign
@@ -127,7 +127,7 @@ def series_summary(
             "band_names": ims[0].band_names,
             "wavelengths_nm": [round(float(w), 2) for w in ims[0].wavelengths],
             "pixel_size_m": grid.pixel_size * ims[0].factor,
-            "size_px": [grid.width // ims[0].factor, grid.height // ims[0].factor],
+            "size_px": [coarse_size(grid.width, ims[0].factor), coarse_size(grid.height, ims[0].factor)],
             "cloud_fraction": {im.date: round(im.cloud_fraction, 3) for im in ims},
         }
     return {

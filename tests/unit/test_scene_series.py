@@ -214,9 +214,9 @@ SHARED = os.path.join(
 )
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "enmap_potsdam")), reason="needs ../shared/data")
-def test_benchmark_dataset_from_real_tiles(tmp_path):
-    """benchmarks/make_dataset.py on 3 of the real EnMAP tiles (a mosaic with a hole)."""
+def _make_dataset(tmp_path, *args) -> tuple:
+    """(out folder, dataset.json) of benchmarks/make_dataset.py on 3 of the real EnMAP tiles (a
+    mosaic with a hole)."""
     import importlib.util
     import json
     import shutil
@@ -232,8 +232,14 @@ def test_benchmark_dataset_from_real_tiles(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "out"
-    assert mod.main(["--data", str(data), "--out", str(out)]) == 0
-    d = json.loads((out / "dataset.json").read_text())
+    assert mod.main(["--data", str(data), "--out", str(out), *args]) == 0
+    return out, json.loads((out / "dataset.json").read_text())
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "enmap_potsdam")), reason="needs ../shared/data")
+def test_benchmark_dataset_from_real_tiles(tmp_path):
+    """benchmarks/make_dataset.py on 3 of the real EnMAP tiles (a mosaic with a hole)."""
+    out, d = _make_dataset(tmp_path)
     assert len(d["dates"]) == 7 and d["dense_ms_dates"] == d["dates"]
     assert d["hs_dates"] == d["fine_ms_dates"] and len(d["hs_dates"]) == 4
     assert set(d["held_out_dates"]) < set(d["no_hs_dates"]) and len(d["held_out_dates"]) == 2
@@ -248,3 +254,60 @@ def test_benchmark_dataset_from_real_tiles(tmp_path):
     assert (hs.RasterCount, hs.RasterXSize, hs.RasterYSize, hs.GetGeoTransform()[1]) == (218, 22, 22, 90.0)
     dense = gdal.Open(str(out / f"dense_ms_{d['dates'][1]}.tif"))
     assert (dense.RasterCount, dense.RasterXSize, dense.GetGeoTransform()[1]) == (7, 33, 60.0)
+
+
+def test_degrade_to_a_ratio_that_is_not_an_integer():
+    """A sensor 1.6 times the grid (16 m on 10 m): its PSF sampled at each sensor pixel's centre."""
+    from stsfusion.model.core.degrade import degrade
+    from stsfusion.model.core.grid import coarse_size
+
+    rng = np.random.default_rng(5)
+    image = rng.random((2, 48, 40)).astype(np.float32)
+    np.testing.assert_array_equal(sim_sensors.degrade_to(image, 3), degrade(image, 3))  # integers: unchanged
+    out = sim_sensors.degrade_to(image, 1.6)
+    assert out.shape == (2, 30, 25) and coarse_size(168, 1.6) == 105  # not 168 // 1.6 == 104
+    np.testing.assert_allclose(sim_sensors.degrade_to(np.full((1, 48, 40), 0.3, np.float32), 1.6), 0.3, atol=1e-6)
+    # A linear ramp is read at the sensor pixels' centres, fine coordinate (i + 0.5) * 1.6 - 0.5.
+    ramp = np.broadcast_to(0.01 * np.arange(40, dtype=np.float32), (1, 48, 40))
+    centres = (np.arange(25) + 0.5) * 1.6 - 0.5
+    np.testing.assert_allclose(sim_sensors.degrade_to(ramp, 1.6)[0, 10, 3:-3], 0.01 * centres[3:-3], atol=1e-5)
+    # NaN where the valid pixels carry less than half of the PSF, values elsewhere.
+    holed = image.copy()
+    holed[:, 10:26, 10:26] = np.nan
+    out = sim_sensors.degrade_to(holed, 1.6)
+    assert (
+        np.isnan(out[0, 10, 10]) and np.isfinite(out[0, 2, 2]) and np.isnan(out).any(axis=0).sum() == 10 * 10
+    )  # 16 px: 10 sensor pixels a side
+
+
+def test_inputs_at_a_ratio_that_is_not_an_integer(scene, truth):
+    sensors = _sensors(scene, dense_ms={"factor": 1.6})
+    design = sim_sensors.SeriesDesign.paper(DATES)
+    images = sim_sensors.simulate_inputs(truth, scene.wavelengths, scene.fwhm, design, sensors, seed=1)
+    dense = [im for im in images if im.role == "dense_ms"]
+    assert dense[0].values.shape == (8, 30, 30) and dense[0].factor == 1.6
+    grid = Grid("", (0.0, 10.0, 0.0, 0.0, 0.0, -10.0), 48, 48)
+    from stsfusion.model.core.grid import coarse_grid
+
+    g = coarse_grid(grid, 1.6)
+    assert (g.width, g.height, g.geotransform[1]) == (30, 30, 16.0)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "enmap_potsdam")), reason="needs ../shared/data")
+def test_benchmark_dataset_prisma_ratio_1_6(tmp_path):
+    """The scene with a PRISMA-like HS and a dense MS 1.6 times the grid: the truth in the HS's own
+    bands (what the fused image is assessed against), the dense MS on 48 m pixels."""
+    out, d = _make_dataset(tmp_path, "--scenario", "prisma_ratio_1_6")
+    truth = gdal.Open(str(out / "truth" / f"truth_hs_{d['dates'][1]}.tif"))
+    hs = gdal.Open(str(out / f"hs_{d['hs_dates'][0]}.tif"))
+    assert 150 < hs.RasterCount < 239 and truth.RasterCount == hs.RasterCount == d["truth_bands"]
+    for b in (1, hs.RasterCount // 2, hs.RasterCount):
+        wl = float(hs.GetRasterBand(b).GetMetadataItem("wavelength"))
+        assert float(truth.GetRasterBand(b).GetMetadataItem("wavelength")) == pytest.approx(wl, abs=0.01)
+        assert float(hs.GetRasterBand(b).GetMetadataItem("fwhm")) == pytest.approx(11.0 if wl < 915 else 12.0, abs=0.2)
+    # 64 x 64 px padded to 72 x 72 (a multiple of 24): 45 dense MS pixels of 48 m, 24 HS pixels of 90 m.
+    assert (truth.RasterXSize, truth.RasterYSize) == (72, 72)
+    assert (hs.RasterXSize, hs.GetGeoTransform()[1]) == (24, 90.0)
+    dense = gdal.Open(str(out / f"dense_ms_{d['dates'][1]}.tif"))
+    assert (dense.RasterXSize, dense.RasterYSize) == (45, 45) and dense.GetGeoTransform()[1] == pytest.approx(48.0)
+    assert d["fine_ms_dates"] != d["hs_dates"]  # offset_1_3's calendar

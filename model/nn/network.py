@@ -106,12 +106,15 @@ class SpatialBranch(nn.Module):
 
 class GuidedChange(nn.Module):
     """The dense-MS change at each fine pixel as the mean change of its similar neighbours (STARFM,
-    Gao et al. 2006): neighbours within ``radius`` pixels whose fine MS at the source date is within
-    ``tol`` (z units, 2σ/4 as STARFM's 4 classes) of the centre's in every band, weighted by
-    1 / (1 + distance / radius). A dense pixel's change is spread over the fields it covers by what
-    the fine MS shows of them, instead of being smeared across their edges by the bilinear
-    resampling. Fixed (not learned); exact on any window that reaches ``radius`` beyond the pixel.
-    forward(f (B, n_fine, H, W) guide, c (B, C, H, W) change, v (B, 1, H, W) validity) -> (B, C, H, W).
+    Gao et al. 2006): neighbours within ``radius`` pixels whose fine MS is within ``tol`` (z units,
+    2σ/4 as STARFM's 4 classes) of the centre's in every band, weighted by 1 / (1 + distance /
+    radius). A dense pixel's change is spread over the fields it covers by what the fine MS shows of
+    them, instead of being smeared across their edges by the bilinear resampling. The guide is the
+    fine MS at the source date, or (``FusionNetwork.multi_date_guide``) the fine MS of every date but
+    the target's, band by band: a neighbour must be similar on every date, as pixels of one field are.
+    Fixed (not learned); exact on any window that reaches ``radius`` beyond the pixel.
+    forward(f (B, G, H, W) guide, c (B, C, H, W) change, v (B, 1, H, W) validity) -> (B, C, H, W);
+    ``spread`` takes several changes (with their validities) under one guide, judging similarity once.
     """
 
     def __init__(self, radius: int, tol: float = 0.5) -> None:
@@ -126,19 +129,25 @@ class GuidedChange(nn.Module):
         ]
 
     def forward(self, f: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.spread(f, [(c, v)])[0]
+
+    def spread(self, f: torch.Tensor, changes: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """[(change, validity)] -> [spread change], one similarity test per neighbour for them all."""
         r = self.radius
         H, W = f.shape[-2:]
         pad = (r, r, r, r)
         with torch.no_grad():  # inputs only, no parameter: nothing to differentiate, so in place
-            fp, cp, vp = (nn.functional.pad(t, pad) for t in (f, c * v, v))
-            num, den = torch.zeros_like(c), torch.zeros_like(v)
+            fp = nn.functional.pad(f, pad)
+            padded = [(nn.functional.pad(c * v, pad), nn.functional.pad(v, pad)) for c, v in changes]
+            sums = [(torch.zeros_like(c), torch.zeros_like(v)) for c, v in changes]
             for dy, dx, w in self.offsets:
                 ys, xs = slice(r + dy, r + dy + H), slice(r + dx, r + dx + W)
-                weight = ((fp[..., ys, xs] - f).abs().amax(1, keepdim=True) <= self.tol).to(c.dtype)
-                weight.mul_(vp[..., ys, xs]).mul_(w)
-                num.addcmul_(weight, cp[..., ys, xs])
-                den.add_(weight)
-            return torch.where(den > 0, num / den.clamp_min(1e-6), c)
+                similar = ((fp[..., ys, xs] - f).abs().amax(1, keepdim=True) <= self.tol).to(f.dtype)
+                for (cp, vp), (num, den) in zip(padded, sums):
+                    weight = similar * vp[..., ys, xs] * w
+                    num.addcmul_(weight, cp[..., ys, xs])
+                    den.add_(weight)
+            return [torch.where(den > 0, num / den.clamp_min(1e-6), c) for (c, _), (num, den) in zip(changes, sums)]
 
 
 class TemporalBranch(nn.Module):
@@ -159,14 +168,28 @@ class TemporalBranch(nn.Module):
         self.radius = self.trunk.radius + (guided_radius if guided_radius > 0 else 0)
 
     def forward(
-        self, f_q: torch.Tensor, d_q: torch.Tensor, d_t: torch.Tensor, v: torch.Tensor | None = None
+        self,
+        f_q: torch.Tensor,
+        d_q: torch.Tensor,
+        d_t: torch.Tensor,
+        v: torch.Tensor | None = None,
+        guide: torch.Tensor | None = None,
+        delta: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``v`` (B, 1, H, W): where f_q, d_q and d_t are all valid (for the guided change)."""
-        delta = d_t - d_q
-        if self.guided is not None:
-            delta = self.guided(f_q, delta, v if v is not None else torch.ones_like(delta[:, :1]))
+        """``v`` (B, 1, H, W): where f_q, d_q and d_t are all valid (for the guided change); ``guide``
+        the guided change's fine MS (default f_q); ``delta`` the change already spread (``spread``)."""
+        if delta is None:
+            delta = self.spread(f_q if guide is None else guide, [(d_q, d_t, v)])[0]
         correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
         return f_q + self.change(delta) + correction, features
+
+    def spread(self, guide: torch.Tensor, sources: Sequence[tuple]) -> list[torch.Tensor]:
+        """[(d_q, d_t, v)] -> the change d_t - d_q of each source, guided by ``guide`` when the branch
+        has the guided change (its similarity judged once for them all), else as it is."""
+        deltas = [(d_t - d_q, v if v is not None else torch.ones_like(d_t[:, :1])) for d_q, d_t, v in sources]
+        if self.guided is None:
+            return [delta for delta, _ in deltas]
+        return self.guided.spread(guide, deltas)
 
 
 class SpectralBranch(nn.Module):
@@ -275,6 +298,7 @@ class FusionNetwork(nn.Module):
         date_maps: bool = False,
         guided_radius: int = 0,
         hs_sigma: float | None = None,
+        multi_date_guide: bool = False,
     ) -> None:
         super().__init__()
         self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
@@ -293,10 +317,14 @@ class FusionNetwork(nn.Module):
             date_maps=bool(date_maps),
             guided_radius=int(guided_radius),
             hs_sigma=float(hs_sigma) if hs_sigma else None,
+            multi_date_guide=bool(multi_date_guide),
         )
         # The HS's blur as it lies on the grid (registration.estimate_blur: its PSF and the resampling);
         # None: the PSF alone, a Gaussian of FWHM one HS pixel (models from before it).
         self.hs_sigma = float(hs_sigma) if hs_sigma else psf_sigma(hs_ratio)
+        # True: the guided change judges similarity on the fine MS of every date but the target's
+        # (inputs "guide", GuidedChange); False (models from before): on the source date's alone.
+        self.multi_date_guide = bool(multi_date_guide)
         # True: the spectral branch's linear part is the date's own map (fitted on each HS date,
         # blended in time between them: ``date_maps.py``), given with the inputs as "wmap".
         self.date_maps = bool(date_maps)
@@ -331,10 +359,18 @@ class FusionNetwork(nn.Module):
         """
         sp, sp_feat = self.spatial(x["d"], x["vd"])
         vt = x["vfq"] * x["vdq"] * x["vd"]
-        tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt)
+        sources = [(x["dq"], x["d"], vt)]
         if "fq2" in x:  # a second source on the other side of t (fusion only): blend by weight wq
             vt2 = x["vfq2"] * x["vdq2"] * x["vd"]
-            tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"], vt2)
+            sources.append((x["dq2"], x["d"], vt2))
+        guide = x["guide"] if self.multi_date_guide and "guide" in x else None
+        if guide is None and len(sources) == 2:  # each source's own fine MS guides its change
+            deltas = [self.temporal.spread(x[f], [src])[0] for f, src in zip(("fq", "fq2"), sources)]
+        else:
+            deltas = self.temporal.spread(x["fq"] if guide is None else guide, sources)
+        tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt, delta=deltas[0])
+        if "fq2" in x:
+            tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"], vt2, delta=deltas[1])
             w1, w2 = vt * x["wq"], vt2 * (1 - x["wq"])
             total = torch.clamp(w1 + w2, min=1e-12)
             tp = (w1 * tp + w2 * tp2) / total
@@ -373,7 +409,8 @@ class FusionNetwork(nn.Module):
         a/va fine MS at t, d/vd dense MS at t, fq/vfq + dq/vdq fine and dense MS at the temporal source
         date q, gap_q (B, 1, 1, 1) |t - q| in years; optionally fq2/vfq2 + dq2/vdq2 for a second source
         date on the other side of t and wq (B, 1, H, W) the weight of q's prediction (the rest goes to
-        q2's; where one source is invalid the other takes all); refs: list of dicts (ar, var, dr, vdr,
+        q2's; where one source is invalid the other takes all); guide (B, G, H, W) the fine MS of every
+        date but t's own for the guided change (used when ``multi_date_guide``); refs: list of dicts (ar, var, dr, vdr,
         h, vh, gap) for reference HS dates in priority order (gap = |t - r| in years).
         Returns dict(scores (B, k, H, W), m, vm, sp, tp, vt)."""
         m, vm, sp, tp, sp_feat, t_feat, vt = self.ms_estimate(x)

@@ -196,6 +196,8 @@ class FusionPredictor:
         x["fq"], x["vfq"] = self._read(mdd, "fine_ms", q, window)
         x["dq"], x["vdq"] = self._read(mdd, "dense_ms", q, window, dense)
         x["gap_q"] = np.full((1, 1, 1, 1), abs(day - day_number(q)) / 365.0 if q else 0.0, np.float32)
+        if self.net.multi_date_guide:
+            x["guide"] = self._guide(mdd, window, fine_dates, own, x["fq"])
         other = [d for d in sources if q and (day_number(d) - day) * (day_number(q) - day) < 0]
         if self.bracketing and other:  # t lies between two fine MS dates: use both (see _source_weight)
             q2 = nearest_date(other, day)
@@ -221,6 +223,18 @@ class FusionPredictor:
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
         x["refs"] = refs
         return x
+
+    def _guide(self, mdd, window, fine_dates, own, fq) -> np.ndarray:
+        """The guided change's fine MS (``FusionNetwork.multi_date_guide``): every fine MS date's but
+        ``own`` (the one standing for the target date), in date order, each invalid pixel replaced by
+        the source's ``fq``; as training builds it (``TrainingSet._guide``)."""
+        parts = []
+        for d in fine_dates:
+            if d == own:
+                continue
+            f, v = self._read(mdd, "fine_ms", d, window)
+            parts.append(np.where(v > 0, f, fq))
+        return np.concatenate(parts, axis=1) if parts else fq
 
     def _date_map(self, date: str) -> np.ndarray:
         """(1, k, n_fine + 1): the spectral map for ``date`` (date_maps.map_for)."""

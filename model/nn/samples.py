@@ -419,6 +419,20 @@ class TrainingSet:
             _take(v[:, None], idx, y0, x0, size, step, py, px).astype(np.float32),
         )
 
+    def _guide(self, reg, world, exclude, fq, y0, x0, size, step=1, py=0, px=0) -> np.ndarray:
+        """The guided change's fine MS (``FusionNetwork.multi_date_guide``): every usable fine MS
+        date's, in date order, with the target's own (index ``exclude``: at fusion a date without it
+        has none) and each invalid pixel replaced by the source's ``fq``, as the predictor builds it."""
+        z, v = reg.fine_b if world == "reduced" else (reg.fine.z, reg.fine.valid)
+        parts = []
+        for i in self.spatial_dates:
+            if i == exclude:
+                parts.append(fq)
+                continue
+            f = _take(z, i, y0, x0, size, step, py, px)
+            parts.append(np.where(_take(v[:, None], i, y0, x0, size, step, py, px) > 0, f, fq))
+        return np.concatenate(parts) if parts else fq
+
     def _fine_index(self, date: str | None) -> int | None:
         """The fine MS image that stands for ``date``: its own, or for an HS date the paired one
         (``core.calendar.fine_for``)."""
@@ -430,7 +444,8 @@ class TrainingSet:
     def fine_batch(self, rng: np.random.Generator, batch: int) -> dict:
         """Temporal + spatial tasks at full scale: targets are observed fine MS.
 
-        Keys: y/vy fine MS at t; d/vd dense at t; fq/vfq, dq/vdq the source date q of the pair."""
+        Keys: y/vy fine MS at t; d/vd dense at t; fq/vfq, dq/vdq the source date q of the pair; guide
+        the guided change's fine MS of every date but t (``_guide``)."""
         P = self.patch
         samples = []
         for _ in range(batch):
@@ -449,6 +464,7 @@ class TrainingSet:
             date_q = self.fine_dates[q] if q is not None else None
             s["fq"], s["vfq"] = self._ms(reg, "full", "fine", date_q, y0, x0, P, 1, 0, 0)
             s["dq"], s["vdq"] = self._ms(reg, "full", "dense", date_q, y0, x0, P, 1, 0, 0)
+            s["guide"] = self._guide(reg, "full", t, s["fq"], y0, x0, P)
             samples.append(s)
         return self._stack(samples)
 
@@ -519,6 +535,7 @@ class TrainingSet:
             date_q = self.fine.dates[q] if q is not None else None
             s["fq"], s["vfq"] = self._ms(reg, world, "fine", date_q, y0, x0, P, R, py, px)
             s["dq"], s["vdq"] = self._ms(reg, world, "dense", date_q, y0, x0, P, R, py, px)
+            s["guide"] = self._guide(reg, world, self.hs_fine[h], s["fq"], y0, x0, P, R, py, px)
             s["gap_q"] = np.full((1, 1, 1), abs(day - self.fine.days[q]) / 365.0 if q is not None else 0.0)
             s["ar"], s["var"] = self._ms(reg, world, "fine", date_r, y0, x0, P, R, py, px)
             s["dr"], s["vdr"] = self._ms(reg, world, "dense", date_r, y0, x0, P, R, py, px)

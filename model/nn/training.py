@@ -59,7 +59,9 @@ WIDTH, N_BLOCKS = 32, 2
 # Data options, chosen on three development scenes' tuning date (BENCHMARKS.md, "Co-registration and the
 # HS's blur on the grid"): coregister moves each coarse image onto the fine MS before training and fusion
 # (mdd/registration.py; CC +0.0130, SSIM +0.029); fitted_blur measures the HS's blur on the grid for the
-# network's HS-scale blurs (registration.estimate_blur; CC +0.0007, SSIM +0.003).
+# network's HS-scale blurs (registration.estimate_blur; CC +0.0007, SSIM +0.003). multi_date_guide: the
+# guided change's similar neighbours judged on the fine MS of every date but the target's, in training
+# and fusion (network.GuidedChange; BENCHMARKS.md, "The guided change on every fine MS date").
 NETWORK_OPTIONS = dict(
     reference_smoothing=2.0,
     reference_in_prior=False,
@@ -68,6 +70,7 @@ NETWORK_OPTIONS = dict(
     guided_change=True,
     coregister=True,
     fitted_blur=True,
+    multi_date_guide=True,
 )
 MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
 CANCELED = "Training cancelled: no model file written."
@@ -107,7 +110,7 @@ def task_losses(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator,
             losses["spatial"] = _masked_mse(sp, b["y"], b["vy"] * b["vd"])
         if "temporal" in data.tasks:
             v = b["vfq"] * b["vdq"] * b["vd"]
-            tp, _ = net.temporal(b["fq"], b["dq"], b["d"], v)
+            tp, _ = net.temporal(b["fq"], b["dq"], b["d"], v, b["guide"] if net.multi_date_guide else None)
             losses["temporal"] = _masked_mse(tp, b["y"], b["vy"] * v)
     b = dev(data.spectral_batch(rng, batch_size))
     sp, _ = net.spatial(b["d"], b["vd"])

@@ -201,3 +201,49 @@ def test_guided_change_spreads_a_dense_pixel_change_by_the_fine_fields_and_keeps
         full = net.fuse(x)["scores"][..., 25:35, 25:35]
         part = net.fuse(_crop(x, 25 - h, 25 - h, 10 + 2 * h, 10 + 2 * h))["scores"][..., h : h + 10, h : h + 10]
     assert torch.allclose(full, part, atol=1e-5)
+
+
+def test_guided_change_on_several_dates_keeps_fields_apart_that_one_date_confuses():
+    from stsfusion.model.nn.network import GuidedChange
+
+    # Two fields alike at the source date, told apart by another date; each changes on its own.
+    f_q = torch.zeros(1, 2, 12, 12)
+    other = torch.zeros(1, 2, 12, 12)
+    other[..., 6:] = 1.0
+    change = torch.zeros(1, 1, 12, 12)
+    change[..., 6:] = 1.0
+    ones = torch.ones(1, 1, 12, 12)
+    one_date = GuidedChange(3)(f_q, change, ones)
+    both = GuidedChange(3)(torch.cat([f_q, other], 1), change, ones)
+    assert one_date[..., 5].min() > 0.2 and one_date[..., 6].max() < 0.8  # smeared across the edge
+    assert torch.equal(both, change)  # each field's own change, exactly
+    # ``spread`` judges similarity once for several changes, each with its validity: the same values
+    # as one call per change.
+    g = torch.Generator().manual_seed(4)
+    guide, c1, c2 = (torch.randn(2, n, 20, 20, generator=g) for n in (6, 3, 3))
+    v1, v2 = ((torch.rand(2, 1, 20, 20, generator=g) > 0.3).float() for _ in range(2))
+    spread = GuidedChange(3, tol=1.0).spread(guide, [(c1, v1), (c2, v2)])
+    assert torch.equal(spread[0], GuidedChange(3, tol=1.0)(guide, c1, v1))
+    assert torch.equal(spread[1], GuidedChange(3, tol=1.0)(guide, c2, v2))
+
+
+def test_multi_date_guide_in_the_network_is_used_and_keeps_tiles_exact():
+    net = FusionNetwork(4, 6, 5, "1", hs_ratio=3.0, width=8, n_blocks=2, guided_radius=3, multi_date_guide=True)
+    _randomise(net, 5)
+    x = _inputs(1, 4, 6, 5, 60, 60)
+    g = torch.Generator().manual_seed(9)
+    x["guide"] = torch.cat([x["fq"], torch.randn(1, 8, 60, 60, generator=g)], 1)
+    for k in ("fq2", "dq2"):
+        x[k] = torch.randn(1, 4 if k == "fq2" else 6, 60, 60, generator=g)
+    x["vfq2"], x["vdq2"] = torch.ones(1, 1, 60, 60), torch.ones(1, 1, 60, 60)
+    x["wq"] = torch.rand(1, 1, 60, 60, generator=g)
+    h = net.halo
+    with torch.no_grad():
+        full = net.fuse(x)["scores"]
+        part = net.fuse(_crop(x, 25 - h, 25 - h, 10 + 2 * h, 10 + 2 * h))["scores"][..., h : h + 10, h : h + 10]
+        assert torch.allclose(full[..., 25:35, 25:35], part, atol=1e-5)
+        # The guide matters; a network without the switch ignores it (the source dates guide).
+        without = dict(x, guide=x["fq"])
+        assert not torch.allclose(full, net.fuse(without)["scores"], atol=1e-4)
+        net.multi_date_guide = False
+        assert torch.equal(net.fuse(x)["scores"], net.fuse(without)["scores"])

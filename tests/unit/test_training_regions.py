@@ -91,3 +91,19 @@ def test_training_region_by_region_gives_a_usable_model(manifest, tmp_path, monk
     mdd = MDD.open(manifest)
     out = p.predict(mdd, (0, 0, 48, 48), mdd.dates[1])
     assert out.shape == (40, 48, 48) and np.isfinite(out).mean() > 0.9
+
+
+def test_the_guide_holds_every_fine_date_but_the_target(manifest):
+    """The guided change's fine MS in training (``TrainingSet._guide``): every usable fine MS date, the
+    target's own replaced by the source's, as fusion has none on a date without its fine MS."""
+    data = TrainingSet(MDD.open(manifest), 12, 12, 0, lambda m: None)
+    n, nb = len(data.spatial_dates), data.n_fine_bands
+    assert n >= 2
+    f = data.fine_batch(np.random.default_rng(1), 4)
+    assert f["guide"].shape == (4, n * nb, 12, 12)
+    for i in range(4):
+        slots = f["guide"][i].reshape(n, nb, 12, 12)
+        assert not any(torch.equal(s * f["vy"][i], f["y"][i] * f["vy"][i]) for s in slots)  # never the target
+        assert sum(torch.equal(s, f["fq"][i]) for s in slots) >= 2  # the source's slot and the target's
+    b = data.fusion_batch(np.random.default_rng(2), 3)
+    assert b["guide"].shape == (3, n * nb, data.reduced_patch, data.reduced_patch)

@@ -131,20 +131,41 @@ class GuidedChange(nn.Module):
     def forward(self, f: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.spread(f, [(c, v)])[0]
 
-    def spread(self, f: torch.Tensor, changes: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """[(change, validity)] -> [spread change], one similarity test per neighbour for them all."""
+    def similarity(self, f: torch.Tensor) -> list[torch.Tensor]:
+        """Per neighbour offset, (B, 1, H, W): its distance weight where it is similar to the centre
+        in every channel of the guide ``f``, else 0. What ``spread`` tests; a caller fusing several
+        dates under one guide computes it once (``FusionPredictor``)."""
+        r = self.radius
+        H, W = f.shape[-2:]
+        with torch.no_grad():
+            fp = nn.functional.pad(f, (r, r, r, r))
+            out = []
+            for dy, dx, w in self.offsets:
+                diff = (fp[..., r + dy : r + dy + H, r + dx : r + dx + W] - f).abs_()
+                out.append((diff.amax(1, keepdim=True) <= self.tol).to(f.dtype).mul_(w))
+            return out
+
+    def spread(
+        self,
+        f: torch.Tensor,
+        changes: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        similar: Sequence[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """[(change, validity)] -> [spread change], one similarity test per neighbour for them all
+        (``similar``: ``similarity(f)``, computed before)."""
         r = self.radius
         H, W = f.shape[-2:]
         pad = (r, r, r, r)
         with torch.no_grad():  # inputs only, no parameter: nothing to differentiate, so in place
-            fp = nn.functional.pad(f, pad)
+            fp = nn.functional.pad(f, pad) if similar is None else None
             padded = [(nn.functional.pad(c * v, pad), nn.functional.pad(v, pad)) for c, v in changes]
             sums = [(torch.zeros_like(c), torch.zeros_like(v)) for c, v in changes]
-            for dy, dx, w in self.offsets:
+            for i, (dy, dx, w) in enumerate(self.offsets):
                 ys, xs = slice(r + dy, r + dy + H), slice(r + dx, r + dx + W)
-                similar = ((fp[..., ys, xs] - f).abs().amax(1, keepdim=True) <= self.tol).to(f.dtype)
+                if similar is None:
+                    near = ((fp[..., ys, xs] - f).abs().amax(1, keepdim=True) <= self.tol).to(f.dtype)
                 for (cp, vp), (num, den) in zip(padded, sums):
-                    weight = similar * vp[..., ys, xs] * w
+                    weight = near * vp[..., ys, xs] * w if similar is None else similar[i] * vp[..., ys, xs]
                     num.addcmul_(weight, cp[..., ys, xs])
                     den.add_(weight)
             return [torch.where(den > 0, num / den.clamp_min(1e-6), c) for (c, _), (num, den) in zip(changes, sums)]
@@ -183,13 +204,14 @@ class TemporalBranch(nn.Module):
         correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
         return f_q + self.change(delta) + correction, features
 
-    def spread(self, guide: torch.Tensor, sources: Sequence[tuple]) -> list[torch.Tensor]:
+    def spread(self, guide: torch.Tensor, sources: Sequence[tuple], similar=None) -> list[torch.Tensor]:
         """[(d_q, d_t, v)] -> the change d_t - d_q of each source, guided by ``guide`` when the branch
-        has the guided change (its similarity judged once for them all), else as it is."""
+        has the guided change (its similarity judged once for them all, or given: ``similar``), else
+        as it is."""
         deltas = [(d_t - d_q, v if v is not None else torch.ones_like(d_t[:, :1])) for d_q, d_t, v in sources]
         if self.guided is None:
             return [delta for delta, _ in deltas]
-        return self.guided.spread(guide, deltas)
+        return self.guided.spread(guide, deltas, similar)
 
 
 class SpectralBranch(nn.Module):
@@ -367,7 +389,8 @@ class FusionNetwork(nn.Module):
         if guide is None and len(sources) == 2:  # each source's own fine MS guides its change
             deltas = [self.temporal.spread(x[f], [src])[0] for f, src in zip(("fq", "fq2"), sources)]
         else:
-            deltas = self.temporal.spread(x["fq"] if guide is None else guide, sources)
+            similar = x.get("guide_similar") if guide is not None else None
+            deltas = self.temporal.spread(x["fq"] if guide is None else guide, sources, similar)
         tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt, delta=deltas[0])
         if "fq2" in x:
             tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"], vt2, delta=deltas[1])
@@ -410,7 +433,8 @@ class FusionNetwork(nn.Module):
         date q, gap_q (B, 1, 1, 1) |t - q| in years; optionally fq2/vfq2 + dq2/vdq2 for a second source
         date on the other side of t and wq (B, 1, H, W) the weight of q's prediction (the rest goes to
         q2's; where one source is invalid the other takes all); guide (B, G, H, W) the fine MS of every
-        date but t's own for the guided change (used when ``multi_date_guide``); refs: list of dicts (ar, var, dr, vdr,
+        date but t's own for the guided change (used when ``multi_date_guide``; optionally guide_similar,
+        its ``GuidedChange.similarity``, a list); refs: list of dicts (ar, var, dr, vdr,
         h, vh, gap) for reference HS dates in priority order (gap = |t - r| in years).
         Returns dict(scores (B, k, H, W), m, vm, sp, tp, vt)."""
         m, vm, sp, tp, sp_feat, t_feat, vt = self.ms_estimate(x)

@@ -63,6 +63,10 @@ def _source_weight(d, dq, dq2):
 # 0.861 -> 0.842 (the SWIR's detail from four VNIR bands); weighted by the skill, 0.9605 and 0.857.
 # About 5 % more fusion time. Models without the skill keep the step on their HS dates only.
 DETAIL_ON_EVERY_DATE = True
+# The most values (neighbour offsets x window pixels) a tile's guided-change similarity may hold
+# (``FusionPredictor._guide``): 32 M float32, 128 MB; a radius 3 guided change over a 316 px window
+# holds 2.9 M.
+MAX_SIMILARITY = 32_000_000
 
 
 class FusionPredictor:
@@ -196,8 +200,7 @@ class FusionPredictor:
         x["fq"], x["vfq"] = self._read(mdd, "fine_ms", q, window)
         x["dq"], x["vdq"] = self._read(mdd, "dense_ms", q, window, dense)
         x["gap_q"] = np.full((1, 1, 1, 1), abs(day - day_number(q)) / 365.0 if q else 0.0, np.float32)
-        if self.net.multi_date_guide:
-            x["guide"] = self._guide(mdd, window, fine_dates, own, x["fq"])
+        guide = self._guide(mdd, window, fine_dates, own, q, x["fq"]) if self.net.multi_date_guide else None
         other = [d for d in sources if q and (day_number(d) - day) * (day_number(q) - day) < 0]
         if self.bracketing and other:  # t lies between two fine MS dates: use both (see _source_weight)
             q2 = nearest_date(other, day)
@@ -221,20 +224,36 @@ class FusionPredictor:
         if self.date_maps is not None:
             x["wmap"] = self._date_map(date)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
+        if guide is not None:
+            x["guide"], x["guide_similar"] = guide
         x["refs"] = refs
         return x
 
-    def _guide(self, mdd, window, fine_dates, own, fq) -> np.ndarray:
-        """The guided change's fine MS (``FusionNetwork.multi_date_guide``): every fine MS date's but
-        ``own`` (the one standing for the target date), in date order, each invalid pixel replaced by
-        the source's ``fq``; as training builds it (``TrainingSet._guide``)."""
-        parts = []
-        for d in fine_dates:
-            if d == own:
-                continue
-            f, v = self._read(mdd, "fine_ms", d, window)
-            parts.append(np.where(v > 0, f, fq))
-        return np.concatenate(parts, axis=1) if parts else fq
+    def _guide(self, mdd, window, fine_dates, own, q, fq) -> tuple:
+        """(guide, its similarity or None) for the guided change (``FusionNetwork.multi_date_guide``):
+        the fine MS of every date but ``own`` (the one standing for the target date), in date order,
+        each invalid pixel replaced by the source's ``fq``, as training builds it
+        (``TrainingSet._guide``); and ``GuidedChange.similarity`` of it. The dates of a tile share
+        both where no guide date has a gap (else those with the same source ``q``), so the similarity
+        is judged once per tile, not once per date; not kept when it would take more than
+        ``MAX_SIMILARITY`` values (a guided change of large radius judges it as it goes)."""
+        import torch
+
+        slots = [self._read(mdd, "fine_ms", d, window) for d in fine_dates if d != own]
+        gaps = any(not v.all() for _, v in slots)
+        memo = getattr(mdd, "derived", None)
+        key = ("guide", tuple(int(v) for v in window), own, q if gaps else None)
+        if memo is not None and key in memo:
+            return memo[key]
+        parts = [np.where(v > 0, f, fq) for f, v in slots]
+        guide = torch.from_numpy(np.concatenate(parts, axis=1) if parts else fq).to(self.device)
+        guided = self.net.temporal.guided
+        similar = None
+        if guided is not None and len(guided.offsets) * guide[0, 0].numel() <= MAX_SIMILARITY:
+            similar = guided.similarity(guide)
+        if memo is not None:
+            memo[key] = (guide, similar)
+        return guide, similar
 
     def _date_map(self, date: str) -> np.ndarray:
         """(1, k, n_fine + 1): the spectral map for ``date`` (date_maps.map_for)."""

@@ -225,6 +225,10 @@ def test_guided_change_on_several_dates_keeps_fields_apart_that_one_date_confuse
     spread = GuidedChange(3, tol=1.0).spread(guide, [(c1, v1), (c2, v2)])
     assert torch.equal(spread[0], GuidedChange(3, tol=1.0)(guide, c1, v1))
     assert torch.equal(spread[1], GuidedChange(3, tol=1.0)(guide, c2, v2))
+    # The similarity judged before (once for the dates of a tile that share the guide): the same values.
+    g3 = GuidedChange(3, tol=1.0)
+    again = g3.spread(guide, [(c1, v1), (c2, v2)], g3.similarity(guide))
+    assert all(torch.equal(a, b) for a, b in zip(again, spread))
 
 
 def test_multi_date_guide_in_the_network_is_used_and_keeps_tiles_exact():

@@ -182,3 +182,19 @@ def test_hs_bands_without_data_train_and_come_out_nan(tmp_path):
     s = train_fusion_model(manifest, str(tmp_path / "m.pt"), epochs=1, patch_size=8, device="cpu")
     out = load_predictor(s["model_path"], "cpu").predict(mdd, (0, 0, 24, 24), mdd.dates[1])
     assert np.isnan(out[10:12]).all() and np.isfinite(np.delete(out, [10, 11], 0)).all()
+
+
+def test_the_dates_of_a_tile_share_the_guide_and_give_the_same_values(tmp_path):
+    """Through the per-tile read cache the dates of a tile share the guided change's guide and its
+    similarity (``FusionPredictor._guide``); every date's values are those of a prediction alone."""
+    from stsfusion.model.fusion.tiling import TileReadCache
+
+    manifest, path, _ = make_tiny_model(tmp_path, epochs=1, size=36)
+    p = load_predictor(path, "cpu")
+    assert p.net.multi_date_guide and p.net.temporal.guided is not None
+    mdd = MDD.open(manifest)
+    cache = TileReadCache(mdd)
+    window = (0, 0, 36, 36)
+    for date in mdd.dates:
+        np.testing.assert_array_equal(p.predict(cache, window, date), p.predict(mdd, window, date))
+    assert any(k[0] == "guide" for k in cache.derived)

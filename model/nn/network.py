@@ -104,6 +104,12 @@ class SpatialBranch(nn.Module):
         return self.linear(d) + detail, features
 
 
+# The most values (neighbour offsets x pixels) GuidedChange.similarity may hold at once: 32 M float32,
+# 128 MB (a radius 3 guided change over a 316 px window holds 2.9 M); beyond, spread judges each offset
+# as it goes.
+MAX_SIMILARITY = 32_000_000
+
+
 class GuidedChange(nn.Module):
     """The dense-MS change at each fine pixel as the mean change of its similar neighbours (STARFM,
     Gao et al. 2006): neighbours within ``radius`` pixels whose fine MS is within ``tol`` (z units,
@@ -134,15 +140,30 @@ class GuidedChange(nn.Module):
     def similarity(self, f: torch.Tensor) -> list[torch.Tensor]:
         """Per neighbour offset, (B, 1, H, W): its distance weight where it is similar to the centre
         in every channel of the guide ``f``, else 0. What ``spread`` tests; a caller fusing several
-        dates under one guide computes it once (``FusionPredictor``)."""
+        dates under one guide computes it once (``FusionPredictor``). The test is symmetric (offset o
+        at p is offset -o at p + o), so each pair of opposite offsets is judged once, on the rows and
+        columns both need: half the work, the same values."""
         r = self.radius
         H, W = f.shape[-2:]
+        index = {(dy, dx): i for i, (dy, dx, _) in enumerate(self.offsets)}
         with torch.no_grad():
             fp = nn.functional.pad(f, (r, r, r, r))
-            out = []
-            for dy, dx, w in self.offsets:
-                diff = (fp[..., r + dy : r + dy + H, r + dx : r + dx + W] - f).abs_()
-                out.append((diff.amax(1, keepdim=True) <= self.tol).to(f.dtype).mul_(w))
+            out = [None] * len(self.offsets)
+            for i, (dy, dx, w) in enumerate(self.offsets):
+                if out[i] is not None:
+                    continue
+                if dy == 0 and dx == 0:  # the centre is always similar to itself
+                    out[i] = torch.full_like(f[:, :1], w)
+                    continue
+                y0, x0 = r - max(dy, 0), r - max(dx, 0)  # padded rows/cols u where both tests read
+                h, wd = H + abs(dy), W + abs(dx)
+                a = fp[..., y0 : y0 + h, x0 : x0 + wd]
+                b = fp[..., y0 + dy : y0 + dy + h, x0 + dx : x0 + dx + wd]
+                near = (b - a).abs_().amax(1, keepdim=True) <= self.tol  # near(u): |f(u + o) - f(u)|
+                out[i] = near[..., r - y0 : r - y0 + H, r - x0 : r - x0 + W].to(f.dtype).mul_(w)
+                j = index[(-dy, -dx)]  # -o at p: near(p - o)
+                ym, xm = r - dy - y0, r - dx - x0
+                out[j] = near[..., ym : ym + H, xm : xm + W].to(f.dtype).mul_(self.offsets[j][2])
             return out
 
     def spread(
@@ -156,6 +177,8 @@ class GuidedChange(nn.Module):
         r = self.radius
         H, W = f.shape[-2:]
         pad = (r, r, r, r)
+        if similar is None and len(self.offsets) * f[:, :1].numel() <= MAX_SIMILARITY:
+            similar = self.similarity(f)  # else (a large radius) judged offset by offset below
         with torch.no_grad():  # inputs only, no parameter: nothing to differentiate, so in place
             fp = nn.functional.pad(f, pad) if similar is None else None
             padded = [(nn.functional.pad(c * v, pad), nn.functional.pad(v, pad)) for c, v in changes]

@@ -63,10 +63,6 @@ def _source_weight(d, dq, dq2):
 # 0.861 -> 0.842 (the SWIR's detail from four VNIR bands); weighted by the skill, 0.9605 and 0.857.
 # About 5 % more fusion time. Models without the skill keep the step on their HS dates only.
 DETAIL_ON_EVERY_DATE = True
-# The most values (neighbour offsets x window pixels) a tile's guided-change similarity may hold
-# (``FusionPredictor._guide``): 32 M float32, 128 MB; a radius 3 guided change over a 316 px window
-# holds 2.9 M.
-MAX_SIMILARITY = 32_000_000
 
 
 class FusionPredictor:
@@ -236,8 +232,10 @@ class FusionPredictor:
         (``TrainingSet._guide``); and ``GuidedChange.similarity`` of it. The dates of a tile share
         both where no guide date has a gap (else those with the same source ``q``), so the similarity
         is judged once per tile, not once per date; not kept when it would take more than
-        ``MAX_SIMILARITY`` values (a guided change of large radius judges it as it goes)."""
+        ``network.MAX_SIMILARITY`` values (a guided change of large radius judges it as it goes)."""
         import torch
+
+        from .network import MAX_SIMILARITY
 
         slots = [self._read(mdd, "fine_ms", d, window) for d in fine_dates if d != own]
         gaps = any(not v.all() for _, v in slots)
@@ -249,7 +247,7 @@ class FusionPredictor:
         guide = torch.from_numpy(np.concatenate(parts, axis=1) if parts else fq).to(self.device)
         guided = self.net.temporal.guided
         similar = None
-        if guided is not None and len(guided.offsets) * guide[0, 0].numel() <= MAX_SIMILARITY:
+        if guided is not None and len(guided.offsets) * guide[:, :1].numel() <= MAX_SIMILARITY:
             similar = guided.similarity(guide)
         if memo is not None:
             memo[key] = (guide, similar)

@@ -225,6 +225,13 @@ def test_guided_change_on_several_dates_keeps_fields_apart_that_one_date_confuse
     spread = GuidedChange(3, tol=1.0).spread(guide, [(c1, v1), (c2, v2)])
     assert torch.equal(spread[0], GuidedChange(3, tol=1.0)(guide, c1, v1))
     assert torch.equal(spread[1], GuidedChange(3, tol=1.0)(guide, c2, v2))
+    # The similarity, each pair of opposite offsets judged once: the plain test's values, any radius.
+    for radius in (2, 3, 5):
+        gc = GuidedChange(radius, tol=0.7)
+        pad = torch.nn.functional.pad(guide, (radius,) * 4)
+        for (dy, dx, w), s in zip(gc.offsets, gc.similarity(guide)):
+            near = pad[..., radius + dy : radius + dy + 20, radius + dx : radius + dx + 20] - guide
+            assert torch.equal(s, (near.abs().amax(1, keepdim=True) <= 0.7).float() * w)
     # The similarity judged before (once for the dates of a tile that share the guide): the same values.
     g3 = GuidedChange(3, tol=1.0)
     again = g3.spread(guide, [(c1, v1), (c2, v2)], g3.similarity(guide))

@@ -227,7 +227,9 @@ class TemporalBranch(nn.Module):
         correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
         return f_q + self.change(delta) + correction, features
 
-    def spread(self, guide: torch.Tensor, sources: Sequence[tuple], similar=None) -> list[torch.Tensor]:
+    def spread(
+        self, guide: torch.Tensor, sources: Sequence[tuple], similar: Sequence[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
         """[(d_q, d_t, v)] -> the change d_t - d_q of each source, guided by ``guide`` when the branch
         has the guided change (its similarity judged once for them all, or given: ``similar``), else
         as it is."""

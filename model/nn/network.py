@@ -166,6 +166,11 @@ class GuidedChange(nn.Module):
                 out[j] = near[..., ym : ym + H, xm : xm + W].to(f.dtype).mul_(self.offsets[j][2])
             return out
 
+    def similarity_if_small(self, f: torch.Tensor) -> list[torch.Tensor] | None:
+        """``similarity(f)`` where it holds at most MAX_SIMILARITY values, else None (a large radius:
+        ``spread`` then judges each offset as it goes)."""
+        return self.similarity(f) if len(self.offsets) * f[:, :1].numel() <= MAX_SIMILARITY else None
+
     def spread(
         self,
         f: torch.Tensor,
@@ -177,18 +182,20 @@ class GuidedChange(nn.Module):
         r = self.radius
         H, W = f.shape[-2:]
         pad = (r, r, r, r)
-        if similar is None and len(self.offsets) * f[:, :1].numel() <= MAX_SIMILARITY:
-            similar = self.similarity(f)  # else (a large radius) judged offset by offset below
+        if similar is None:
+            similar = self.similarity_if_small(f)
         with torch.no_grad():  # inputs only, no parameter: nothing to differentiate, so in place
             fp = nn.functional.pad(f, pad) if similar is None else None
             padded = [(nn.functional.pad(c * v, pad), nn.functional.pad(v, pad)) for c, v in changes]
             sums = [(torch.zeros_like(c), torch.zeros_like(v)) for c, v in changes]
             for i, (dy, dx, w) in enumerate(self.offsets):
                 ys, xs = slice(r + dy, r + dy + H), slice(r + dx, r + dx + W)
-                if similar is None:
-                    near = ((fp[..., ys, xs] - f).abs().amax(1, keepdim=True) <= self.tol).to(f.dtype)
+                if similar is None:  # the plain test (similarity's, one offset at a time)
+                    near = ((fp[..., ys, xs] - f).abs().amax(1, keepdim=True) <= self.tol).to(f.dtype).mul_(w)
+                else:
+                    near = similar[i]
                 for (cp, vp), (num, den) in zip(padded, sums):
-                    weight = near * vp[..., ys, xs] * w if similar is None else similar[i] * vp[..., ys, xs]
+                    weight = near * vp[..., ys, xs]
                     num.addcmul_(weight, cp[..., ys, xs])
                     den.add_(weight)
             return [torch.where(den > 0, num / den.clamp_min(1e-6), c) for (c, _), (num, den) in zip(changes, sums)]

@@ -235,8 +235,6 @@ class FusionPredictor:
         ``network.MAX_SIMILARITY`` values (a guided change of large radius judges it as it goes)."""
         import torch
 
-        from .network import MAX_SIMILARITY
-
         slots = [self._read(mdd, "fine_ms", d, window) for d in fine_dates if d != own]
         gaps = any(not v.all() for _, v in slots)
         memo = getattr(mdd, "derived", None)
@@ -246,9 +244,7 @@ class FusionPredictor:
         parts = [np.where(v > 0, f, fq) for f, v in slots]
         guide = torch.from_numpy(np.concatenate(parts, axis=1) if parts else fq).to(self.device)
         guided = self.net.temporal.guided
-        similar = None
-        if guided is not None and len(guided.offsets) * guide[:, :1].numel() <= MAX_SIMILARITY:
-            similar = guided.similarity(guide)
+        similar = guided.similarity_if_small(guide) if guided is not None else None
         if memo is not None:
             memo[key] = (guide, similar)
         return guide, similar

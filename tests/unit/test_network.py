@@ -232,6 +232,17 @@ def test_guided_change_on_several_dates_keeps_fields_apart_that_one_date_confuse
         for (dy, dx, w), s in zip(gc.offsets, gc.similarity(guide)):
             near = pad[..., radius + dy : radius + dy + 20, radius + dx : radius + dx + 20] - guide
             assert torch.equal(s, (near.abs().amax(1, keepdim=True) <= 0.7).float() * w)
+    # Beyond MAX_SIMILARITY (a large radius) spread judges each offset as it goes: the same values.
+    import stsfusion.model.nn.network as network_module
+
+    saved = network_module.MAX_SIMILARITY
+    network_module.MAX_SIMILARITY = 0
+    try:
+        assert GuidedChange(3, tol=1.0).similarity_if_small(guide) is None
+        on_the_fly = GuidedChange(3, tol=1.0).spread(guide, [(c1, v1), (c2, v2)])
+    finally:
+        network_module.MAX_SIMILARITY = saved
+    assert all(torch.equal(a, b) for a, b in zip(on_the_fly, spread))
     # The similarity judged before (once for the dates of a tile that share the guide): the same values.
     g3 = GuidedChange(3, tol=1.0)
     again = g3.spread(guide, [(c1, v1), (c2, v2)], g3.similarity(guide))

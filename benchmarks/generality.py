@@ -232,7 +232,8 @@ both offset scenes), z_blur (t_coreg plus `fitted_blur`: the HS's blur as it lie
 its PSF and the resampling, measured at training against the fine MS and used for every HS-scale
 blur of the network and of the detail step, instead of the PSF alone), g_guide (z_blur plus
 `multi_date_guide`: the guided change's similar neighbours judged on the fine MS of every date but the
-target's, in training and fusion; the defaults now); `_seedN`: the same with another training seed (the run-to-run spread).
+target's, in training and fusion), h_notrunk (g_guide with `temporal_correction` off: the temporal
+prediction is its guided prior alone, the trunk's features still go to the head; the defaults now); `_seedN`: the same with another training seed (the run-to-run spread).
 """
 
 
@@ -277,7 +278,7 @@ def report() -> str:
     return "\n".join(lines)
 
 
-CHOSEN = "g_guide"  # the configuration the defaults now are (seed 0)
+CHOSEN = "h_notrunk"  # the configuration the defaults now are (seed 0)
 
 
 def bars_table(root: str) -> list:

@@ -210,10 +210,20 @@ class TemporalBranch(nn.Module):
     """
 
     def __init__(
-        self, n_fine: int, n_dense: int, kernels: tuple, width: int, n_blocks: int, guided_radius: int = 0
+        self,
+        n_fine: int,
+        n_dense: int,
+        kernels: tuple,
+        width: int,
+        n_blocks: int,
+        guided_radius: int = 0,
+        correction: bool = True,
     ) -> None:
         super().__init__()
         self.change = nn.Conv2d(n_dense, n_fine, 1)
+        # False: the prediction is the prior alone and the trunk gives the head its features only
+        # (``FusionNetwork.temporal_correction``).
+        self.correction = bool(correction)
         self.trunk = Trunk(n_fine + 3 * n_dense, n_fine, kernels, width, n_blocks)
         self.guided = GuidedChange(guided_radius) if guided_radius > 0 else None
         self.radius = self.trunk.radius + (guided_radius if guided_radius > 0 else 0)
@@ -232,7 +242,8 @@ class TemporalBranch(nn.Module):
         if delta is None:
             delta = self.spread(f_q if guide is None else guide, [(d_q, d_t, v)])[0]
         correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
-        return f_q + self.change(delta) + correction, features
+        prior = f_q + self.change(delta)
+        return (prior + correction if self.correction else prior), features
 
     def spread(
         self, guide: torch.Tensor, sources: Sequence[tuple], similar: Sequence[torch.Tensor] | None = None
@@ -333,7 +344,9 @@ class FusionNetwork(nn.Module):
     Design switches (saved in the model file; defaults measured on the development benchmark's
     tuning date, see model/README.md): reference_in_prior adds rho to the prior instead of leaving
     it to the head; smooth_correction blurs the head's correction to the HS scale;
-    reference_smoothing scales the extra blur of rho (0 = none).
+    reference_smoothing scales the extra blur of rho (0 = none); temporal_correction adds the
+    temporal trunk's correction to its prior (False: the prior alone, the trunk's features still go
+    to the head).
     """
 
     def __init__(
@@ -353,6 +366,7 @@ class FusionNetwork(nn.Module):
         guided_radius: int = 0,
         hs_sigma: float | None = None,
         multi_date_guide: bool = False,
+        temporal_correction: bool = True,
     ) -> None:
         super().__init__()
         self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
@@ -372,6 +386,7 @@ class FusionNetwork(nn.Module):
             guided_radius=int(guided_radius),
             hs_sigma=float(hs_sigma) if hs_sigma else None,
             multi_date_guide=bool(multi_date_guide),
+            temporal_correction=bool(temporal_correction),
         )
         # The HS's blur as it lies on the grid (registration.estimate_blur: its PSF and the resampling);
         # None: the PSF alone, a Gaussian of FWHM one HS pixel (models from before it).
@@ -387,7 +402,9 @@ class FusionNetwork(nn.Module):
         # it is left out rather than extrapolated.
         self.reference_gap = bool(reference_gap)
         self.spatial = SpatialBranch(n_dense, n_fine, self.kernels, width, n_blocks)
-        self.temporal = TemporalBranch(n_fine, n_dense, self.kernels, width, n_blocks, int(guided_radius))
+        self.temporal = TemporalBranch(
+            n_fine, n_dense, self.kernels, width, n_blocks, int(guided_radius), bool(temporal_correction)
+        )
         self.spectral = SpectralBranch(n_fine, n_components, self.kernels, width, n_blocks)
         self.blur = GaussianBlur(self.hs_sigma)
         # rho holds only HS-scale detail; a second HS-PSF blur keeps that and drops the HS noise and

@@ -269,3 +269,32 @@ def test_multi_date_guide_in_the_network_is_used_and_keeps_tiles_exact():
         assert not torch.allclose(full, net.fuse(without)["scores"], atol=1e-4)
         net.multi_date_guide = False
         assert torch.equal(net.fuse(x)["scores"], net.fuse(without)["scores"])
+
+
+def test_temporal_branch_without_correction_predicts_its_prior_and_still_gives_features():
+    """``temporal_correction`` off (the default now): the temporal prediction is the guided prior
+    f_q + L(change) alone; the trunk still gives the head its features. Models from before (no
+    switch in their description) keep the correction."""
+    g = torch.Generator().manual_seed(3)
+    f_q, d_q, d_t = (torch.randn(1, c, 20, 20, generator=g) for c in (4, 6, 6))
+    with_corr = TemporalBranch(4, 6, (1,), 8, 2, guided_radius=2)
+    _randomise(with_corr, 4)
+    without = TemporalBranch(4, 6, (1,), 8, 2, guided_radius=2, correction=False)
+    without.load_state_dict(with_corr.state_dict())
+    with torch.no_grad():
+        delta = without.spread(f_q, [(d_q, d_t, None)])[0]
+        out, features = without(f_q, d_q, d_t)
+        out_c, features_c = with_corr(f_q, d_q, d_t)
+        torch.testing.assert_close(out, f_q + without.change(delta), rtol=0, atol=0)
+        assert not torch.allclose(out, out_c, atol=1e-3)
+        assert torch.equal(features, features_c)
+    assert FusionNetwork(4, 6, 5, "1", width=8, temporal_correction=False).config["temporal_correction"] is False
+    assert FusionNetwork(4, 6, 5, "1", width=8).temporal.correction  # an older model's description
+    # Trained without the correction, the temporal trunk still learns through the head's features.
+    net = FusionNetwork(4, 6, 5, "1", width=8, n_blocks=2, guided_radius=2, temporal_correction=False)
+    _randomise(net, 6)
+    net.fuse(_inputs(1, 4, 6, 5, 20, 20))["scores"].mean().backward()
+    trunk = [
+        p for n, p in net.temporal.trunk.named_parameters() if p.grad is not None and float(p.grad.abs().sum()) > 0
+    ]
+    assert len(trunk) > 0

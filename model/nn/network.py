@@ -204,9 +204,11 @@ class GuidedChange(nn.Module):
 class TemporalBranch(nn.Module):
     """Fine MS at a date q plus dense MS at q and t -> fine MS at t: the change between dates.
 
-    Prior: f_q + L(d_t - d_q) (the dense-MS change mapped to the fine bands, STARFM-like); the trunk
-    corrects it where the change is finer than the dense pixel or not linear.
-    forward(f_q (B, n_fine, H, W), d_q, d_t (B, n_dense, H, W)) -> (fine MS at t, features).
+    Prior: f_q + L(d_t - d_q) (the dense-MS change mapped to the fine bands, STARFM-like, spread over
+    the fine fields by ``GuidedChange``). With ``trunk`` (models from before ``temporal_trunk``) a
+    trunk corrects it where the change is finer than the dense pixel or not linear, and gives the head
+    its features; without, the prediction is the prior and there are no features (None).
+    forward(f_q (B, n_fine, H, W), d_q, d_t (B, n_dense, H, W)) -> (fine MS at t, features or None).
     """
 
     def __init__(
@@ -217,16 +219,13 @@ class TemporalBranch(nn.Module):
         width: int,
         n_blocks: int,
         guided_radius: int = 0,
-        correction: bool = True,
+        trunk: bool = True,
     ) -> None:
         super().__init__()
         self.change = nn.Conv2d(n_dense, n_fine, 1)
-        # False: the prediction is the prior alone and the trunk gives the head its features only
-        # (``FusionNetwork.temporal_correction``).
-        self.correction = bool(correction)
-        self.trunk = Trunk(n_fine + 3 * n_dense, n_fine, kernels, width, n_blocks)
+        self.trunk = Trunk(n_fine + 3 * n_dense, n_fine, kernels, width, n_blocks) if trunk else None
         self.guided = GuidedChange(guided_radius) if guided_radius > 0 else None
-        self.radius = self.trunk.radius + (guided_radius if guided_radius > 0 else 0)
+        self.radius = (self.trunk.radius if trunk else 0) + (guided_radius if guided_radius > 0 else 0)
 
     def forward(
         self,
@@ -236,14 +235,16 @@ class TemporalBranch(nn.Module):
         v: torch.Tensor | None = None,
         guide: torch.Tensor | None = None,
         delta: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``v`` (B, 1, H, W): where f_q, d_q and d_t are all valid (for the guided change); ``guide``
         the guided change's fine MS (default f_q); ``delta`` the change already spread (``spread``)."""
         if delta is None:
             delta = self.spread(f_q if guide is None else guide, [(d_q, d_t, v)])[0]
-        correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
         prior = f_q + self.change(delta)
-        return (prior + correction if self.correction else prior), features
+        if self.trunk is None:
+            return prior, None
+        correction, features = self.trunk(torch.cat([f_q, d_q, d_t, delta], 1))
+        return prior + correction, features
 
     def spread(
         self, guide: torch.Tensor, sources: Sequence[tuple], similar: Sequence[torch.Tensor] | None = None
@@ -344,9 +345,8 @@ class FusionNetwork(nn.Module):
     Design switches (saved in the model file; defaults measured on the development benchmark's
     tuning date, see model/README.md): reference_in_prior adds rho to the prior instead of leaving
     it to the head; smooth_correction blurs the head's correction to the HS scale;
-    reference_smoothing scales the extra blur of rho (0 = none); temporal_correction adds the
-    temporal trunk's correction to its prior (False: the prior alone, the trunk's features still go
-    to the head).
+    reference_smoothing scales the extra blur of rho (0 = none); temporal_trunk gives the temporal
+    branch a trunk (its correction and features; False: the guided prior alone).
     """
 
     def __init__(
@@ -366,7 +366,7 @@ class FusionNetwork(nn.Module):
         guided_radius: int = 0,
         hs_sigma: float | None = None,
         multi_date_guide: bool = False,
-        temporal_correction: bool = True,
+        temporal_trunk: bool = True,
     ) -> None:
         super().__init__()
         self.kernels = parse_kernels(kernels) if isinstance(kernels, str) else tuple(kernels)
@@ -386,7 +386,7 @@ class FusionNetwork(nn.Module):
             guided_radius=int(guided_radius),
             hs_sigma=float(hs_sigma) if hs_sigma else None,
             multi_date_guide=bool(multi_date_guide),
-            temporal_correction=bool(temporal_correction),
+            temporal_trunk=bool(temporal_trunk),
         )
         # The HS's blur as it lies on the grid (registration.estimate_blur: its PSF and the resampling);
         # None: the PSF alone, a Gaussian of FWHM one HS pixel (models from before it).
@@ -402,15 +402,19 @@ class FusionNetwork(nn.Module):
         # it is left out rather than extrapolated.
         self.reference_gap = bool(reference_gap)
         self.spatial = SpatialBranch(n_dense, n_fine, self.kernels, width, n_blocks)
+        # False: the temporal prediction is its guided prior alone, no trunk and no features for the
+        # head (a correction learned on the scene's few pairs of fine MS dates did not carry over to
+        # other dates); True: models from before.
+        self.temporal_trunk = bool(temporal_trunk)
         self.temporal = TemporalBranch(
-            n_fine, n_dense, self.kernels, width, n_blocks, int(guided_radius), bool(temporal_correction)
+            n_fine, n_dense, self.kernels, width, n_blocks, int(guided_radius), self.temporal_trunk
         )
         self.spectral = SpectralBranch(n_fine, n_components, self.kernels, width, n_blocks)
         self.blur = GaussianBlur(self.hs_sigma)
         # rho holds only HS-scale detail; a second HS-PSF blur keeps that and drops the HS noise and
         # the edge artefacts of a misregistered coarse sensor, which the reduced scale cannot show.
         self.rho_blur = GaussianBlur(self.hs_sigma * float(reference_smoothing))
-        head_in = 3 * width + 3 * n_components + 5
+        head_in = (3 if self.temporal_trunk else 2) * width + 3 * n_components + 5
         self.head = FusionHead(
             head_in, n_components, self.kernels, width, n_blocks, self.hs_sigma if smooth_correction else 0.0
         )
@@ -446,12 +450,13 @@ class FusionNetwork(nn.Module):
             w1, w2 = vt * x["wq"], vt2 * (1 - x["wq"])
             total = torch.clamp(w1 + w2, min=1e-12)
             tp = (w1 * tp + w2 * tp2) / total
-            t_feat = (w1 * t_feat + w2 * t_feat2) / total
+            if t_feat is not None:
+                t_feat = (w1 * t_feat + w2 * t_feat2) / total
             vt = torch.maximum(vt, vt2)
         va = x["va"]
         m = va * x["a"] + (1 - va) * (vt * tp + (1 - vt) * x["vd"] * sp)
         vm = torch.maximum(va, torch.maximum(vt, x["vd"]))
-        return m, vm, sp, tp, sp_feat * x["vd"], t_feat * vt, vt
+        return m, vm, sp, tp, sp_feat * x["vd"], None if t_feat is None else t_feat * vt, vt
 
     def reference_residual(
         self,
@@ -510,6 +515,7 @@ class FusionNetwork(nn.Module):
         gap_q = x["gap_q"] * vt
         if not self.reference_gap:
             gap_ref = torch.zeros_like(gap_ref)
-        features = torch.cat([sp_feat, t_feat, s_feat, s_t, rho, h_ref, x["va"], vt, v_ref, gap_q, gap_ref], 1)
+        branch_features = [sp_feat] if t_feat is None else [sp_feat, t_feat]
+        features = torch.cat(branch_features + [s_feat, s_t, rho, h_ref, x["va"], vt, v_ref, gap_q, gap_ref], 1)
         scores = self.head(features, prior, vm)
         return {"scores": scores, "prior": prior, "m": m, "vm": vm, "sp": sp, "tp": tp, "vt": vt}

@@ -62,10 +62,9 @@ WIDTH, N_BLOCKS = 32, 2
 # network's HS-scale blurs (registration.estimate_blur; CC +0.0007, SSIM +0.003). multi_date_guide: the
 # guided change's similar neighbours judged on the fine MS of every date but the target's, in training
 # and fusion (network.GuidedChange; BENCHMARKS.md, "The guided change on every fine MS date").
-# temporal_correction off: the temporal prediction is its guided prior f_q + L(change), the trunk's
-# correction, learned on the few pairs of fine MS dates, did not carry over to other dates (tuning CC
-# +0.0025, SSIM +0.019 on three development scenes; BENCHMARKS.md, "The temporal prediction without
-# the trunk's correction").
+# temporal_trunk off: the temporal prediction is its guided prior f_q + L(change), no trunk; its
+# correction, learned on the few pairs of fine MS dates, did not carry over to other dates (BENCHMARKS.md,
+# "The temporal prediction without the trunk").
 NETWORK_OPTIONS = dict(
     reference_smoothing=2.0,
     reference_in_prior=False,
@@ -75,7 +74,7 @@ NETWORK_OPTIONS = dict(
     coregister=True,
     fitted_blur=True,
     multi_date_guide=True,
-    temporal_correction=False,
+    temporal_trunk=False,
 )
 MIN_STEPS, MAX_STEPS = 10, 60  # per epoch
 CANCELED = "Training cancelled: no model file written."

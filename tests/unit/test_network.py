@@ -271,30 +271,37 @@ def test_multi_date_guide_in_the_network_is_used_and_keeps_tiles_exact():
         assert torch.equal(net.fuse(x)["scores"], net.fuse(without)["scores"])
 
 
-def test_temporal_branch_without_correction_predicts_its_prior_and_still_gives_features():
-    """``temporal_correction`` off (the default now): the temporal prediction is the guided prior
-    f_q + L(change) alone; the trunk still gives the head its features. Models from before (no
-    switch in their description) keep the correction."""
+def test_temporal_branch_without_trunk_predicts_its_prior_and_the_head_reads_no_features_of_it():
+    """``temporal_trunk`` off (the default now): the temporal prediction is the guided prior
+    f_q + L(change) alone, and the head has no temporal features. Models from before (no switch in
+    their description) keep the trunk: its correction and its features."""
     g = torch.Generator().manual_seed(3)
     f_q, d_q, d_t = (torch.randn(1, c, 20, 20, generator=g) for c in (4, 6, 6))
-    with_corr = TemporalBranch(4, 6, (1,), 8, 2, guided_radius=2)
-    _randomise(with_corr, 4)
-    without = TemporalBranch(4, 6, (1,), 8, 2, guided_radius=2, correction=False)
-    without.load_state_dict(with_corr.state_dict())
+    with_trunk = TemporalBranch(4, 6, (1, 3), 8, 2, guided_radius=2)
+    _randomise(with_trunk, 4)
+    without = TemporalBranch(4, 6, (1, 3), 8, 2, guided_radius=2, trunk=False)
+    without.change.load_state_dict(with_trunk.change.state_dict())
+    assert without.trunk is None and without.radius == 2 < with_trunk.radius
     with torch.no_grad():
         delta = without.spread(f_q, [(d_q, d_t, None)])[0]
         out, features = without(f_q, d_q, d_t)
-        out_c, features_c = with_corr(f_q, d_q, d_t)
+        out_t, features_t = with_trunk(f_q, d_q, d_t)
         torch.testing.assert_close(out, f_q + without.change(delta), rtol=0, atol=0)
-        assert not torch.allclose(out, out_c, atol=1e-3)
-        assert torch.equal(features, features_c)
-    assert FusionNetwork(4, 6, 5, "1", width=8, temporal_correction=False).config["temporal_correction"] is False
-    assert FusionNetwork(4, 6, 5, "1", width=8).temporal.correction  # an older model's description
-    # Trained without the correction, the temporal trunk still learns through the head's features.
-    net = FusionNetwork(4, 6, 5, "1", width=8, n_blocks=2, guided_radius=2, temporal_correction=False)
+        assert features is None and features_t.shape == (1, 8, 20, 20)
+        assert not torch.allclose(out, out_t, atol=1e-3)
+    net = FusionNetwork(4, 6, 5, "1", width=8, n_blocks=2, guided_radius=2, temporal_trunk=False)
+    assert net.config["temporal_trunk"] is False
+    assert net.head.trunk.stem.in_channels == FusionNetwork(4, 6, 5, "1", width=8).head.trunk.stem.in_channels - 8
+    assert FusionNetwork(4, 6, 5, "1", width=8).temporal.trunk is not None  # an older model's description
+    # Two temporal sources and both kinds of network run; every parameter learns.
     _randomise(net, 6)
-    net.fuse(_inputs(1, 4, 6, 5, 20, 20))["scores"].mean().backward()
-    trunk = [
-        p for n, p in net.temporal.trunk.named_parameters() if p.grad is not None and float(p.grad.abs().sum()) > 0
-    ]
-    assert len(trunk) > 0
+    x = _inputs(1, 4, 6, 5, 20, 20)
+    g2 = torch.Generator().manual_seed(7)
+    x["fq2"], x["dq2"] = torch.randn(1, 4, 20, 20, generator=g2), torch.randn(1, 6, 20, 20, generator=g2)
+    x["vfq2"], x["vdq2"], x["wq"] = (
+        torch.ones(1, 1, 20, 20),
+        torch.ones(1, 1, 20, 20),
+        torch.rand(1, 1, 20, 20, generator=g2),
+    )
+    net.fuse(x)["scores"].mean().backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None and not n.startswith("spatial.")] == []

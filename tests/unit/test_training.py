@@ -192,7 +192,7 @@ def test_the_dates_of_a_tile_share_the_guide_and_give_the_same_values(tmp_path):
     manifest, path, _ = make_tiny_model(tmp_path, epochs=1, size=36)
     p = load_predictor(path, "cpu")
     assert p.net.multi_date_guide and p.net.temporal.guided is not None
-    assert not p.net.temporal.correction  # the defaults: the temporal prediction is its guided prior
+    assert p.net.temporal.trunk is None  # the defaults: the temporal prediction is its guided prior
     mdd = MDD.open(manifest)
     cache = TileReadCache(mdd)
     window = (0, 0, 36, 36)

@@ -37,8 +37,9 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
     def shortHelpString(self):
         return self.tr(
             "Trains the spatio-temporal-spectral fusion network on an MDD built by 'Build MDD stack'. "
-            "Three branches of multi-scale residual blocks learn the spatial detail of the fine MS, the "
-            "change between dates and the MS-to-HS spectral mapping; a fusion head turns them into the "
+            "Three branches learn the spatial detail of the fine MS and the MS-to-HS spectral mapping "
+            "(multi-scale residual blocks), and the change between dates (the dense MS change spread over "
+            "the fine fields, mapped to the fine bands); a fusion head turns them into the "
             "fine HS (in PCA components of the HS). Every target is an observed image (Wald's protocol "
             "at the HS scale), so no fine HS is needed.\n\n"
             "MDD: the MDD manifest (.json).\n"

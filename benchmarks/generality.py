@@ -233,7 +233,9 @@ its PSF and the resampling, measured at training against the fine MS and used fo
 blur of the network and of the detail step, instead of the PSF alone), g_guide (z_blur plus
 `multi_date_guide`: the guided change's similar neighbours judged on the fine MS of every date but the
 target's, in training and fusion), h_notrunk (g_guide with `temporal_correction` off: the temporal
-prediction is its guided prior alone, the trunk's features still go to the head; the defaults now); `_seedN`: the same with another training seed (the run-to-run spread).
+prediction is its guided prior alone, the trunk's features still go to the head; commit 4ce232f),
+i_prior (g_guide with `temporal_trunk` off: no temporal trunk at all, the prediction is the guided
+prior and the head reads no temporal features; the defaults now); `_seedN`: the same with another training seed (the run-to-run spread).
 """
 
 
@@ -278,7 +280,7 @@ def report() -> str:
     return "\n".join(lines)
 
 
-CHOSEN = "h_notrunk"  # the configuration the defaults now are (seed 0)
+CHOSEN = "i_prior"  # the configuration the defaults now are (seed 0)
 
 
 def bars_table(root: str) -> list:

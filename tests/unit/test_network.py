@@ -104,9 +104,10 @@ def _inputs(b, nf, nd, k, h, w, seed=0, n_refs=2):
     return x
 
 
+@pytest.mark.parametrize("temporal_trunk", [True, False])
 @pytest.mark.parametrize("kernels", KERNELS)
-def test_fusion_network_shapes_gradients_and_halo(kernels):
-    net = FusionNetwork(4, 6, 5, kernels, hs_ratio=3.0, width=8, n_blocks=2)
+def test_fusion_network_shapes_gradients_and_halo(kernels, temporal_trunk):
+    net = FusionNetwork(4, 6, 5, kernels, hs_ratio=3.0, width=8, n_blocks=2, temporal_trunk=temporal_trunk)
     _randomise(net, 1)
     x = _inputs(2, 4, 6, 5, 80, 84)
     out = net.fuse(x)
@@ -249,8 +250,20 @@ def test_guided_change_on_several_dates_keeps_fields_apart_that_one_date_confuse
     assert all(torch.equal(a, b) for a, b in zip(again, spread))
 
 
-def test_multi_date_guide_in_the_network_is_used_and_keeps_tiles_exact():
-    net = FusionNetwork(4, 6, 5, "1", hs_ratio=3.0, width=8, n_blocks=2, guided_radius=3, multi_date_guide=True)
+@pytest.mark.parametrize("temporal_trunk", [True, False])
+def test_multi_date_guide_in_the_network_is_used_and_keeps_tiles_exact(temporal_trunk):
+    net = FusionNetwork(
+        4,
+        6,
+        5,
+        "1/3",
+        hs_ratio=3.0,
+        width=8,
+        n_blocks=2,
+        guided_radius=3,
+        multi_date_guide=True,
+        temporal_trunk=temporal_trunk,
+    )
     _randomise(net, 5)
     x = _inputs(1, 4, 6, 5, 60, 60)
     g = torch.Generator().manual_seed(9)

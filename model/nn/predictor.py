@@ -235,10 +235,15 @@ class FusionPredictor:
         ``network.MAX_SIMILARITY`` values (a guided change of large radius judges it as it goes)."""
         import torch
 
-        slots = [self._read(mdd, "fine_ms", d, window) for d in fine_dates if d != own]
-        gaps = any(not v.all() for _, v in slots)
         memo = getattr(mdd, "derived", None)
-        key = ("guide", tuple(int(v) for v in window), own, q if gaps else None)
+        where = (tuple(int(v) for v in window), own)
+        slots = memo.get(("guide slots",) + where) if memo is not None else None
+        if slots is None:  # read and normalised once per tile and ``own``, whatever the date
+            slots = [self._read(mdd, "fine_ms", d, window) for d in fine_dates if d != own]
+            if memo is not None:
+                memo[("guide slots",) + where] = slots
+        gaps = any(not v.all() for _, v in slots)
+        key = ("guide",) + where + (q if gaps else None,)
         if memo is not None and key in memo:
             return memo[key]
         parts = [np.where(v > 0, f, fq) for f, v in slots]

@@ -1,13 +1,14 @@
 """The self-check: an accuracy estimate on the user's own scene, with no truth needed.
 
-Before the model is trained on everything, the same recipe is trained once on the MDD with one HS
-image withheld (``MDD.hiding``): the HS date nearest the middle of the series, or, where there is
-only one HS date, the quarter of the grid where it has the most valid pixels. The network and the
-two-stage baseline (fitted on the same view) then predict that date, and both are compared with the
+The first two thirds of the training epochs run on the MDD with one HS image withheld
+(``MDD.hiding``): the HS date nearest the middle of the series, or, where there is only one HS date,
+the quarter of the grid where it has the most valid pixels. The network as it stands then, and the
+two-stage baseline (fitted on the same view), predict that date, and both are compared with the
 withheld HS at its own pixel size (block means of ``round(R)`` grid pixels, R = HS / grid pixel
 size: Wald's protocol, the only scale at which the scene has a truth). CC, SAM, PSNR and SSIM of
 both go into the log, the training report and the model file; where the network is worse than the
-baseline on a metric, a warning names it.
+baseline on a metric, a warning names it. The last third of the epochs trains the same network on
+everything (``training.Withheld``): one training, not a self-check's and then the model's.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from ..nn.predictor import FusionPredictor
 from ..nn.samples import check_mdd
 from ..nn.training import (
     DEFAULTS,
+    Withheld,
     build_metadata,
     check_parameters,
-    fit_network,
     make_checkpointer,
+    self_checked_epochs,
     train_fusion_model,
 )
 from .baselines import BaselineError, TwoStage
@@ -150,25 +152,24 @@ def report_self_check(meta: dict, callbacks: Callbacks) -> None:
             )
 
 
-def run_self_check(
+def measure_withheld(
     mdd: MDD,
+    view: MDD,
+    holdout: dict,
+    net: Any,
+    data: Any,
     fit_params: dict,
     device: str,
     callbacks: Callbacks | None = None,
-    progress_span: tuple[float, float] = (0.0, 1.0),
 ) -> dict:
-    """Trains on the MDD with one HS image withheld and measures the network and the two-stage
-    baseline on it. ``fit_params``: the keyword arguments of ``fit_network`` (kernels, epochs, ...).
-    Returns {"withheld", "date", "window", "factor", "network": {metric: value}, "two_stage": {...},
-    "worse_than_baseline": [metrics]}, or {"skipped": reason} where the data cannot support it."""
+    """The self-check's measurement: the network trained on ``view`` (``net``, with its TrainingSet
+    ``data``) and the two-stage baseline fitted on the same view predict the withheld HS, and both are
+    compared with it. Returns {"withheld", "date", "window", "factor", "network": {metric: value},
+    "two_stage": {...}, "worse_than_baseline": [metrics]}, or {"skipped": reason} where the data cannot
+    support it."""
     cb = callbacks_or_default(callbacks)
-    holdout = choose_holdout(mdd)
-    view = mdd.hiding("hs", holdout["date"], holdout["window"])
-    cb.log(f"Self-check: {holdout['label']}; training on the rest.")
-    p0, p1 = progress_span
-    quiet = Callbacks(progress=cb.progress, is_canceled=cb.is_canceled, log=lambda message: None)
+    quiet = Callbacks(progress=lambda *a: None, is_canceled=cb.is_canceled, log=lambda message: None)
     try:
-        fit = fit_network(view, device=device, callbacks=quiet, progress_span=(p0, p0 + 0.9 * (p1 - p0)), **fit_params)
         two_stage = TwoStage(view, TILE, callbacks=quiet, max_days_apart=fit_params["max_days_apart"])
         step = two_stage.step  # the baseline's fit needs tiles aligned with both coarse grids
         two_stage.tiles = tile_windows(mdd.grid.width, mdd.grid.height, -(-TILE // step) * step)
@@ -176,10 +177,9 @@ def run_self_check(
     except (BaselineError, ValueError) as e:
         cb.warn(f"Self-check skipped: {e}")
         return {"skipped": str(e)}
-    meta, arrays = build_metadata(fit["data"], fit["net"], dict(fit_params), fit["history"], {})
-    predictor = FusionPredictor(meta, arrays, fit["net"], device)
+    meta, arrays = build_metadata(data, net, dict(fit_params), [], {})
+    predictor = FusionPredictor(meta, arrays, net, device)
     scores = evaluate_holdout(view, mdd, predictor, two_stage, holdout, quiet)
-    cb.progress(p1, "self-check done")
     result = {
         "withheld": holdout["label"],
         "date": holdout["date"],
@@ -206,31 +206,42 @@ def train_with_self_check(
     callbacks: Callbacks | None = None,
     **params: Any,
 ) -> dict:
-    """``train_fusion_model`` (same parameters) preceded by the self-check, whose result goes into
-    the model file, the returned info and the log. Returns train_fusion_model's summary plus
-    "self_check"."""
+    """``train_fusion_model`` (same parameters) with the self-check inside it: the first cycle of epochs
+    trains with one HS image withheld, the network is measured on it, and a second, shorter cycle
+    trains on everything (``training.Withheld``, ``training.self_checked_epochs``). The result goes into the model file, the returned
+    info and the log. Returns train_fusion_model's summary plus "self_check" (None without)."""
     cb = callbacks_or_default(callbacks)
     params = {**DEFAULTS, **params}
     check_parameters(
         params["pca_components"], params["epochs"], params["patch_size"], params["batch_size"], params["learning_rate"]
     )
     check_max_days(params["max_days_apart"])
-    extra, span, result = {}, (0.0, 1.0), None
-    saved = None
-    if self_check and params.get("resume"):  # a resumed run keeps the self-check its checkpoint holds
+    if not self_check:
+        summary = train_fusion_model(mdd_path, model_path, callbacks=cb, **params)
+        summary["self_check"] = None
+        return summary
+    extra = {}
+    if params.get("resume"):  # a resumed run keeps the self-check its checkpoint holds
         run_keys = ("resume", "checkpoint_every", "device", "threads")
         keyed = {k: v for k, v in params.items() if k not in run_keys}
-        saved = make_checkpointer(mdd_path, model_path, True, **keyed).saved_extra()
-    if self_check and saved and "self_check" in saved:
-        result = saved["self_check"]
-        extra, span = {"self_check": result}, (0.4, 1.0)
-        cb.log("Self-check: taken from the checkpoint being resumed.")
-    elif self_check:
-        mdd = MDD.open(mdd_path)
-        check_mdd(mdd, params["patch_size"])
-        fit_params = {k: v for k, v in params.items() if k not in ("device", "resume", "checkpoint_every")}
-        result = run_self_check(mdd, fit_params, select_device(params["device"]), cb, (0.0, 0.4))
-        extra, span = {"self_check": result}, (0.4, 1.0)
-    summary = train_fusion_model(mdd_path, model_path, callbacks=cb, extra_info=extra, progress_span=span, **params)
-    summary["self_check"] = result
+        saved = make_checkpointer(mdd_path, model_path, True, self_check=True, **keyed).saved_extra()
+        if saved and "self_check" in saved:
+            extra = {"self_check": saved["self_check"]}
+            cb.log("Self-check: taken from the checkpoint being resumed.")
+    mdd = MDD.open(mdd_path)
+    check_mdd(mdd, params["patch_size"])
+    holdout = choose_holdout(mdd)
+    first = self_checked_epochs(params["epochs"])[0]
+    fit_params = {k: v for k, v in params.items() if k not in ("device", "resume", "checkpoint_every", "threads")}
+    device = select_device(params["device"])
+
+    def check(net: Any, data: Any) -> dict:
+        return {"self_check": measure_withheld(mdd, view, holdout, net, data, fit_params, device, cb)}
+
+    view = mdd.hiding("hs", holdout["date"], holdout["window"])
+    if not extra:
+        cb.log(f"Self-check: {holdout['label']} for the first {first} epochs, then measured.")
+    withheld = Withheld(view, check)
+    summary = train_fusion_model(mdd_path, model_path, callbacks=cb, extra_info=extra, withheld=withheld, **params)
+    summary["self_check"] = summary["info"].get("self_check")
     return summary

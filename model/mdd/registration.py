@@ -117,11 +117,15 @@ def estimate_shift(
 
 
 def estimate_shifts(
-    mdd: MDD, log: Callable[[str], None] | None = None, check: Callable[[], None] | None = None
+    mdd: MDD,
+    log: Callable[[str], None] | None = None,
+    check: Callable[[], None] | None = None,
+    known: dict | None = None,
 ) -> dict:
     """(role, date) -> (dy, dx) fine px for every image of the coarse roles (stored coarser than the
     grid) whose shift could be estimated; ``MDD.registered`` reads them moved by it. ``check`` is
-    called before each image (a cancel check that raises)."""
+    called before each image (a cancel check that raises). ``known``: shifts estimated before (on a
+    view of this MDD that hid an image), taken as they are; only the other images are estimated."""
     if "fine_ms" not in mdd.roles:
         return {}
     g = mdd.grid
@@ -129,13 +133,15 @@ def estimate_shifts(
     window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
     fine = mdd.roles["fine_ms"]
     references = {}
-    shifts = {}
+    shifts = dict(known or {})
     for role in ("dense_ms", "hs"):
         stack = mdd.roles.get(role)
         if stack is None or stack.pixel_ratio == 1:
             continue
         ratio = mdd.scale_ratio(role)
         for date in stack.dates:
+            if (role, date) in shifts:
+                continue
             if check is not None:
                 check()
             image = read_values(mdd, role, window, [date])[0]

@@ -129,7 +129,10 @@ class TrainingSet:
         max_days_apart: float = MAX_DAYS_APART,
         region: int | None = None,
         pool: int | None = None,
+        pca: HSPCA | None = None,
     ) -> None:
+        """``pca``: the HS PCA to use instead of fitting one (a training run that goes on from a view of
+        this MDD keeps the view's, see ``training.Withheld``)."""
         check_mdd(mdd, patch_size)
         self.mdd = mdd
         self.patch = int(patch_size)
@@ -153,6 +156,7 @@ class TrainingSet:
         self.fine_of = {d: i for i, d in enumerate(self.fine_dates)}
         self.dense_of = {d: i for i, d in enumerate(self.dense_dates)}
         self.hs_of = {d: i for i, d in enumerate(hs_dates)}
+        self.pca = pca
         with mdd.reading():
             self._load(rng, region, n_components, seed, log)
         self.fine = RoleData(self.fine_dates, np.array([day_number(d) for d in self.fine_dates]), None, None)
@@ -193,10 +197,11 @@ class TrainingSet:
             self.dense_norm = BandNormalizer.fit(*raw["dense_ms"])
             hv, hm = self._read("hs", self.windows[0])
             self._check_any("hs", hm.any())
-            idx = np.argwhere(hm)
-            pick = idx[np.sort(rng.choice(len(idx), min(len(idx), MAX_PCA_PIXELS), replace=False))]
-            pixels = hv[pick[:, 0], :, pick[:, 1], pick[:, 2]]
-            self.pca = HSPCA.fit(pixels, mdd.roles["hs"].wavelengths, n_components, seed, mdd.roles["hs"].bbl)
+            if self.pca is None:
+                idx = np.argwhere(hm)
+                pick = idx[np.sort(rng.choice(len(idx), min(len(idx), MAX_PCA_PIXELS), replace=False))]
+                pixels = hv[pick[:, 0], :, pick[:, 1], pick[:, 2]]
+                self.pca = HSPCA.fit(pixels, mdd.roles["hs"].wavelengths, n_components, seed, mdd.roles["hs"].bbl)
             raw["hs"] = (hv, hm)
             del hv
             self.regions = [self._region(self.windows[0], raw)]
@@ -283,7 +288,7 @@ class TrainingSet:
         # The PCA's pixels: MAX_PCA_PIXELS valid HS pixels at random, each window and date giving its share.
         total = sum(int(c.sum()) for k, c in self.counts.items() if k[0] == "hs")
         pixels = []
-        for w, window in enumerate(self.windows):
+        for w, window in enumerate(self.windows if self.pca is None else []):
             for i, date in enumerate(self.hs_dates_all):
                 n = int(self.counts[("hs", i)][w])
                 quota = min(n, int(round(MAX_PCA_PIXELS * n / total)))
@@ -293,9 +298,10 @@ class TrainingSet:
                 where = np.argwhere(mdd.read_mask("hs", window=window, dates=[date])[0])
                 pick = where[np.sort(rng.choice(len(where), quota, replace=False))]
                 pixels.append(values[:, pick[:, 0], pick[:, 1]].T)
-        self.pca = HSPCA.fit(
-            np.concatenate(pixels), mdd.roles["hs"].wavelengths, n_components, seed, mdd.roles["hs"].bbl
-        )
+        if self.pca is None:
+            self.pca = HSPCA.fit(
+                np.concatenate(pixels), mdd.roles["hs"].wavelengths, n_components, seed, mdd.roles["hs"].bbl
+            )
         log(
             f"The {mdd.grid.width}x{mdd.grid.height} px grid is read in {len(self.windows)} regions of up to "
             f"{self.windows[0][2]} px: training draws its patches from {self.pool} of them at a time, new ones "

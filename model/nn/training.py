@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -135,27 +137,11 @@ def _pixels(arr, t, valid):
 
 def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator) -> None:
     """Starts each branch's linear prior at its least-squares fit (the two-stage baseline's maps), so
-    training begins from a sound physical model and only learns what is beyond it."""
-    import torch
-
-    def set_conv(conv, w, b):
-        with torch.no_grad():
-            conv.weight.copy_(torch.from_numpy(w.astype(np.float32))[:, :, None, None])
-            if conv.bias is not None:
-                conv.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-
-    xs, ys = [], []
-    band_map = None  # dense MS -> fine MS, (W (fine, dense), b (fine,))
-    for reg in data.regions:  # the pixels of every region in the pool (the whole grid when it is one)
-        f, d = reg.fine, reg.dense
-        for t in data.spatial_dates:
-            dt = data.dense_of[f.dates[t]]
-            ok = f.valid[t] & d.valid[dt]
-            xs.append(_pixels(d.z, dt, ok))
-            ys.append(_pixels(f.z, t, ok))
-    if xs and sum(len(x) for x in xs):
-        band_map = ridge(np.concatenate(xs), np.concatenate(ys), rng=rng)
-        set_conv(net.spatial.linear, *band_map)
+    training begins from a sound physical model and only learns what is beyond it; then fits each HS
+    date's own map (``fit_hs_maps``)."""
+    band_map = _band_map(data, rng)  # dense MS -> fine MS, (W (fine, dense), b (fine,)), or None
+    if band_map is not None:
+        _set_conv(net.spatial.linear, *band_map)
     xs, ys = [], []
     for reg in data.regions:
         f, d = reg.fine, reg.dense
@@ -165,9 +151,50 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
             xs.append(_pixels(d.z, dt, ok) - _pixels(d.z, dq, ok))
             ys.append(_pixels(f.z, t, ok) - _pixels(f.z, q, ok))
     if xs and sum(len(x) for x in xs):
-        set_conv(net.temporal.change, *ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
+        _set_conv(net.temporal.change, *ridge(np.concatenate(xs), np.concatenate(ys), bias=False, rng=rng))
     elif band_map is not None:  # one fine MS date: the change of the fine MS is the mapped dense change
-        set_conv(net.temporal.change, band_map[0], np.zeros(band_map[0].shape[0]))
+        _set_conv(net.temporal.change, band_map[0], np.zeros(band_map[0].shape[0]))
+    xs, ys, per_date = _spectral_pixels(data, band_map)
+    if xs and sum(len(x) for x in xs):
+        _set_conv(net.spectral.linear, *ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+    _fit_maps(net, data, xs, ys, per_date, rng)
+
+
+def fit_hs_maps(net: FusionNetwork, data: TrainingSet, rng: np.random.Generator) -> None:
+    """Each HS date's own map and the maps' detail skill on ``data`` (``_fit_maps``), the network's
+    linear priors left as they are: for a run that goes on with more HS dates (``Withheld``)."""
+    xs, ys, per_date = _spectral_pixels(data, _band_map(data, rng))
+    _fit_maps(net, data, xs, ys, per_date, rng)
+
+
+def _set_conv(conv, w, b) -> None:
+    import torch
+
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(w.astype(np.float32))[:, :, None, None])
+        if conv.bias is not None:
+            conv.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+
+
+def _band_map(data: TrainingSet, rng: np.random.Generator) -> tuple | None:
+    """The ridge map dense MS -> fine MS on the dates with both, (W (fine, dense), b (fine,)); None
+    without such a date."""
+    xs, ys = [], []
+    for reg in data.regions:  # the pixels of every region in the pool (the whole grid when it is one)
+        f, d = reg.fine, reg.dense
+        for t in data.spatial_dates:
+            dt = data.dense_of[f.dates[t]]
+            ok = f.valid[t] & d.valid[dt]
+            xs.append(_pixels(d.z, dt, ok))
+            ys.append(_pixels(f.z, t, ok))
+    if xs and sum(len(x) for x in xs):
+        return ridge(np.concatenate(xs), np.concatenate(ys), rng=rng)
+    return None
+
+
+def _spectral_pixels(data: TrainingSet, band_map: tuple | None) -> tuple[list, list, dict]:
+    """(fine MS pixels, HS score pixels, HS date -> indices into them) at the HS scale, per region and
+    HS date: the fine MS that stands for the date, or without one its dense MS mapped by ``band_map``."""
     xs, ys, per_date = [], [], {}
     for reg in data.regions:
         fb = reg.fine_b
@@ -184,8 +211,10 @@ def init_linear_priors(net: FusionNetwork, data: TrainingSet, rng: np.random.Gen
                 continue
             ys.append(_pixels(reg.hs.z, h, ok))
             per_date.setdefault(h, []).append(len(xs) - 1)
-    if xs and sum(len(x) for x in xs):
-        set_conv(net.spectral.linear, *ridge(np.concatenate(xs), np.concatenate(ys), rng=rng))
+    return xs, ys, per_date
+
+
+def _fit_maps(net, data: TrainingSet, xs: list, ys: list, per_date: dict, rng: np.random.Generator) -> None:
     # Each HS date's own map: in the model file for fusion (the detail of the HS dates, predictor.py),
     # and, with the date_maps option, in place of the spectral branch's linear part.
     data.hs_maps = fit_date_maps(data, xs, ys, per_date, rng, required=bool(getattr(net, "date_maps", False)))
@@ -291,6 +320,34 @@ def _training_step(net, mtl, opt, scaler, data, rng, batch_size: int, device: st
     return losses
 
 
+# With a self-check, the run's first cycle trains the EPOCHS asked for without the withheld HS (the
+# self-check measures what a run without it would train) and ends at the check; a second cycle of a
+# fifth more epochs, restarting at RESTART_LR of the learning rate, trains the same network on
+# everything. One training instead of two (the self-check's, then the model's from scratch); chosen on
+# the development scenes' tuning date against a third more epochs and against splitting the EPOCHS
+# two thirds / one third (BENCHMARKS.md, "The self-check inside the training").
+FINAL_SHARE, RESTART_LR = 0.2, 0.5
+
+
+def self_checked_epochs(epochs: int) -> tuple[int, int]:
+    """(epochs without the withheld HS, epochs in all) of a self-checked run asked for ``epochs``: the
+    EPOCHS, then a fifth more (at least one)."""
+    return epochs, epochs + max(1, round(epochs * FINAL_SHARE))
+
+
+@dataclass
+class Withheld:
+    """A self-check inside a training run (``fit_network``): the first epochs (``self_checked_epochs``)
+    train on ``view`` (the MDD with one HS image hidden, ``MDD.hiding``); then ``check(net, data)``
+    measures that network
+    (``data``: the view's TrainingSet) and returns what to keep in the model file's info and the
+    checkpoint; the remaining epochs train on the whole MDD, with the view's PCA, blur and linear priors,
+    so that the same network goes on learning with the withheld image too."""
+
+    view: MDD
+    check: Callable[[Any, TrainingSet], dict]
+
+
 def fit_network(
     mdd: MDD,
     kernels: str = "1",
@@ -306,13 +363,15 @@ def fit_network(
     progress_span: tuple[float, float] = (0.0, 1.0),
     threads: int = 0,
     checkpointer: Checkpointer | None = None,
+    withheld: Withheld | None = None,
 ) -> dict:
     """Trains a FusionNetwork on an open MDD (or a view of one, see ``MDD.hiding``), in memory.
 
     ``device`` is a device from ``select_device``; ``threads``: CPU threads (0 = torch's default,
     see ``configure_threads``); ``checkpointer``: save every few epochs and, when it resumes, go on
-    from its saved state (see ``checkpoint.py``). Returns {"net", "data" (the TrainingSet), "history", "steps",
-    "device", "threads", "precision"}. Raises ``Canceled`` when the user cancels.
+    from its saved state (see ``checkpoint.py``); ``withheld``: a self-check inside the run (``Withheld``).
+    Returns {"net", "data" (the TrainingSet), "history", "steps", "device", "threads", "precision",
+    "extra" (what ``withheld.check`` returned, {} without)}. Raises ``Canceled`` when the user cancels.
     """
     import torch
 
@@ -329,10 +388,20 @@ def fit_network(
     threads = configure_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    whole = mdd
+    # the epochs of the first cycle, and in all
+    first, epochs = self_checked_epochs(epochs) if withheld is not None else (epochs, epochs)
+
+    def registered(view: MDD, done: float = 0.0, known: dict | None = None) -> MDD:
+        """``known``: the shifts of a view of ``view`` (the withheld image's alone is estimated)."""
+        if not NETWORK_OPTIONS.get("coregister"):
+            return view
+        progress(done, "co-registering the coarse images with the fine MS")
+        shifts = estimate_shifts(view, log if known is None else None, lambda: cb.check(CANCELED), known)
+        return view.registered(shifts)
+
     progress(0.0, "reading the MDD")
-    if NETWORK_OPTIONS.get("coregister"):
-        progress(0.0, "co-registering the coarse images with the fine MS")
-        mdd = mdd.registered(estimate_shifts(mdd, log, lambda: cb.check(CANCELED)))
+    mdd = registered(withheld.view if withheld is not None else mdd)
     hs_sigma = estimate_blur(mdd, "hs", log) if NETWORK_OPTIONS.get("fitted_blur") else None
     data = TrainingSet(mdd, pca_components, patch_size, seed, log, max_days_apart)
     cb.check(CANCELED)
@@ -356,7 +425,14 @@ def fit_network(
     per_epoch = math.ceil(H * W * max(1, len(data.fine.dates)) / (batch_size * patch_size**2))
     steps = int(np.clip(per_epoch, MIN_STEPS, MAX_STEPS))
     total = epochs * steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / total)))
+
+    def cycle(i: int) -> float:  # cosine from the top to 0.1 of the learning rate; a second cycle restarts lower
+        if i < first * steps or first == epochs:
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / (first * steps)))
+        j, n = i - first * steps, (epochs - first) * steps
+        return 0.1 + (RESTART_LR - 0.1) * 0.5 * (1 + math.cos(math.pi * j / n))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle)
     amp_dtype, scaled, _ = precision_for(device)
     scaler = grad_scaler() if scaled else None  # float16 only: its gradients underflow unscaled
     log(describe_device(device, threads))
@@ -381,9 +457,55 @@ def fit_network(
         torch.set_rng_state(saved["torch_rng"])
         history, first_epoch = json.loads(saved["history_json"]), int(saved["epoch"])
         log(f"Resumed from {checkpointer.path} after epoch {first_epoch}/{epochs}.")
+    extra = {}
+
+    def go_on_with_everything(check: bool) -> None:
+        """The end of the first cycle of a self-checked run: the check (unless a resumed run has it in
+        its checkpoint), then the whole MDD, read with the view's PCA, for the epochs left."""
+        nonlocal mdd, data
+        if check:
+            net.eval()
+            extra.update(withheld.check(net, data))
+            net.train()
+            if checkpointer is not None:
+                checkpointer.extra.update(extra)
+        cb.check(CANCELED)
+        log(f"Epochs {first + 1}-{epochs}: training on everything, the withheld HS included.")
+        mdd = registered(whole, first / epochs, mdd.shifts)
+        data = TrainingSet(mdd, pca_components, patch_size, seed, lambda message: None, max_days_apart, pca=data.pca)
+        net.reference_gap = net.config["reference_gap"] = len(data.hs_dates) > 1
+        fit_hs_maps(net, data, np.random.default_rng(seed))  # its own stream: a resumed run draws the same
+
+    def save(done: int, checked: bool = False) -> None:
+        checkpointer.save(
+            {
+                "net": net.state_dict(),
+                "mtl": mtl.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "rng": rng_state(rng),
+                "torch_rng": torch.get_rng_state(),
+                "history_json": json.dumps(history),
+                "epoch": done,
+                "checked": checked,  # a self-checked run past its check: resumed, it does not check again
+            }
+        )
+
+    switched = withheld is not None and (
+        first_epoch > first or (first_epoch == first and bool(saved is not None and saved.get("checked")))
+    )
+    if switched:
+        go_on_with_everything(check=False)
     for epoch in range(first_epoch, epochs):
         te = time.time()
-        if epoch > 0:
+        if withheld is not None and epoch == first:
+            if not switched:
+                go_on_with_everything(check=True)
+                switched = True
+                if checkpointer is not None and checkpointer.every > 0:  # the check is not repeated on resume
+                    save(epoch, checked=True)
+        elif epoch > 0:
             data.refresh(rng)  # a grid larger than one region: a new pool of regions each epoch
         sums = dict.fromkeys(data.tasks, 0.0)
         for step in range(steps):
@@ -421,19 +543,7 @@ def fit_network(
             + f" ({entry['time_s']:.1f} s)"
         )
         if checkpointer is not None and checkpointer.due(epoch + 1, epochs):
-            checkpointer.save(
-                {
-                    "net": net.state_dict(),
-                    "mtl": mtl.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "rng": rng_state(rng),
-                    "torch_rng": torch.get_rng_state(),
-                    "history_json": json.dumps(history),
-                    "epoch": epoch + 1,
-                }
-            )
+            save(epoch + 1)
     net.eval()
     precision = str(amp_dtype or torch.float32).replace("torch.", "")
     return {
@@ -444,6 +554,7 @@ def fit_network(
         "device": device,
         "threads": threads,
         "precision": precision,
+        "extra": extra,
     }
 
 
@@ -480,6 +591,7 @@ def train_fusion_model(
     threads: int = 0,
     resume: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    withheld: Withheld | None = None,
 ) -> dict:
     """Trains a FusionNetwork on the MDD at `mdd_path` and writes it to `model_path`.
 
@@ -487,7 +599,8 @@ def train_fusion_model(
     Every ``checkpoint_every`` epochs (0: never) the run is saved to ``<model_path>.checkpoint``;
     ``resume`` continues from that checkpoint when it was made from the same MDD and parameters
     (else training starts afresh, and says so). The checkpoint is removed once the model is written.
-    ``extra_info`` (e.g. the self-check) goes into the model file's info. Returns {"model_path",
+    ``extra_info`` (e.g. the self-check) goes into the model file's info, with what ``withheld`` (a
+    self-check inside the run, ``Withheld``) measured. Returns {"model_path",
     "history": [per-epoch dicts], "info": {...}}. Raises TrainingDataError / MDDError (ValueError)
     with a message for the user on bad input, and ``Canceled`` when the user cancels (no file is
     written then).
@@ -516,6 +629,8 @@ def train_fusion_model(
         seed=seed,
         max_days_apart=max_days_apart,
     )
+    if withheld is not None:  # another run: its checkpoints are not this one's
+        fit_params["self_check"] = True
     checkpointer = make_checkpointer(mdd_path, model_path, resume, checkpoint_every, extra_info, **fit_params)
     fit = fit_network(
         mdd,
@@ -532,6 +647,7 @@ def train_fusion_model(
         progress_span,
         threads=threads,
         checkpointer=checkpointer,
+        withheld=withheld,
     )
     net, data, history, steps = fit["net"], fit["data"], fit["history"], fit["steps"]
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if is_cuda(dev) else peak_rss_mb()
@@ -548,6 +664,8 @@ def train_fusion_model(
         steps_per_epoch=steps,
         max_days_apart=float(max_days_apart),
     )
+    if withheld is not None:
+        params["epochs_in_all"], params["self_check_epochs"] = len(history), self_checked_epochs(epochs)[0]
     info = {
         "parameters": params,
         "device": dev,
@@ -558,6 +676,7 @@ def train_fusion_model(
         "pca_explained_variance": data.pca.explained,
         "tasks": list(data.tasks),
         **(extra_info or {}),
+        **fit["extra"],
     }
     meta, arrays = build_metadata(data, net, params, history, info)
     cb.check(CANCELED)

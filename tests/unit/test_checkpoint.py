@@ -10,7 +10,7 @@ from helpers.mdd import make_tiny_mdd
 from stsfusion.model.core.callbacks import Callbacks, Canceled
 from stsfusion.model.fusion.self_check import train_with_self_check
 from stsfusion.model.nn.checkpoint import Checkpointer, checkpoint_path
-from stsfusion.model.nn.training import train_fusion_model
+from stsfusion.model.nn.training import self_checked_epochs, train_fusion_model
 
 torch.set_num_threads(1)
 ARGS = dict(epochs=4, patch_size=12, batch_size=2, device="cpu", seed=3, checkpoint_every=1)
@@ -73,24 +73,49 @@ def test_checkpoints_are_due_every_n_epochs_but_never_after_the_last():
     assert not any(Checkpointer("x", "f", every=0).due(e, 7) for e in range(1, 8))
 
 
+def _cancel_at_checkpoint(model, checked=False, epoch=0):
+    """Cancels a run as soon as its checkpoint holds the self-check (``checked``) or that ``epoch``."""
+
+    def canceled():
+        path = checkpoint_path(model)
+        if not os.path.exists(path):
+            return False
+        saved = torch.load(path, weights_only=True)
+        return bool(saved.get("checked")) if checked else saved["epoch"] >= epoch
+
+    return canceled
+
+
 @pytest.mark.slow
-def test_a_resumed_run_keeps_its_self_check(tmp_path):
+@pytest.mark.parametrize("stop", ["before the check", "after the check"])
+def test_a_resumed_self_checked_run_equals_an_uninterrupted_one_and_checks_once(tmp_path, stop):
     manifest = make_tiny_mdd(tmp_path, size=48)
+    args = dict(ARGS, patch_size=16)  # 4 epochs without the withheld HS, then the check, then 1 more
+    whole = train_with_self_check(manifest, str(tmp_path / "whole.pt"), **args)
+    first, total = self_checked_epochs(4)
+    assert whole["info"]["parameters"]["self_check_epochs"] == first and len(whole["history"]) == total
     model = str(tmp_path / "m.pt")
-    args = dict(ARGS, epochs=3, patch_size=16)
-    # Only the final training saves checkpoints: cancel as soon as its first one exists.
+    cancel = (
+        _cancel_at_checkpoint(model, epoch=first - 1)
+        if stop == "before the check"
+        else _cancel_at_checkpoint(model, True)
+    )
     with pytest.raises(Canceled):
-        train_with_self_check(
-            manifest, model, callbacks=Callbacks(is_canceled=lambda: os.path.exists(checkpoint_path(model))), **args
-        )
-    saved = Checkpointer(checkpoint_path(model), torch.load(checkpoint_path(model), weights_only=True)["fingerprint"])
-    saved.resume = True
-    first = saved.saved_extra()["self_check"]
+        train_with_self_check(manifest, model, callbacks=Callbacks(is_canceled=cancel), **args)
+    saved = torch.load(checkpoint_path(model), weights_only=True)
+    assert saved["checked"] == (stop == "after the check")
     log = []
-    summary = train_with_self_check(manifest, model, resume=True, callbacks=Callbacks(log=log.append), **args)
-    assert any("taken from the checkpoint" in m for m in log)
-    assert summary["self_check"] == first and summary["info"]["self_check"] == first
+    resumed = train_with_self_check(manifest, model, resume=True, callbacks=Callbacks(log=log.append), **args)
     assert any("Resumed from" in m for m in log)
+    checks = [m for m in log if m.startswith("Self-check (HS")]
+    if stop == "after the check":  # measured once, before the cancel; the resumed run reads it back
+        assert any("taken from the checkpoint" in m for m in log) and not checks
+    else:
+        assert len(checks) == 1
+    assert resumed["self_check"] == whole["self_check"] and resumed["info"]["self_check"] == whole["self_check"]
+    a, b = _weights(str(tmp_path / "whole.pt")), _weights(model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
 
 
 class OutOfMemory(RuntimeError):

@@ -206,20 +206,21 @@ def test_train_fusion_model_passes_the_device_and_threads_on(monkeypatch, tmp_pa
 
 def test_the_self_check_passes_threads_to_fit_network(monkeypatch, tmp_path):
     from stsfusion.model.fusion import self_check
+    from stsfusion.model.nn import training
 
     seen = {}
 
-    def fit(view, device, threads=0, **kwargs):
-        seen["device"], seen["threads"] = device, threads
+    def fit(mdd, *args, threads=0, withheld=None, **kwargs):
+        seen["device"], seen["threads"], seen["withheld"] = args[6], threads, withheld is not None
         raise _Stop
 
-    monkeypatch.setattr(self_check, "fit_network", fit)
+    monkeypatch.setattr(training, "fit_network", fit)
     manifest = make_tiny_mdd(tmp_path, size=24)
     with pytest.raises(_Stop):
         self_check.train_with_self_check(
             manifest, str(tmp_path / "m.pt"), epochs=1, patch_size=12, device="cpu", threads=2
         )
-    assert seen == {"device": "cpu", "threads": 2}
+    assert seen == {"device": "cpu", "threads": 2, "withheld": True}
 
 
 @pytest.mark.slow

@@ -12,10 +12,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: system-packages venv plugin-link
 
-# Debian's QGIS 3.22 LTR, GDAL and their Python bindings; skipped when they are already there.
+# Debian's QGIS 3.22 LTR, GDAL and their Python bindings; skipped when dpkg has them all installed.
 system-packages:
 	@if command -v qgis_process.bin >/dev/null && command -v zip >/dev/null && \
-	    /usr/bin/python3 -c 'import qgis.core, osgeo.gdal, ensurepip, matplotlib' 2>/dev/null; then \
+	    st="$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(APT_PACKAGES) 2>/dev/null)" && \
+	    ! printf '%s\n' "$$st" | grep -qv '^ii'; then \
 	  echo "QGIS and GDAL: already installed"; \
 	else \
 	  $(SUDO) apt-get update -q && \
@@ -33,7 +34,7 @@ $(STAMP): requirements.txt constraints.txt
 # qgis_process finds plugins by folder name: .build/plugins/stsfusion points at this checkout.
 plugin-link:
 	@mkdir -p .build/plugins && ln -sfn ../.. .build/plugins/stsfusion
-	@source scripts/env.sh && qgis_process.bin plugins enable stsfusion >/dev/null 2>&1 || true
+	@source scripts/env.sh && bash scripts/enable_plugin.sh
 
 # ruff: lint rules and formatting (pyproject.toml); `make format` rewrites the files.
 lint: venv

@@ -168,7 +168,7 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
         for label, path in (("MDD", mdd_path), ("Model file", model_path)):
             if not path or not os.path.isfile(path):
                 raise QgsProcessingException(f"{label} '{path}' does not exist: choose an existing file.")
-        require_torch(self.DISPLAY_NAME)
+        require_torch(self.DISPLAY_NAME, sklearn=False)
         from ..model.fusion.distributed import is_cluster, resolve_scheduler
         from ..model.fusion.fuse import fuse_time_series
         from ..model.nn.device import select_device

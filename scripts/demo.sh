@@ -13,7 +13,7 @@ SAMPLE=resources/sample
 OUT=demo_output
 rm -rf "$OUT"
 mkdir -p "$OUT"
-qgis_process.bin plugins enable stsfusion >/dev/null 2>&1 || true
+bash "$ROOT/scripts/enable_plugin.sh"
 
 # Wall time and peak memory of each step, from GNU time where it is installed.
 TIMES="$OUT/times.txt"

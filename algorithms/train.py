@@ -62,11 +62,12 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             "MAX_DAYS_APART: a fine MS and an HS image at most this many days apart are paired as one "
             "date (default 10). Sensors never image on the same day: the dense MS is interpolated in time "
             "per pixel to every date a task needs, and the log lists each pairing and interpolation.\n"
-            "SELF_CHECK: before training on everything, train once with one HS image withheld (the HS "
-            "date nearest the middle of the series; with one HS date, a quarter of it) and compare the "
-            "network and the two-stage baseline with it at the HS pixel size: CC, SAM, PSNR and SSIM in "
-            "the log, the report and the model file, and a warning naming every metric on which the "
-            "network is worse (default on; it more than doubles the training time).\n"
+            "SELF_CHECK: train the EPOCHS with one HS image withheld (the HS date nearest the middle of "
+            "the series; with one HS date, a quarter of it), compare the network and the two-stage "
+            "baseline with it at the HS pixel size (CC, SAM, PSNR and SSIM in the log, the report and the "
+            "model file, and a warning naming every metric on which the network is worse), then train the "
+            "same network a fifth more epochs on everything, the withheld image included (default on; "
+            "about a fifth more training time).\n"
             "RESUME: every 5 epochs the run is saved beside the model file (<model>.checkpoint); after a "
             "cancel, a crash or a killed batch job, run again with RESUME on and the same MDD and "
             "parameters to continue from the last checkpoint (on the CPU the model is then the same, bit "
@@ -149,7 +150,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         self.addParameter(
             QgsProcessingParameterBoolean(
                 self.SELF_CHECK,
-                self.tr("Self-check on a withheld HS image (more than doubles the training time)"),
+                self.tr("Self-check on a withheld HS image (about a fifth more training time)"),
                 True,
             )
         )

@@ -339,10 +339,9 @@ def self_checked_epochs(epochs: int) -> tuple[int, int]:
 class Withheld:
     """A self-check inside a training run (``fit_network``): the first epochs (``self_checked_epochs``)
     train on ``view`` (the MDD with one HS image hidden, ``MDD.hiding``); then ``check(net, data)``
-    measures that network
-    (``data``: the view's TrainingSet) and returns what to keep in the model file's info and the
-    checkpoint; the remaining epochs train on the whole MDD, with the view's PCA, blur and linear priors,
-    so that the same network goes on learning with the withheld image too."""
+    measures that network (``data``: the view's TrainingSet) and returns what to keep in the model
+    file's info and the checkpoint; the remaining epochs train on the whole MDD, with the view's PCA,
+    blur and linear priors, so that the same network goes on learning with the withheld image too."""
 
     view: MDD
     check: Callable[[Any, TrainingSet], dict]

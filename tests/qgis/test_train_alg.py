@@ -6,6 +6,8 @@ import pytest
 from helpers.mdd import make_tiny_mdd
 from helpers.qgis_process import load_in_fresh_process
 
+from stsfusion.model.nn.training import self_checked_epochs
+
 
 class Feedback:
     """A QgsProcessingFeedback that records the log and can cancel after n progress reports."""
@@ -58,7 +60,10 @@ def test_processing_run_trains_a_loadable_model(qgis_app, tmp_path):
     assert res["OUTPUT_MODEL"] == out and os.path.isfile(out)
     assert "LOADED 1/3 40" in load_in_fresh_process(out)
     log = "\n".join(fb.lines)
-    assert "epoch 2/2:" in log and "temporal loss" in log and " c " in log and "peak memory" in log
+    first, total = self_checked_epochs(2)  # SELF_CHECK on: the 2 EPOCHS, the check, then one more
+    assert (first, total) == (2, 3)
+    assert f"epoch {total}/{total}:" in log and "temporal loss" in log and " c " in log and "peak memory" in log
+    assert log.index("Self-check (HS") < log.index(f"Epochs {first + 1}-{total}: training on everything")
 
 
 def test_cancel_leaves_no_model(qgis_app, tmp_path):

@@ -67,7 +67,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             "baseline with it at the HS pixel size (CC, SAM, PSNR and SSIM in the log, the report and the "
             "model file, and a warning naming every metric on which the network is worse), then train the "
             "same network a fifth more epochs on everything, the withheld image included (default on; "
-            "about a fifth more training time).\n"
+            "about a third more training time).\n"
             "RESUME: every 5 epochs the run is saved beside the model file (<model>.checkpoint); after a "
             "cancel, a crash or a killed batch job, run again with RESUME on and the same MDD and "
             "parameters to continue from the last checkpoint (on the CPU the model is then the same, bit "
@@ -150,7 +150,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         self.addParameter(
             QgsProcessingParameterBoolean(
                 self.SELF_CHECK,
-                self.tr("Self-check on a withheld HS image (about a fifth more training time)"),
+                self.tr("Self-check on a withheld HS image (about a third more training time)"),
                 True,
             )
         )

@@ -472,7 +472,8 @@ def fit_network(
         log(f"Epochs {first + 1}-{epochs}: training on everything, the withheld HS included.")
         mdd = registered(whole, first / epochs, mdd.shifts)
         data = TrainingSet(mdd, pca_components, patch_size, seed, lambda message: None, max_days_apart, pca=data.pca)
-        net.reference_gap = net.config["reference_gap"] = len(data.hs_dates) > 1
+        # reference_gap stays the view's: with two HS dates the view had one, the head never saw a time
+        # to its reference, and a few epochs would not teach it what that input means.
         fit_hs_maps(net, data, np.random.default_rng(seed))  # its own stream: a resumed run draws the same
 
     def save(done: int, checked: bool = False) -> None:

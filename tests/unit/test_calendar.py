@@ -261,3 +261,16 @@ def test_self_check_with_one_hs_date_withholds_a_block(tmp_path):
     assert w == h == SIZE // 2 - (SIZE // 2) % 3 and x % 3 == 0 and y % 3 == 0
     summary = train_with_self_check(manifest, str(tmp_path / "m.pt"), epochs=1, patch_size=16, device="cpu")
     assert "block" in summary["self_check"]["withheld"] and summary["self_check"]["network"]["CC"] > 0.5
+
+
+@pytest.mark.slow
+def test_a_self_checked_run_on_two_hs_dates_keeps_the_views_reference_gap(tmp_path):
+    """With two HS dates the self-check's view has one: the head never learns a time to its reference,
+    so the model keeps ``reference_gap`` off after the epochs on everything, as a one-date model."""
+    manifest = make_tiny_mdd(tmp_path, size=SIZE, hs_dates=(0, 5))
+    model = str(tmp_path / "m.pt")
+    summary = train_with_self_check(manifest, model, epochs=1, patch_size=16, device="cpu")
+    assert summary["self_check"]["network"]["CC"] > 0.5 and len(summary["history"]) == 2
+    assert load_model(model)[0]["network"]["reference_gap"] is False
+    both = train_with_self_check(manifest, str(tmp_path / "plain.pt"), self_check=False, epochs=1, patch_size=16)
+    assert both["self_check"] is None and load_model(str(tmp_path / "plain.pt"))[0]["network"]["reference_gap"] is True

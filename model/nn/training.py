@@ -470,8 +470,10 @@ def fit_network(
                 checkpointer.extra.update(extra)
         cb.check(CANCELED)
         log(f"Epochs {first + 1}-{epochs}: training on everything, the withheld HS included.")
-        mdd = registered(whole, first / epochs, mdd.shifts)
-        data = TrainingSet(mdd, pca_components, patch_size, seed, lambda message: None, max_days_apart, pca=data.pca)
+        pca, known = data.pca, mdd.shifts
+        data = None  # the view's arrays go before the whole MDD's are read: one TrainingSet in memory at a time
+        mdd = registered(whole, first / epochs, known)
+        data = TrainingSet(mdd, pca_components, patch_size, seed, lambda message: None, max_days_apart, pca=pca)
         # reference_gap stays the view's: with two HS dates the view had one, the head never saw a time
         # to its reference, and a few epochs would not teach it what that input means.
         fit_hs_maps(net, data, np.random.default_rng(seed))  # its own stream: a resumed run draws the same

@@ -160,6 +160,7 @@ def run_scene(
     model = os.path.join(work, "model.pt")
     training.NETWORK_OPTIONS = dict(DEFAULT_OPTIONS, **options)
     t0 = time.monotonic()
+    checked = None  # the self-check's result, when the run makes one
     if reuse:  # the model another configuration trained: a fusion-time switch only
         shutil.copy(os.path.join(WORK, "generality", reuse, reuse_scene or scene, "model.pt"), model)
     elif self_check:
@@ -184,7 +185,7 @@ def run_scene(
         "seed": seed,
         "kernels": kernels,
         "train_s": round(train_s, 1),
-        "self_check": checked if self_check and not reuse else None,
+        "self_check": checked,
         "network": network,
         "per_date_regression": prepared["per_date_regression"],
         "two_stage": prepared["two_stage"],
@@ -485,8 +486,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--self-check",
         action="store_true",
-        help="train as the Train algorithm does by default: the self-check inside the run (its first two thirds "
-        "of the epochs without one HS date)",
+        help="train as the Train algorithm does by default: the self-check inside the run (the EPOCHS without one "
+        "HS date, the check, then a fifth more epochs with it)",
     )
     ap.add_argument(
         "--ceiling",

@@ -1,14 +1,14 @@
 """The self-check: an accuracy estimate on the user's own scene, with no truth needed.
 
-The first two thirds of the training epochs run on the MDD with one HS image withheld
-(``MDD.hiding``): the HS date nearest the middle of the series, or, where there is only one HS date,
+The training's first cycle of epochs (the EPOCHS asked for) runs on the MDD with one HS image
+withheld (``MDD.hiding``): the HS date nearest the middle of the series, or, where there is only one HS date,
 the quarter of the grid where it has the most valid pixels. The network as it stands then, and the
 two-stage baseline (fitted on the same view), predict that date, and both are compared with the
 withheld HS at its own pixel size (block means of ``round(R)`` grid pixels, R = HS / grid pixel
 size: Wald's protocol, the only scale at which the scene has a truth). CC, SAM, PSNR and SSIM of
 both go into the log, the training report and the model file; where the network is worse than the
-baseline on a metric, a warning names it. The last third of the epochs trains the same network on
-everything (``training.Withheld``): one training, not a self-check's and then the model's.
+baseline on a metric, a warning names it. A second cycle, a fifth more epochs, trains the same
+network on everything (``training.Withheld``): one training, not a self-check's and then the model's.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from ..nn.training import (
     Withheld,
     build_metadata,
     check_parameters,
-    make_checkpointer,
     self_checked_epochs,
     train_fusion_model,
 )
@@ -208,8 +207,9 @@ def train_with_self_check(
 ) -> dict:
     """``train_fusion_model`` (same parameters) with the self-check inside it: the first cycle of epochs
     trains with one HS image withheld, the network is measured on it, and a second, shorter cycle
-    trains on everything (``training.Withheld``, ``training.self_checked_epochs``). The result goes into the model file, the returned
-    info and the log. Returns train_fusion_model's summary plus "self_check" (None without)."""
+    trains on everything (``training.Withheld``, ``training.self_checked_epochs``). The result goes
+    into the model file, the returned info and the log (a run resumed past the check takes it from its
+    checkpoint). Returns train_fusion_model's summary plus "self_check" (None without)."""
     cb = callbacks_or_default(callbacks)
     params = {**DEFAULTS, **params}
     check_parameters(
@@ -220,14 +220,6 @@ def train_with_self_check(
         summary = train_fusion_model(mdd_path, model_path, callbacks=cb, **params)
         summary["self_check"] = None
         return summary
-    extra = {}
-    if params.get("resume"):  # a resumed run keeps the self-check its checkpoint holds
-        run_keys = ("resume", "checkpoint_every", "device", "threads")
-        keyed = {k: v for k, v in params.items() if k not in run_keys}
-        saved = make_checkpointer(mdd_path, model_path, True, self_check=True, **keyed).saved_extra()
-        if saved and "self_check" in saved:
-            extra = {"self_check": saved["self_check"]}
-            cb.log("Self-check: taken from the checkpoint being resumed.")
     mdd = MDD.open(mdd_path)
     check_mdd(mdd, params["patch_size"])
     holdout = choose_holdout(mdd)
@@ -239,9 +231,7 @@ def train_with_self_check(
         return {"self_check": measure_withheld(mdd, view, holdout, net, data, fit_params, device, cb)}
 
     view = mdd.hiding("hs", holdout["date"], holdout["window"])
-    if not extra:
-        cb.log(f"Self-check: {holdout['label']} for the first {first} epochs, then measured.")
-    withheld = Withheld(view, check)
-    summary = train_fusion_model(mdd_path, model_path, callbacks=cb, extra_info=extra, withheld=withheld, **params)
+    cb.log(f"Self-check: {holdout['label']} for the first {first} epochs, then measured.")
+    summary = train_fusion_model(mdd_path, model_path, callbacks=cb, withheld=Withheld(view, check), **params)
     summary["self_check"] = summary["info"].get("self_check")
     return summary

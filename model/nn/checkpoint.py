@@ -43,7 +43,7 @@ class Checkpointer:
     """Where and how often ``fit_network`` saves, and whether it resumes.
 
     ``extra``: anything the caller wants back on resume (e.g. the self-check's result, so a resumed
-    run does not repeat it)."""
+    run does not repeat it: ``fit_network`` reads it from the loaded state's ``extra_json``)."""
 
     path: str
     fingerprint: str
@@ -84,16 +84,6 @@ class Checkpointer:
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise
-
-    def saved_extra(self) -> dict | None:
-        """The ``extra`` of a checkpoint this run can resume, else None."""
-        state = self.load()
-        if state is None:
-            return None
-        try:
-            return json.loads(state.get("extra_json") or "{}")
-        except ValueError:
-            return None
 
     def remove(self) -> None:
         if os.path.exists(self.path):

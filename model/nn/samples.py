@@ -285,10 +285,20 @@ class TrainingSet:
             self._check_any(role, total > 0)
         self.fine_norm = BandNormalizer.from_moments(*moments["fine_ms"])
         self.dense_norm = BandNormalizer.from_moments(*moments["dense_ms"])
-        # The PCA's pixels: MAX_PCA_PIXELS valid HS pixels at random, each window and date giving its share.
+        if self.pca is None:
+            self.pca = self._fit_pca_streaming(rng, n_components, seed)
+        log(
+            f"The {mdd.grid.width}x{mdd.grid.height} px grid is read in {len(self.windows)} regions of up to "
+            f"{self.windows[0][2]} px: training draws its patches from {self.pool} of them at a time, new ones "
+            "every epoch (memory bounded by the regions, not the grid)."
+        )
+
+    def _fit_pca_streaming(self, rng: np.random.Generator, n_components: int, seed: int) -> HSPCA:
+        """The HS PCA on MAX_PCA_PIXELS valid HS pixels at random, each window and date giving its share."""
+        mdd = self.mdd
         total = sum(int(c.sum()) for k, c in self.counts.items() if k[0] == "hs")
         pixels = []
-        for w, window in enumerate(self.windows if self.pca is None else []):
+        for w, window in enumerate(self.windows):
             for i, date in enumerate(self.hs_dates_all):
                 n = int(self.counts[("hs", i)][w])
                 quota = min(n, int(round(MAX_PCA_PIXELS * n / total)))
@@ -298,15 +308,7 @@ class TrainingSet:
                 where = np.argwhere(mdd.read_mask("hs", window=window, dates=[date])[0])
                 pick = where[np.sort(rng.choice(len(where), quota, replace=False))]
                 pixels.append(values[:, pick[:, 0], pick[:, 1]].T)
-        if self.pca is None:
-            self.pca = HSPCA.fit(
-                np.concatenate(pixels), mdd.roles["hs"].wavelengths, n_components, seed, mdd.roles["hs"].bbl
-            )
-        log(
-            f"The {mdd.grid.width}x{mdd.grid.height} px grid is read in {len(self.windows)} regions of up to "
-            f"{self.windows[0][2]} px: training draws its patches from {self.pool} of them at a time, new ones "
-            "every epoch (memory bounded by the regions, not the grid)."
-        )
+        return HSPCA.fit(np.concatenate(pixels), mdd.roles["hs"].wavelengths, n_components, seed, mdd.roles["hs"].bbl)
 
     def refresh(self, rng: np.random.Generator) -> None:
         """Draws the pool of regions anew (nothing to do when one region holds the whole grid): every

@@ -497,7 +497,10 @@ def fit_network(
     switched = withheld is not None and (
         first_epoch > first or (first_epoch == first and bool(saved is not None and saved.get("checked")))
     )
-    if switched:
+    if switched:  # resumed past the check: what it measured is in the checkpoint
+        extra.update(json.loads(saved.get("extra_json") or "{}"))
+        checkpointer.extra.update(extra)
+        log("Self-check: taken from the checkpoint being resumed.")
         go_on_with_everything(check=False)
     for epoch in range(first_epoch, epochs):
         te = time.time()

@@ -113,6 +113,11 @@ class TileReadCache:
     def __getattr__(self, name):  # grid, roles, dates, path, scale_ratio, ...
         return getattr(self._mdd, name)
 
+    @property
+    def uncached(self) -> MDD:
+        """The MDD itself, for reads that are not the tile's (e.g. a scene-wide fit)."""
+        return self._mdd
+
     def clear(self) -> None:
         self._memo.clear()
         self.derived.clear()

@@ -179,13 +179,31 @@ def _misfit(image: np.ndarray, reference: np.ndarray, ok: np.ndarray, sigma: flo
     return float(np.mean(np.mean((y - x @ coef) ** 2, axis=0) / np.maximum(y.var(axis=0), 1e-12)))
 
 
-def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None) -> float | None:
+def resampled_blur_sigma(ratio: float) -> float:
+    """The blur (fine px) of an image ``ratio`` times coarser than the grid as it lies on the grid: its
+    PSF (FWHM one of its pixels, ``psf_sigma``) and the bilinear resampling onto the grid (a triangle
+    of half-width ``ratio``: variance ratio²/6). For a dense MS twice the grid 1.10 px (measured on the
+    development scenes: 1.26-1.27)."""
+    ratio = float(ratio)
+    return math.sqrt(psf_sigma(ratio) ** 2 + ratio * ratio / 6.0) if ratio > 1 else 0.0
+
+
+def max_blur_sigma(ratio: float) -> float:
+    """The largest blur ``estimate_blur(widest=True)`` tries (fine px): twice the PSF alone, or one and
+    a half times ``resampled_blur_sigma``, whichever is larger. Below a ratio of about 2 the resampling
+    dominates: a dense MS 1.6 times the grid measured 1.13-1.17 px, beyond twice its PSF alone (1.06)."""
+    return max(2.0 * psf_sigma(ratio), 1.5 * resampled_blur_sigma(ratio))
+
+
+def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None, widest: bool = False) -> float | None:
     """The Gaussian sigma (fine px) that best takes the fine MS to ``role``'s images as they are read on
     the grid: the sensor's PSF and the resampling onto the grid together (for a 30 m HS on a 10 m grid
     about 1.8 px, where the PSF alone, FWHM one pixel, would be 1.2). Fitted on the images of ``role``
     nearest in time to a fine MS (read through ``mdd``, so a registered view's shifts apply), each band
     a least-squares mix of the blurred fine MS bands; the median over up to ``BLUR_DATES`` of them;
-    None where none can be used (a role on the fine grid, too few pixels, no minimum in the range)."""
+    None where none can be used (a role on the fine grid, too few pixels, no minimum in the range).
+    ``widest``: candidates up to ``max_blur_sigma``, for a role whose resampling may blur more than its
+    PSF (the dense MS; the HS's range, half to twice its PSF, is what its models were trained with)."""
     stack, fine = mdd.roles.get(role), mdd.roles.get("fine_ms")
     if stack is None or fine is None or stack.pixel_ratio == 1:
         return None
@@ -194,7 +212,9 @@ def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None)
     window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
     ratio = mdd.scale_ratio(role)
     nominal = psf_sigma(ratio)
-    grid = nominal * np.arange(0.5, 2.01, 0.05)  # sigma candidates: half to twice the PSF alone
+    # sigma candidates: from half the PSF alone, in steps of a twentieth of it, to twice it (or ``widest``)
+    top = max(2.0, max_blur_sigma(ratio) / nominal) if widest else 2.0
+    grid = nominal * np.arange(0.5, top + 0.01, 0.05)
     margin = int(math.ceil(3 * grid[-1])) + 1  # the blur's reach: edge pixels do not count
     found = []
     pairs = []  # the images nearest in time to a fine MS first: the least change between the two

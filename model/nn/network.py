@@ -422,7 +422,12 @@ class FusionNetwork(nn.Module):
     @property
     def halo(self) -> int:
         """Pixels of context a window needs on each side for exact (seamless) outputs."""
-        r_ms = max(self.spatial.trunk.radius, self.temporal.radius)
+        return self.halo_with(0)
+
+    def halo_with(self, temporal_extra: int) -> int:
+        """``halo`` when the temporal prediction reads ``temporal_extra`` more pixels around each pixel
+        (fusion's ``dense_consistency`` steps)."""
+        r_ms = max(self.spatial.trunk.radius, self.temporal.radius + int(temporal_extra))
         r_ref = self.spatial.trunk.radius + self.blur.radius + self.rho_blur.radius
         return self.head.radius + self.spectral.trunk.radius + max(r_ms, r_ref)
 
@@ -453,6 +458,12 @@ class FusionNetwork(nn.Module):
             if t_feat is not None:
                 t_feat = (w1 * t_feat + w2 * t_feat2) / total
             vt = torch.maximum(vt, vt2)
+        if "consistency" in x:  # fusion: put back in line with the date's own dense MS (dense_consistency.py)
+            g = guide if guide is not None else x["fq"]
+            similar = x.get("guide_similar") if guide is not None else None
+            guided = self.temporal.guided
+            spread = (lambda c, v: guided.spread(g, [(c, v)], similar)[0]) if guided is not None else (lambda c, v: c)
+            tp = x["consistency"](tp, vt * x["vd"], x["d"], x["dense_gain"], self.temporal.change.weight, spread)
         va = x["va"]
         m = va * x["a"] + (1 - va) * (vt * tp + (1 - vt) * x["vd"] * sp)
         vm = torch.maximum(va, torch.maximum(vt, x["vd"]))

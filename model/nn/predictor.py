@@ -6,8 +6,9 @@
 
 A pixel's value depends only on the pixels within `halo` of it (all fill values are constants or
 per-pixel interpolations in time, and every date choice is made from the MDD's date lists, never
-from the window's content), so a window that reaches `halo` pixels beyond the pixels it keeps (or the
-grid edge) gives exact, seamless tiles.
+from the window's content; what is fitted on the scene, the dense MS's map and each date's gain for
+``dense_consistency``, is fitted on the MDD's central window whatever window asks), so a window that
+reaches `halo` pixels beyond the pixels it keeps (or the grid edge) gives exact, seamless tiles.
 
 Gaps: a dense MS pixel that is invalid on a date (cloud, or no image that date) is filled with the
 linear interpolation in time of that pixel's valid dense MS on the nearest dates before and after
@@ -90,8 +91,19 @@ class FusionPredictor:
         # model file from before it: the step whole, on the HS dates only.
         skill = arrays.get("detail_skill")
         self.detail_skill = np.nan_to_num(np.asarray(skill, np.float32), nan=1.0) if skill is not None else None
+        # The fine MS predicted in time put back in line with the dense MS of its date
+        # (dense_consistency.py): fitted on each MDD fused, none with STEPS 0 or a dense MS on the grid.
+        from .dense_consistency import STEPS, largest_sigma, reach
+
+        dense_ratio = float(self.roles["dense_ms"].get("scale_ratio", 1.0))
+        guided = net.temporal.guided.radius if net.temporal.guided is not None else 0
+        self._consistency_args = (dense_ratio, guided, STEPS) if STEPS > 0 and dense_ratio > 1 else None
+        self._consistency, self._gains = {}, {}
+        extra = reach(largest_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
+        # The network's output needs that much more context (the steps read around each pixel).
+        self.net_halo = int(net.halo_with(extra))
         # The detail step needs the network's output that far around each kept pixel.
-        self.halo = int(net.halo) + (self.detail_blur.radius if self.detail_blur is not None else 0)
+        self.halo = self.net_halo + (self.detail_blur.radius if self.detail_blur is not None else 0)
         self.bracketing = True  # temporal prediction from the fine MS dates on both sides of t
         # Fine MS and HS this many days apart are one date (calendar rule); models from before the
         # rule paired only the same day.
@@ -149,15 +161,18 @@ class FusionPredictor:
         estimated here as training does, not the training images' shifts of the same dates."""
         self.check_compatible(mdd)
         shifts = self.shifts
-        trained_on = self.meta.get("source_mdd")
-        same = trained_on and os.path.normcase(os.path.abspath(mdd.path)) == os.path.normcase(
-            os.path.abspath(trained_on)
-        )
-        if self.meta.get("registration") is not None and not same:
+        if self.meta.get("registration") is not None and not self._trained_on(mdd):
             if log is not None:
                 log("The model was trained on another MDD: co-registering this one's images.")
             shifts = estimate_shifts(mdd, log)
         return mdd.registered(shifts) if shifts else mdd
+
+    def _trained_on(self, mdd: MDD) -> bool:
+        """Whether ``mdd`` is (a view of) the MDD the model was trained on."""
+        trained_on = self.meta.get("source_mdd")
+        return bool(trained_on) and os.path.normcase(os.path.abspath(mdd.path)) == os.path.normcase(
+            os.path.abspath(trained_on)
+        )
 
     # -- reading and normalising one window -------------------------------------------------------
 
@@ -182,6 +197,35 @@ class FusionPredictor:
     def _inputs(self, mdd, window, date):
         import torch
 
+        x, dense = self._ms_inputs(mdd, window, date)
+        day = day_number(date)
+        fine_dates = mdd.roles["fine_ms"].dates
+        hs_dates = mdd.roles["hs"].dates
+        refs, covered = [], None
+        memo = getattr(mdd, "derived", None)  # a TileReadCache: what one date of the tile computed, the next reuses
+        for r in by_distance(mdd.roles["hs"].dates, day):
+            key = ("reference", tuple(int(v) for v in window), r)
+            ref = memo.get(key) if memo is not None else None
+            if ref is None:
+                ref = self._reference(mdd, window, r, dense, fine_dates, hs_dates)
+                if memo is not None:
+                    memo[key] = ref
+            gap = np.full((1, 1, 1, 1), abs(day - day_number(r)) / 365.0, np.float32)
+            refs.append(dict(ref, gap=torch.from_numpy(gap).to(self.device)))
+            covered = ref["vrho"] if covered is None else torch.maximum(covered, ref["vrho"])
+            if not bool((covered < 1).any()):
+                break  # every pixel has a reference: the farther dates would add nothing (see FusionNetwork.fuse)
+        x["refs"] = refs
+        gain = self._dense_gain(mdd, date)
+        if gain is not None:  # the temporal prediction put back in line with the date's dense MS
+            x["consistency"], x["dense_gain"] = gain
+        return x
+
+    def _ms_inputs(self, mdd, window, date) -> tuple[dict, tuple]:
+        """The tensors ``FusionNetwork.ms_estimate`` needs for ``date`` in ``window`` (no reference
+        HS), and the window's dense MS (values, validity) of every date."""
+        import torch
+
         day = day_number(date)
         fine_dates = mdd.roles["fine_ms"].dates
         hs_dates = mdd.roles["hs"].dates
@@ -203,27 +247,66 @@ class FusionPredictor:
             x["fq2"], x["vfq2"] = self._read(mdd, "fine_ms", q2, window)
             x["dq2"], x["vdq2"] = self._read(mdd, "dense_ms", q2, window, dense)
             x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"])
-        refs, covered = [], None
-        memo = getattr(mdd, "derived", None)  # a TileReadCache: what one date of the tile computed, the next reuses
-        for r in by_distance(mdd.roles["hs"].dates, day):
-            key = ("reference", tuple(int(v) for v in window), r)
-            ref = memo.get(key) if memo is not None else None
-            if ref is None:
-                ref = self._reference(mdd, window, r, dense, fine_dates, hs_dates)
-                if memo is not None:
-                    memo[key] = ref
-            gap = np.full((1, 1, 1, 1), abs(day - day_number(r)) / 365.0, np.float32)
-            refs.append(dict(ref, gap=torch.from_numpy(gap).to(self.device)))
-            covered = ref["vrho"] if covered is None else torch.maximum(covered, ref["vrho"])
-            if not bool((covered < 1).any()):
-                break  # every pixel has a reference: the farther dates would add nothing (see FusionNetwork.fuse)
         if self.date_maps is not None:
             x["wmap"] = self._date_map(date)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
         if guide is not None:
             x["guide"], x["guide_similar"] = guide
-        x["refs"] = refs
-        return x
+        return x, dense
+
+    # -- the dense MS of the date, put back (dense_consistency.py) ---------------------------------
+
+    def _dense_fit(self, mdd):
+        """The ``DenseConsistency`` of ``mdd`` (its dense map fitted on the central window of the fine
+        MS dates), or None where it cannot be fitted; once per MDD."""
+        key = os.path.abspath(mdd.path)
+        if key not in self._consistency:
+            from .dense_consistency import DenseConsistency, central_window, fit_dense_map, largest_sigma, sigma_on_grid
+
+            found = None
+            if self._consistency_args is not None:
+                window = central_window(mdd.grid.width, mdd.grid.height)
+                values = read_values(mdd, "dense_ms", window=window)
+                dense = (values, mdd.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1))
+                fine, dense_of = [], []
+                for d in mdd.roles["fine_ms"].dates:
+                    f, vf = self._read(mdd, "fine_ms", d, window)
+                    z, vd = self._read(mdd, "dense_ms", d, window, dense)
+                    fine.append((f[0], vf[0, 0] > 0))
+                    dense_of.append((z[0], vd[0, 0] > 0))
+                ratio, guided, steps = self._consistency_args
+                sigma = self.meta.get("dense_blur") if self._trained_on(mdd) else None  # measured by training
+                sigma = min(sigma or sigma_on_grid(mdd, ratio), largest_sigma(ratio))  # within the halo allowed for
+                found = DenseConsistency(sigma, guided, steps).to(self.device)
+                fitted = fit_dense_map(fine, dense_of, found.blur.sigma)
+                found = None if fitted is None else found
+                if found is not None:
+                    found.set_map(*fitted)
+            self._consistency[key] = found
+        return self._consistency[key]
+
+    def _dense_gain(self, mdd, date):
+        """(DenseConsistency, the date's gain and offset (2, n_dense) tensor) for ``date``, or None:
+        fitted once per MDD and date on its central window (``dense_consistency.date_gain``), so
+        every tile of the date gets the same."""
+        if self._consistency_args is None:
+            return None
+        import torch
+
+        from .dense_consistency import central_window, date_gain
+
+        base = getattr(mdd, "uncached", mdd)  # a TileReadCache holds one tile's reads: not these
+        key = (os.path.abspath(base.path), date)
+        if key not in self._gains:
+            module = self._dense_fit(base)
+            gain = None
+            if module is not None:
+                x, _ = self._ms_inputs(base, central_window(base.grid.width, base.grid.height), date)
+                with NETWORK_LOCK, torch.no_grad():
+                    _, _, _, tp, _, _, vt = self.net.ms_estimate(x)
+                    gain = torch.from_numpy(date_gain(module, tp.float(), vt * x["vd"], x["d"])).to(self.device)
+            self._gains[key] = None if gain is None else (module, gain)
+        return self._gains[key]
 
     def _guide(self, mdd, window, fine_dates, own, q, fq) -> tuple:
         """(guide, its similarity or None) for the guided change (``FusionNetwork.multi_date_guide``):
@@ -279,7 +362,7 @@ class FusionPredictor:
         """The context ``date`` needs: ``halo`` where the detail step applies, the network's alone
         otherwise (6 % fewer pixels through the network for a 256 px tile)."""
         applies = self._own_map(date) is not None or self._detail_every_date
-        return self.halo if applies else int(self.net.halo)
+        return self.halo if applies else self.net_halo
 
     def _detail(self, scores, x: dict, out: dict, date: str):
         """The detail finer than the HS pixel from a regression of the HS on the fine MS (``r``), the

@@ -287,6 +287,8 @@ def build_metadata(data: TrainingSet, net: FusionNetwork, params: dict, history:
         "history": history,
         "info": info,
         "source_mdd": mdd.path,
+        # the dense MS's blur on the grid (fine px), for fusion's dense_consistency steps on this MDD
+        "dense_blur": getattr(data, "dense_blur", None),
         # (role, date) -> the shift fusion reads it with; None: trained without co-registration
         "registration": shifts_to_json(mdd.shifts) if NETWORK_OPTIONS.get("coregister") else None,
     }
@@ -403,6 +405,10 @@ def fit_network(
     mdd = registered(withheld.view if withheld is not None else mdd)
     hs_sigma = estimate_blur(mdd, "hs", log) if NETWORK_OPTIONS.get("fitted_blur") else None
     data = TrainingSet(mdd, pca_components, patch_size, seed, log, max_days_apart)
+    # The dense MS's blur on the grid, for fusion's dense_consistency steps (measured once, here).
+    from .dense_consistency import sigma_on_grid
+
+    dense_blur = data.dense_blur = sigma_on_grid(mdd, data.dense_ratio)
     cb.check(CANCELED)
     net = FusionNetwork(
         data.n_fine_bands,
@@ -474,6 +480,7 @@ def fit_network(
         data = None  # the view's arrays go before the whole MDD's are read: one TrainingSet in memory at a time
         mdd = registered(whole, first / epochs, known)
         data = TrainingSet(mdd, pca_components, patch_size, seed, lambda message: None, max_days_apart, pca=pca)
+        data.dense_blur = dense_blur  # the dense MS is the view's
         # reference_gap stays the view's: with two HS dates the view had one, the head never saw a time
         # to its reference, and a few epochs would not teach it what that input means.
         fit_hs_maps(net, data, np.random.default_rng(seed))  # its own stream: a resumed run draws the same

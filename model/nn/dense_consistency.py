@@ -33,11 +33,13 @@ network's weights are not involved: models trained before it get it too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..mdd.format import MDD
 from ..mdd.registration import estimate_blur, max_blur_sigma, resampled_blur_sigma
 from .network import GaussianBlur
 
@@ -53,7 +55,7 @@ def largest_sigma(ratio: float) -> float:
     return max_blur_sigma(max(float(ratio), 1.0))
 
 
-def sigma_on_grid(mdd, ratio: float) -> float:
+def sigma_on_grid(mdd: MDD, ratio: float) -> float:
     """The dense MS's blur on the grid of ``mdd``, measured (``registration.estimate_blur``: 1.26-1.27
     px on the development scenes, where ``resampled_blur_sigma`` says 1.10; 1.13-1.17 px for a dense MS
     1.6 times the grid), else ``resampled_blur_sigma``."""
@@ -106,7 +108,15 @@ class DenseConsistency(nn.Module):
         pb, vb = self.blur(p, v)
         return torch.einsum("dc,bchw->bdhw", w, pb) + b.view(1, -1, 1, 1), vb
 
-    def forward(self, p, v, d, gain, to_fine, spread):
+    def forward(
+        self,
+        p: torch.Tensor,
+        v: torch.Tensor,
+        d: torch.Tensor,
+        gain: torch.Tensor,
+        to_fine: torch.Tensor,
+        spread: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
         g = gain.to(p.device, p.dtype)
         for _ in range(self.steps):
             mp, vb = self.seen_as_dense(p, v)

@@ -492,7 +492,7 @@ class FusionNetwork(nn.Module):
         v = vh * vmb
         return self.rho_blur((h - s_r) * v, v)
 
-    def fuse(self, x: dict) -> dict:
+    def fuse(self, x: dict, ms: tuple | None = None) -> dict:
         """x: dict of (B, C, H, W) tensors for target date t and references r (first valid wins):
         a/va fine MS at t, d/vd dense MS at t, fq/vfq + dq/vdq fine and dense MS at the temporal source
         date q, gap_q (B, 1, 1, 1) |t - q| in years; optionally fq2/vfq2 + dq2/vdq2 for a second source
@@ -501,8 +501,9 @@ class FusionNetwork(nn.Module):
         date but t's own for the guided change (used when ``multi_date_guide``; optionally guide_similar,
         its ``GuidedChange.similarity``, a list); refs: list of dicts (ar, var, dr, vdr,
         h, vh, gap) for reference HS dates in priority order (gap = |t - r| in years).
+        ``ms``: ``ms_estimate(x)`` computed by the caller (on a larger window, then cropped as x is).
         Returns dict(scores (B, k, H, W), m, vm, sp, tp, vt)."""
-        m, vm, sp, tp, sp_feat, t_feat, vt = self.ms_estimate(x)
+        m, vm, sp, tp, sp_feat, t_feat, vt = self.ms_estimate(x) if ms is None else ms
         s_t, s_feat = self.spectral(m, x.get("wmap"))
         rho = torch.zeros_like(s_t)
         h_ref = torch.zeros_like(s_t)

@@ -430,6 +430,23 @@ class FusionPredictor:
         """HS values (time, band, row, col), NaN where invalid -> PCA scores (time, k, row, col)."""
         return self.pca.transform(values, np.isfinite(values).any(axis=-3))
 
+    def _after_ms(self, shape: tuple, crop: tuple | None) -> tuple | None:
+        """(row slice, col slice) of the window that the network needs after its fine MS estimate
+        (``ms_estimate``) for the pixels ``crop`` keeps: those pixels grown by the spectral branch's and
+        the head's reach and the detail step's blur. The window's larger halo is for the estimate
+        (the temporal path, with ``dense_consistency``'s steps) and the references' residuals, both
+        computed on the whole window first. None: the whole window (no crop, or no steps to save)."""
+        if crop is None or self.net_halo == int(self.net.halo):
+            return None
+        margin = int(self.net.head.radius + self.net.spectral.trunk.radius)
+        margin += self.detail_blur.radius if self.detail_blur is not None else 0
+        rows, cols = crop
+        h, w = int(shape[0]), int(shape[1])
+        return (
+            slice(max((rows.start or 0) - margin, 0), min((h if rows.stop is None else rows.stop) + margin, h)),
+            slice(max((cols.start or 0) - margin, 0), min((w if cols.stop is None else cols.stop) + margin, w)),
+        )
+
     def predict(self, mdd: MDD, window: tuple, date: str, crop: tuple | None = None) -> np.ndarray:
         """Fine HS (n_hs_bands, ysize, xsize) float32 in the HS's units for window (xoff, yoff, xsize,
         ysize) on `date` (any date within the MDD's series); NaN where the pixel has neither a fine MS
@@ -442,7 +459,14 @@ class FusionPredictor:
             raise ModelError(f"{date} is not within the MDD's series ({', '.join(mdd.dates)}).")
         x = self._inputs(mdd, window, date)
         with NETWORK_LOCK, torch.no_grad(), autocast(self.device, precision_for(self.device, training=False)[0]):
-            out = self.net.fuse(x)
+            inner = self._after_ms(x["d"].shape[-2:], crop)
+            if inner is None:
+                out = self.net.fuse(x)
+            else:  # the fine MS estimate on the whole window, the rest of the network on what it needs
+                ms = self.net.ms_estimate(x)
+                x = _cropped(x, inner)
+                out = self.net.fuse(x, tuple(None if t is None else t[..., inner[0], inner[1]] for t in ms))
+                crop = tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(crop, inner))
             if self.detail_blur is not None:
                 out["scores"] = self._detail(out["scores"].float(), x, out, date)
         scores = out["scores"].float()[0].cpu().numpy()
@@ -452,6 +476,25 @@ class FusionPredictor:
         hs = self.pca.inverse(scores)
         hs[:, ~valid] = np.nan
         return hs
+
+
+def _cropped(x: dict, inner: tuple) -> dict:
+    """The inputs of ``FusionNetwork.fuse`` cut to ``inner`` (row slice, col slice): every tensor laid
+    on the window's pixels (the references' and the guide's too); the others as they are."""
+    size = tuple(x["d"].shape[-2:])
+
+    def cut(t):
+        return t[..., inner[0], inner[1]] if hasattr(t, "shape") and t.dim() >= 3 and tuple(t.shape[-2:]) == size else t
+
+    out = {}
+    for k, v in x.items():
+        if k == "refs":
+            out[k] = [{kk: cut(vv) for kk, vv in r.items()} for r in v]
+        elif isinstance(v, list):
+            out[k] = [cut(t) for t in v]
+        else:
+            out[k] = cut(v)
+    return out
 
 
 def load_predictor(model_path: str, device: str = "auto") -> FusionPredictor:

@@ -194,13 +194,22 @@ class FusionPredictor:
         norm = self.fine_norm if role == "fine_ms" else self.dense_norm
         return norm.apply(values, valid)[None], valid[None, None].astype(np.float32)
 
-    def _inputs(self, mdd, window, date):
+    def _inputs(self, mdd, window, date, crop=None):
+        """The network's inputs for ``date`` in ``window``. With ``crop`` (the pixels kept) the
+        references are computed on the part of the window they need (``_reference_part``, as
+        ``x["refs_part"]``), not on the whole of it."""
         import torch
 
         x, dense = self._ms_inputs(mdd, window, date)
         day = day_number(date)
         fine_dates = mdd.roles["fine_ms"].dates
         hs_dates = mdd.roles["hs"].dates
+        part = self._reference_part(x["d"].shape[-2:], crop)
+        if part is not None:
+            rows, cols = part
+            window = (window[0] + cols.start, window[1] + rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            dense = (dense[0][..., rows, cols], dense[1][..., rows, cols])
+            x["refs_part"] = part
         refs, covered = [], None
         memo = getattr(mdd, "derived", None)  # a TileReadCache: what one date of the tile computed, the next reuses
         for r in by_distance(mdd.roles["hs"].dates, day):
@@ -434,11 +443,22 @@ class FusionPredictor:
         """(row slice, col slice) of the window that the network needs after its fine MS estimate
         (``ms_estimate``) for the pixels ``crop`` keeps: those pixels grown by the spectral branch's and
         the head's reach and the detail step's blur. The window's larger halo is for the estimate
-        (the temporal path, with ``dense_consistency``'s steps) and the references' residuals, both
-        computed on the whole window first. None: the whole window (no crop, or no steps to save)."""
+        (the temporal path, with ``dense_consistency``'s steps), computed on the whole window first.
+        None: the whole window (no crop, or no steps to save)."""
+        margin = int(self.net.head.radius + self.net.spectral.trunk.radius)
+        return self._grown(shape, crop, margin)
+
+    def _reference_part(self, shape: tuple, crop: tuple | None) -> tuple | None:
+        """(row slice, col slice) of the window the references' residuals are needed on: the kept
+        pixels grown by the network's own halo (what the window was before ``dense_consistency``'s
+        steps asked for more). None: the whole window."""
+        return self._grown(shape, crop, int(self.net.halo))
+
+    def _grown(self, shape: tuple, crop: tuple | None, margin: int) -> tuple | None:
+        """``crop`` grown by ``margin`` and the detail step's blur, within a window of ``shape``;
+        None without a crop or without ``dense_consistency``'s steps (the whole window is needed)."""
         if crop is None or self.net_halo == int(self.net.halo):
             return None
-        margin = int(self.net.head.radius + self.net.spectral.trunk.radius)
         margin += self.detail_blur.radius if self.detail_blur is not None else 0
         rows, cols = crop
         h, w = int(shape[0]), int(shape[1])
@@ -457,14 +477,17 @@ class FusionPredictor:
 
         if not mdd.dates or not mdd.dates[0] <= date <= mdd.dates[-1]:
             raise ModelError(f"{date} is not within the MDD's series ({', '.join(mdd.dates)}).")
-        x = self._inputs(mdd, window, date)
+        x = self._inputs(mdd, window, date, crop)
         with NETWORK_LOCK, torch.no_grad(), autocast(self.device, precision_for(self.device, training=False)[0]):
             inner = self._after_ms(x["d"].shape[-2:], crop)
             if inner is None:
                 out = self.net.fuse(x)
             else:  # the fine MS estimate on the whole window, the rest of the network on what it needs
                 ms = self.net.ms_estimate(x)
-                x = _cropped(x, inner)
+                part = x.pop("refs_part")  # the references were computed on this part of the window
+                within = tuple(slice(i.start - p.start, i.stop - p.start) for i, p in zip(inner, part))
+                refs = [{k: _cut(v, part, within) for k, v in r.items()} for r in x.pop("refs")]
+                x = dict(_cropped(x, inner), refs=refs)
                 out = self.net.fuse(x, tuple(None if t is None else t[..., inner[0], inner[1]] for t in ms))
                 crop = tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(crop, inner))
             if self.detail_blur is not None:
@@ -476,6 +499,15 @@ class FusionPredictor:
         hs = self.pca.inverse(scores)
         hs[:, ~valid] = np.nan
         return hs
+
+
+def _cut(t, part: tuple, within: tuple):
+    """A reference tensor laid on ``part`` of the window (row slice, col slice), cut to ``within`` (the
+    same, relative to ``part``); others (e.g. its time gap) as they are."""
+    size = (part[0].stop - part[0].start, part[1].stop - part[1].start)
+    if hasattr(t, "shape") and t.dim() >= 3 and tuple(t.shape[-2:]) == size:
+        return t[..., within[0], within[1]]
+    return t
 
 
 def _cropped(x: dict, inner: tuple) -> dict:

@@ -40,19 +40,13 @@ import torch
 from torch import nn
 
 from ..mdd.format import MDD
-from ..mdd.registration import estimate_blur, max_blur_sigma, resampled_blur_sigma
+from ..mdd.registration import estimate_blur, resampled_blur_sigma
 from .network import GaussianBlur
 
 STEPS = 2  # Landweber steps; 0 leaves the temporal prediction as the network makes it
 FIT_SIDE = 256  # the central window the dense map and each date's gain are fitted on (pixels), as estimate_blur's
 MIN_PIXELS = 200  # fewer valid pixels than this: no fit, no step
 MARGIN_SIGMAS = 3  # pixels within this many blur sigmas of the window's edge are left out of the fits
-
-
-def largest_sigma(ratio: float) -> float:
-    """The largest blur ``sigma_on_grid`` can give: what a tiling's halo must allow for before the MDD
-    is seen."""
-    return max_blur_sigma(max(float(ratio), 1.0))
 
 
 def sigma_on_grid(mdd: MDD, ratio: float) -> float:

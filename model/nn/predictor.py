@@ -29,7 +29,7 @@ import numpy as np
 from ..core.calendar import fill_in_time, fine_for
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
-from ..mdd.registration import estimate_shifts, shifts_from_json
+from ..mdd.registration import estimate_shifts, max_blur_sigma, shifts_from_json
 from .device import autocast, precision_for, select_device
 from .model_file import ModelError, load_model
 from .preprocessing import HSPCA, BandNormalizer
@@ -93,13 +93,13 @@ class FusionPredictor:
         self.detail_skill = np.nan_to_num(np.asarray(skill, np.float32), nan=1.0) if skill is not None else None
         # The fine MS predicted in time put back in line with the dense MS of its date
         # (dense_consistency.py): fitted on each MDD fused, none with STEPS 0 or a dense MS on the grid.
-        from .dense_consistency import STEPS, largest_sigma, reach
+        from .dense_consistency import STEPS, reach
 
         dense_ratio = float(self.roles["dense_ms"].get("scale_ratio", 1.0))
         guided = net.temporal.guided.radius if net.temporal.guided is not None else 0
         self._consistency_args = (dense_ratio, guided, STEPS) if STEPS > 0 and dense_ratio > 1 else None
         self._consistency, self._gains = {}, {}
-        extra = reach(largest_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
+        extra = reach(max_blur_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
         # The network's output needs that much more context (the steps read around each pixel).
         self.net_halo = int(net.halo_with(extra))
         # The detail step needs the network's output that far around each kept pixel.
@@ -165,7 +165,9 @@ class FusionPredictor:
             if log is not None:
                 log("The model was trained on another MDD: co-registering this one's images.")
             shifts = estimate_shifts(mdd, log)
-        return mdd.registered(shifts) if shifts else mdd
+        mdd = mdd.registered(shifts) if shifts else mdd
+        self._dense_fit(mdd, log)  # dense_consistency's map, fitted once here rather than in the first tile
+        return mdd
 
     def _trained_on(self, mdd: MDD) -> bool:
         """Whether ``mdd`` is (a view of) the MDD the model was trained on."""
@@ -265,12 +267,13 @@ class FusionPredictor:
 
     # -- the dense MS of the date, put back (dense_consistency.py) ---------------------------------
 
-    def _dense_fit(self, mdd):
+    def _dense_fit(self, mdd, log: Callable[[str], None] | None = None):
         """The ``DenseConsistency`` of ``mdd`` (its dense map fitted on the central window of the fine
-        MS dates), or None where it cannot be fitted; once per MDD."""
+        MS dates), or None where it cannot be fitted; once per MDD (``prepare`` does it first and says
+        what it found)."""
         key = os.path.abspath(mdd.path)
         if key not in self._consistency:
-            from .dense_consistency import DenseConsistency, central_window, fit_dense_map, largest_sigma, sigma_on_grid
+            from .dense_consistency import DenseConsistency, central_window, fit_dense_map, sigma_on_grid
 
             found = None
             if self._consistency_args is not None:
@@ -285,12 +288,19 @@ class FusionPredictor:
                     dense_of.append((z[0], vd[0, 0] > 0))
                 ratio, guided, steps = self._consistency_args
                 sigma = self.meta.get("dense_blur") if self._trained_on(mdd) else None  # measured by training
-                sigma = min(sigma or sigma_on_grid(mdd, ratio), largest_sigma(ratio))  # within the halo allowed for
-                found = DenseConsistency(sigma, guided, steps).to(self.device)
-                fitted = fit_dense_map(fine, dense_of, found.blur.sigma)
-                found = None if fitted is None else found
-                if found is not None:
+                sigma = min(sigma or sigma_on_grid(mdd, ratio), max_blur_sigma(ratio))  # within the halo allowed for
+                fitted = fit_dense_map(fine, dense_of, sigma)
+                if fitted is not None:
+                    found = DenseConsistency(sigma, guided, steps).to(self.device)
                     found.set_map(*fitted)
+                if log is not None:
+                    log(
+                        f"Fine MS predicted in time, put back in line with each date's dense MS: {steps} steps, "
+                        f"the dense MS's blur on the grid {sigma:.2f} px."
+                        if found is not None
+                        else "Fine MS predicted in time: not put back in line with the dense MS (too few pixels with "
+                        "both a fine MS and a dense MS in the middle of the grid to fit their relation)."
+                    )
             self._consistency[key] = found
         return self._consistency[key]
 
@@ -486,7 +496,8 @@ class FusionPredictor:
                 ms = self.net.ms_estimate(x)
                 part = x.pop("refs_part")  # the references were computed on this part of the window
                 within = tuple(slice(i.start - p.start, i.stop - p.start) for i, p in zip(inner, part))
-                refs = [{k: _cut(v, part, within) for k, v in r.items()} for r in x.pop("refs")]
+                size = (part[0].stop - part[0].start, part[1].stop - part[1].start)
+                refs = [{k: _cut(v, size, within) for k, v in r.items()} for r in x.pop("refs")]
                 x = dict(_cropped(x, inner), refs=refs)
                 out = self.net.fuse(x, tuple(None if t is None else t[..., inner[0], inner[1]] for t in ms))
                 crop = tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(crop, inner))
@@ -501,32 +512,19 @@ class FusionPredictor:
         return hs
 
 
-def _cut(t, part: tuple, within: tuple):
-    """A reference tensor laid on ``part`` of the window (row slice, col slice), cut to ``within`` (the
-    same, relative to ``part``); others (e.g. its time gap) as they are."""
-    size = (part[0].stop - part[0].start, part[1].stop - part[1].start)
-    if hasattr(t, "shape") and t.dim() >= 3 and tuple(t.shape[-2:]) == size:
-        return t[..., within[0], within[1]]
+def _cut(t, size: tuple, where: tuple):
+    """``t`` cut to ``where`` (row slice, col slice) when it is laid on pixels of ``size`` (rows, cols);
+    anything else (a time gap, a per-band gain, the consistency module) as it is."""
+    if hasattr(t, "shape") and t.dim() >= 3 and tuple(t.shape[-2:]) == tuple(size):
+        return t[..., where[0], where[1]]
     return t
 
 
 def _cropped(x: dict, inner: tuple) -> dict:
-    """The inputs of ``FusionNetwork.fuse`` cut to ``inner`` (row slice, col slice): every tensor laid
-    on the window's pixels (the references' and the guide's too); the others as they are."""
+    """The inputs of ``FusionNetwork.fuse`` but its references, cut to ``inner`` (row slice, col slice):
+    every tensor laid on the window's pixels (the guide's similarity too); the others as they are."""
     size = tuple(x["d"].shape[-2:])
-
-    def cut(t):
-        return t[..., inner[0], inner[1]] if hasattr(t, "shape") and t.dim() >= 3 and tuple(t.shape[-2:]) == size else t
-
-    out = {}
-    for k, v in x.items():
-        if k == "refs":
-            out[k] = [{kk: cut(vv) for kk, vv in r.items()} for r in v]
-        elif isinstance(v, list):
-            out[k] = [cut(t) for t in v]
-        else:
-            out[k] = cut(v)
-    return out
+    return {k: [_cut(t, size, inner) for t in v] if isinstance(v, list) else _cut(v, size, inner) for k, v in x.items()}
 
 
 def load_predictor(model_path: str, device: str = "auto") -> FusionPredictor:

@@ -64,3 +64,12 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip(f"../shared/data is absent ({SHARED_DATA}): the real-data tests need it beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """(manifest, model path): ``helpers.predictor.trained_tiny_model`` (kernel set 1, one epoch) in a
+    folder of its own, shared by the tests that only read it."""
+    from helpers.predictor import trained_tiny_model
+
+    return trained_tiny_model(tmp_path_factory.mktemp("trained_tiny"))

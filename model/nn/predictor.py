@@ -7,12 +7,15 @@
 A pixel's value depends only on the pixels within `halo` of it (all fill values are constants or
 per-pixel interpolations in time, and every date choice is made from the MDD's date lists, never
 from the window's content; what is fitted on the scene, the dense MS's map and each date's gain for
-``dense_consistency``, is fitted on the MDD's central window whatever window asks), so a window that
+``dense_consistency`` and each date's gap fill, is fitted on the MDD's central window whatever window
+asks), so a window that
 reaches `halo` pixels beyond the pixels it keeps (or the grid edge) gives exact, seamless tiles.
 
 Gaps: a dense MS pixel that is invalid on a date (cloud, or no image that date) is filled with the
 linear interpolation in time of that pixel's valid dense MS on the nearest dates before and after
-(the nearest one where only one side has data). So every pixel with a valid dense MS on some date
+(the nearest one where only one side has data); on a date the dense MS was acquired, from the rest
+of that image where a map could be fitted (``core/gap_fill.py``: the pixel's own values on the other
+dates, regressed on the date's observed pixels). So every pixel with a valid dense MS on some date
 gets a prediction on every date; fine MS and HS gaps are left to the network (temporal branch,
 next reference date).
 """
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.calendar import fill_in_time, fine_for
+from ..core.gap_fill import fit_gap_fill
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
 from ..mdd.registration import estimate_shifts, max_blur_sigma, shifts_from_json
@@ -56,6 +60,10 @@ def _source_weight(d, dq, dq2):
     m2 = np.abs(d - dq2).mean(1, keepdims=True) + 0.05
     return (m2 / (m1 + m2)).astype(np.float32)
 
+
+# The dense MS's gaps (clouds) on a date it was acquired filled from how the rest of that date changed
+# (core/gap_fill.py), not only by interpolation in time; False: interpolation in time alone (as before).
+DENSE_GAP_FILL = True
 
 # The detail step on the dates without their own HS too (``FusionPredictor._detail``), for models
 # that carry the detail's skill (``detail_skill.py``). Chosen on the tuning date of three development
@@ -98,7 +106,7 @@ class FusionPredictor:
         dense_ratio = float(self.roles["dense_ms"].get("scale_ratio", 1.0))
         guided = net.temporal.guided.radius if net.temporal.guided is not None else 0
         self._consistency_args = (dense_ratio, guided, STEPS) if STEPS > 0 and dense_ratio > 1 else None
-        self._consistency, self._gains = {}, {}
+        self._consistency, self._gains, self._gap_fills = {}, {}, {}
         extra = reach(max_blur_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
         # The network's output needs that much more context (the steps read around each pixel).
         self.net_halo = int(net.halo_with(extra))
@@ -181,12 +189,18 @@ class FusionPredictor:
     def _read(self, mdd, role, date, window, dense=None):
         """(values (1, bands, H, W) normalised, validity (1, 1, H, W)), zeros when no image that date.
         The dense MS comes from `dense` = (values, validity) of all its dates in the window, gaps
-        filled in time (`fill_in_time`)."""
+        filled in time (`fill_in_time`); on a date it was acquired, its gaps from how the rest of
+        that date changed where that could be fitted (`_gap_fill`)."""
         stack = mdd.roles[role]
         ys, xs = int(window[3]), int(window[2])
         nb = stack.n_bands
         if role == "dense_ms" and date is not None:
-            values, valid = fill_in_time(dense[0], dense[1], [day_number(d) for d in stack.dates], day_number(date))
+            days = [day_number(d) for d in stack.dates]
+            gap = self._gap_fill(mdd, date)
+            if gap is not None:  # the date's own gaps from how the rest of it changed (core/gap_fill.py)
+                values, valid = gap.apply(dense[0], dense[1], days)
+            else:
+                values, valid = fill_in_time(dense[0], dense[1], days, day_number(date))
         elif date is None or date not in stack.dates:
             return np.zeros((1, nb, ys, xs), np.float32), np.zeros((1, 1, ys, xs), np.float32)
         else:
@@ -303,6 +317,27 @@ class FusionPredictor:
                     )
             self._consistency[key] = found
         return self._consistency[key]
+
+    def _gap_fill(self, mdd, date):
+        """The ``GapFill`` of the dense MS of ``date`` (None where it has no image that date, or too
+        few observed pixels), fitted once per MDD and date on its central window so that every tile
+        gets the same map."""
+        if not DENSE_GAP_FILL:
+            return None
+        from .dense_consistency import central_window
+
+        base = getattr(mdd, "uncached", mdd)  # a TileReadCache holds one tile's reads: not these
+        key = (os.path.abspath(base.path), date)
+        if key not in self._gap_fills:
+            found = None
+            if date in base.roles["dense_ms"].dates:
+                window = central_window(base.grid.width, base.grid.height)
+                values = read_values(base, "dense_ms", window=window)
+                valid = base.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1)
+                days = [day_number(d) for d in base.roles["dense_ms"].dates]
+                found = fit_gap_fill(values, valid, days, day_number(date))
+            self._gap_fills[key] = found
+        return self._gap_fills[key]
 
     def _dense_gain(self, mdd, date):
         """(DenseConsistency, the date's gain and offset (2, n_dense) tensor) for ``date``, or None:

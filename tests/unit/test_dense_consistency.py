@@ -103,21 +103,14 @@ def test_blur_reach_and_window():
     assert central_window(1000, 200) == (372, 0, 256, 200)
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    from helpers.predictor import trained_tiny_model
-
-    return trained_tiny_model(tmp_path_factory.mktemp("consistency"))
-
-
 @pytest.mark.slow
-def test_fusion_puts_the_prediction_back_with_the_blur_training_measured(real, monkeypatch):
+def test_fusion_puts_the_prediction_back_with_the_blur_training_measured(trained_tiny, monkeypatch):
     from stsfusion.model.mdd.format import MDD
     from stsfusion.model.nn import dense_consistency
     from stsfusion.model.nn.model_file import load_model
     from stsfusion.model.nn.predictor import load_predictor
 
-    manifest, model = real
+    manifest, model = trained_tiny
     meta, _, _ = load_model(model)
     p = load_predictor(model, "cpu")
     mdd = p.prepare(MDD.open(manifest))

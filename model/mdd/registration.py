@@ -226,6 +226,8 @@ def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None,
         image = read_values(mdd, role, window, [date])[0]
         if role == "hs":
             image = _band_groups(image, HS_GROUPS)
+        if not np.isfinite(image).any():  # e.g. the HS image a self-check withholds: nothing to fit
+            continue
         reference = read_values(mdd, "fine_ms", window, [ref_date])[0].astype(np.float64)
         ok = np.isfinite(image).all(axis=0) & np.isfinite(reference).all(axis=0)
         ok[:margin], ok[-margin:], ok[:, :margin], ok[:, -margin:] = False, False, False, False

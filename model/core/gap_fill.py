@@ -43,8 +43,9 @@ def nearest_others(days: Sequence[int], day: int, k: int = K_NEAREST) -> list[in
 def gap_features(
     values: np.ndarray, valid: np.ndarray, days: Sequence[int], day: int, chosen: Sequence[int]
 ) -> np.ndarray:
-    """(len(chosen) * bands, H, W): each chosen date's dense MS, its own gaps filled in time from the
-    dates other than ``day`` (NaN where a pixel has no valid date but ``day``'s)."""
+    """(len(chosen) * bands, ...): each chosen date's dense MS (values (T, bands, ...), valid (T, ...):
+    pixels on a grid or in a list), its own gaps filled in time from the dates other than ``day`` (NaN
+    where a pixel has no valid date but ``day``'s)."""
     keep = [i for i, d in enumerate(days) if d != day]
     kept_days = [days[i] for i in keep]
     return np.concatenate([fill_in_time(values[keep], valid[keep], kept_days, days[i])[0] for i in chosen])
@@ -73,7 +74,8 @@ class GapFill:
         if not gaps.any():
             return out, ok
         chosen = [days.index(d) for d in self.feature_days]
-        f = gap_features(values, valid, days, self.day, chosen)[:, gaps]
+        # The gaps' own time series alone (fill_in_time is per pixel): the cost follows the gaps.
+        f = gap_features(values[:, :, gaps], valid[:, gaps], days, self.day, chosen)
         fine = np.isfinite(f).all(axis=0)
         cols = np.flatnonzero(gaps)[fine]
         pred = (f[:, fine].T.astype(np.float64) @ self.weights + self.bias).T.astype(np.float32)

@@ -198,6 +198,8 @@ def fuse_with_dask(
         predictor = load_predictor(model_path, device="cpu")  # checks and plan only: each task loads its own
         predictor.check_compatible(mdd)
         report_self_check(predictor.meta, cb)
+        for line in predictor.fusion_notes():
+            cb.log(line)
         scale, file_md, todo = prepare_outputs(mdd, predictor, output_folder, dates, cb, model_path, fmt, skip_existing)
         paths = [output_path(output_folder, d) for d in dates]
         grid = mdd.grid

@@ -8,8 +8,8 @@ A pixel's value depends only on the pixels within `halo` of it (all fill values 
 per-pixel interpolations in time, and every date choice is made from the MDD's date lists, never
 from the window's content; what is fitted on the scene, the dense MS's map and each date's gain for
 ``dense_consistency`` and each date's gap fill, is fitted on the MDD's central window whatever window
-asks), so a window that
-reaches `halo` pixels beyond the pixels it keeps (or the grid edge) gives exact, seamless tiles.
+asks), so a window that reaches `halo` pixels beyond the pixels it keeps (or the grid edge) gives
+exact, seamless tiles.
 
 Gaps: a dense MS pixel that is invalid on a date (cloud, or no image that date) is filled with the
 linear interpolation in time of that pixel's valid dense MS on the nearest dates before and after
@@ -175,7 +175,28 @@ class FusionPredictor:
             shifts = estimate_shifts(mdd, log)
         mdd = mdd.registered(shifts) if shifts else mdd
         self._dense_fit(mdd, log)  # dense_consistency's map, fitted once here rather than in the first tile
+        if log is not None and DENSE_GAP_FILL:
+            log(self.fusion_notes()[-1])  # the gap fill's line (_dense_fit said what the steps fitted)
         return mdd
+
+    def fusion_notes(self) -> list[str]:
+        """What fusion does besides the network, in words for the log, without fitting anything (Fuse's
+        Dask driver says it; each task fits for itself): the dense MS steps, then the gap fill."""
+        from .dense_consistency import FIT_SIDE
+
+        notes = []
+        if self._consistency_args is not None:
+            notes.append(
+                "Fine MS predicted in time, put back in line with each date's dense MS: "
+                f"{self._consistency_args[2]} steps (fitted on the central {FIT_SIDE}x{FIT_SIDE} px)."
+            )
+        if DENSE_GAP_FILL:
+            notes.append(
+                "Gaps (clouds) of a date's dense MS: filled from how the rest of that image changed since the "
+                f"other dates (fitted on the central {FIT_SIDE}x{FIT_SIDE} px of the date), else interpolated in "
+                "time per pixel."
+            )
+        return notes
 
     def _trained_on(self, mdd: MDD) -> bool:
         """Whether ``mdd`` is (a view of) the MDD the model was trained on."""

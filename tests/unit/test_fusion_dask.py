@@ -210,6 +210,11 @@ def test_dask_threads_in_process_write_the_loops_bytes(real, reference, tmp_path
     )
     assert any("Dask in this process: 2 task(s) of 3 date(s) on 2 worker thread(s)" in m for m in log)
     assert any("PyTorch 1 thread(s), one task's network at a time" in m for m in log)
+    # The driver fits nothing, but says what each task's predictor does besides the network.
+    assert any(m.startswith("Gaps (clouds) of a date's dense MS: filled from") for m in log)
+    assert any(
+        m.startswith("Fine MS predicted in time, put back in line with each date's dense MS: 2 steps") for m in log
+    )
     _assert_same_outputs(paths, reference)
     assert len(progress) > 2 and progress == sorted(progress) and progress[-1] == pytest.approx(1.0)  # tiles, polled
 

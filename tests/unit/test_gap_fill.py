@@ -101,7 +101,9 @@ def test_fusion_fills_the_cloud_of_a_dense_image_from_the_rest_of_it(trained_tin
 
     manifest, model = trained_tiny
     p = load_predictor(model, "cpu")
-    mdd = p.prepare(MDD.open(manifest))
+    logs = []
+    mdd = p.prepare(MDD.open(manifest), logs.append)
+    assert any(line.startswith("Gaps (clouds) of a date's dense MS: filled from") for line in logs)
     dates = mdd.roles["dense_ms"].dates
     cloudy = dates[1]  # helpers.mdd: a nodata disc in the dense MS of the second date
     window = (0, 0, mdd.grid.width, mdd.grid.height)
@@ -114,6 +116,9 @@ def test_fusion_fills_the_cloud_of_a_dense_image_from_the_rest_of_it(trained_tin
     d, vd = p._read(mdd, "dense_ms", cloudy, window, (values, valid))
     monkeypatch.setattr(predictor, "DENSE_GAP_FILL", False)
     plain = load_predictor(model, "cpu")
+    logs = []
+    plain.prepare(MDD.open(manifest), logs.append)
+    assert not any(line.startswith("Gaps (clouds)") for line in logs)
     assert plain._gap_fill(mdd, cloudy) is None
     d0, vd0 = plain._read(mdd, "dense_ms", cloudy, window, (values, valid))
     assert np.array_equal(vd, vd0)

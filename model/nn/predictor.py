@@ -217,11 +217,13 @@ class FusionPredictor:
         nb = stack.n_bands
         if role == "dense_ms" and date is not None:
             days = [day_number(d) for d in stack.dates]
-            gap = self._gap_fill(mdd, date)
-            if gap is not None:  # the date's own gaps from how the rest of it changed (core/gap_fill.py)
+            values, valid = fill_in_time(dense[0], dense[1], days, day_number(date))
+            own = dense[1][stack.dates.index(date)] if date in stack.dates else None
+            # The date's own gaps in this window from how the rest of it changed (core/gap_fill.py); the
+            # map is fitted only once a window has such gaps, so cloud-free series never pay for it.
+            gap = self._gap_fill(mdd, date) if own is not None and (valid & ~own).any() else None
+            if gap is not None:
                 values, valid = gap.apply(dense[0], dense[1], days)
-            else:
-                values, valid = fill_in_time(dense[0], dense[1], days, day_number(date))
         elif date is None or date not in stack.dates:
             return np.zeros((1, nb, ys, xs), np.float32), np.zeros((1, 1, ys, xs), np.float32)
         else:

@@ -110,6 +110,9 @@ def test_fusion_fills_the_cloud_of_a_dense_image_from_the_rest_of_it(trained_tin
     values = read_values(mdd, "dense_ms", window=window)
     valid = mdd.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1)
     assert (~valid[1]).any()
+    # A window without gaps on its date fits nothing (cloud-free series do not pay for the fill).
+    p._read(mdd, "dense_ms", dates[0], window, (values, valid))
+    assert valid[0].all() and not p._gap_fills
     gap = p._gap_fill(mdd, cloudy)
     assert gap is not None and p._gap_fill(mdd, dates[0]) is not None
     assert p._gap_fill(mdd, "2022-01-01") is None  # not a dense MS date: interpolation in time alone

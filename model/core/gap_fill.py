@@ -6,8 +6,9 @@ through a curve, the same for every field. Where the dense MS of t is observed e
 the scene says how fields like this one changed: ``GapFill`` regresses the observed pixels of t on
 their values at the ``K_NEAREST`` other dense MS dates (each filled in time without t), band on band,
 and predicts the missing pixels from their own values on those dates. Fields that looked alike on the
-other dates are taken to have changed alike (the idea of regression gap-filling of Landsat images,
-e.g. NSPI, Chen et al. 2011), and the date's own calibration comes with the fit.
+other dates are taken to have changed alike (the idea behind filling Landsat gaps from other dates of
+the same place, e.g. NSPI, Chen et al. 2011; here one least-squares map per date rather than similar
+pixels per gap), and the date's own calibration comes with the fit.
 
 Checked on the inputs alone (benchmarks/gap_fill.py: clouds put where each dense image of six scenes is
 observed): under them RMSE 0.0167-0.0190 -> 0.0124-0.0134 and CC 0.928-0.931 -> 0.951-0.958 against the

@@ -424,10 +424,11 @@ class FusionNetwork(nn.Module):
         """Pixels of context a window needs on each side for exact (seamless) outputs."""
         return self.halo_with(0)
 
-    def halo_with(self, temporal_extra: int) -> int:
+    def halo_with(self, temporal_extra: int, input_extra: int = 0) -> int:
         """``halo`` when the temporal prediction reads ``temporal_extra`` more pixels around each pixel
-        (fusion's ``dense_consistency`` steps)."""
-        r_ms = max(self.spatial.trunk.radius, self.temporal.radius + int(temporal_extra))
+        (fusion's ``dense_consistency`` steps) and the fine MS estimate's inputs themselves
+        ``input_extra`` more (a dense MS made from the fine MS through its blur)."""
+        r_ms = max(self.spatial.trunk.radius, self.temporal.radius + int(temporal_extra)) + int(input_extra)
         r_ref = self.spatial.trunk.radius + self.blur.radius + self.rho_blur.radius
         return self.head.radius + self.spectral.trunk.radius + max(r_ms, r_ref)
 

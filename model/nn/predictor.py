@@ -64,6 +64,9 @@ def _source_weight(d, dq, dq2):
 # The dense MS's gaps (clouds) on a date it was acquired filled from how the rest of that date changed
 # (core/gap_fill.py), not only by interpolation in time; False: interpolation in time alone (as before).
 DENSE_GAP_FILL = True
+# Where a date's dense MS has a gap but the fine MS that stands for that date is observed, the dense MS
+# there is that fine MS as the dense sensor sees it (``_dense_from_fine``), before any other date's fill.
+DENSE_FROM_FINE = True
 
 # The detail step on the dates without their own HS too (``FusionPredictor._detail``), for models
 # that carry the detail's skill (``detail_skill.py``). Chosen on the tuning date of three development
@@ -108,8 +111,13 @@ class FusionPredictor:
         self._consistency_args = (dense_ratio, guided, STEPS) if STEPS > 0 and dense_ratio > 1 else None
         self._consistency, self._gains, self._gap_fills = {}, {}, {}
         extra = reach(max_blur_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
+        # A dense MS filled from its date's fine MS (``_dense_from_fine``) reads the fine MS within the
+        # dense MS's blur around each pixel.
+        from .network import GaussianBlur
+
+        seen = GaussianBlur(max_blur_sigma(dense_ratio)).radius if self._consistency_args is not None else 0
         # The network's output needs that much more context (the steps read around each pixel).
-        self.net_halo = int(net.halo_with(extra))
+        self.net_halo = int(net.halo_with(extra, seen))
         # The detail step needs the network's output that far around each kept pixel.
         self.halo = self.net_halo + (self.detail_blur.radius if self.detail_blur is not None else 0)
         self.bracketing = True  # temporal prediction from the fine MS dates on both sides of t
@@ -290,10 +298,14 @@ class FusionPredictor:
         x["gap_q"] = np.full((1, 1, 1, 1), abs(day - day_number(q)) / 365.0 if q else 0.0, np.float32)
         guide = self._guide(mdd, window, fine_dates, own, q, x["fq"]) if self.net.multi_date_guide else None
         other = [d for d in sources if q and (day_number(d) - day) * (day_number(q) - day) < 0]
-        if self.bracketing and other:  # t lies between two fine MS dates: use both (see _source_weight)
-            q2 = nearest_date(other, day)
+        q2 = nearest_date(other, day) if self.bracketing and other else None
+        if q2 is not None:  # t lies between two fine MS dates: use both (see _source_weight)
             x["fq2"], x["vfq2"] = self._read(mdd, "fine_ms", q2, window)
             x["dq2"], x["vdq2"] = self._read(mdd, "dense_ms", q2, window, dense)
+        self._dense_from_fine(
+            mdd, x, dense, (("d", "a", "va", date), ("dq", "fq", "vfq", q), ("dq2", "fq2", "vfq2", q2))
+        )
+        if q2 is not None:
             x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"])
         if self.date_maps is not None:
             x["wmap"] = self._date_map(date)
@@ -301,6 +313,31 @@ class FusionPredictor:
         if guide is not None:
             x["guide"], x["guide_similar"] = guide
         return x, dense
+
+    def _dense_from_fine(self, mdd, x: dict, dense: tuple, pairs) -> None:
+        """Where a date's own dense MS image has a gap (a cloud) but the fine MS that stands for that
+        date is observed, the dense MS is that fine MS as the dense sensor sees it (M(B f):
+        ``DenseConsistency.seen_as_dense``, the map fitted for the steps), not a fill from other dates.
+        ``pairs``: (dense key, fine key, its validity key, date) of ``x``, changed in place. Dates
+        without a dense MS image of their own (sensors on other days) keep the fill in time."""
+        if not DENSE_FROM_FINE:
+            return
+        module = self._dense_fit(getattr(mdd, "uncached", mdd)) if self._consistency_args is not None else None
+        if module is None:
+            return
+        import torch
+
+        dates = mdd.roles["dense_ms"].dates
+        for dk, fk, vk, date in pairs:
+            if dk not in x or date not in dates:
+                continue
+            missing = ~dense[1][dates.index(date)] & (x[vk][0, 0] > 0)
+            if not missing.any():
+                continue
+            with torch.no_grad():
+                seen, vb = module.seen_as_dense(torch.from_numpy(x[fk]), torch.from_numpy(x[vk]))
+            use = missing & (vb[0, 0].numpy() > 0.5)  # at least half the blur's weight on observed fine MS
+            x[dk] = np.where(use[None, None], seen.numpy(), x[dk]).astype(np.float32)
 
     # -- the dense MS of the date, put back (dense_consistency.py) ---------------------------------
 

@@ -128,3 +128,52 @@ def test_fusion_fills_the_cloud_of_a_dense_image_from_the_rest_of_it(trained_tin
     same = np.broadcast_to(valid[1], d.shape)
     np.testing.assert_array_equal(d[same], d0[same])  # observed pixels as they were
     assert not np.allclose(d[~same], d0[~same])  # the cloud filled otherwise
+
+
+@pytest.mark.slow
+def test_a_cloud_on_a_fine_ms_date_is_filled_from_that_dates_fine_ms_without_seams(trained_tiny, tmp_path, monkeypatch):
+    import torch
+    from helpers.mdd import make_tiny_mdd
+    from osgeo import gdal
+
+    from stsfusion.model.fusion.fuse import fuse_time_series
+    from stsfusion.model.mdd.format import MDD, read_values
+    from stsfusion.model.nn import predictor
+    from stsfusion.model.nn.predictor import load_predictor
+
+    _, model = trained_tiny
+    # The tiny series with a fine MS on date 1 too, the date whose dense MS has the cloud.
+    manifest = make_tiny_mdd(str(tmp_path / "mdd"), fine_dates=(0, 1, 2, 3, 5))
+    p = load_predictor(model, "cpu")
+    mdd = p.prepare(MDD.open(manifest))
+    date = mdd.roles["dense_ms"].dates[1]
+    window = (0, 0, mdd.grid.width, mdd.grid.height)
+    x, dense = p._ms_inputs(mdd, window, date)
+    cloud = ~dense[1][1]
+    assert cloud.any() and bool((x["va"][0, 0] > 0).all())
+    module = p._dense_fit(mdd)
+    with torch.no_grad():
+        seen, _ = module.seen_as_dense(x["a"], x["va"])
+    # Under the cloud the date's dense MS is its fine MS as the dense sensor sees it; elsewhere, observed.
+    torch.testing.assert_close(x["d"][0][:, torch.from_numpy(cloud)], seen[0][:, torch.from_numpy(cloud)])
+    monkeypatch.setattr(predictor, "DENSE_FROM_FINE", False)
+    plain, _ = load_predictor(model, "cpu")._ms_inputs(mdd, window, date)
+    monkeypatch.setattr(predictor, "DENSE_FROM_FINE", True)
+    keep = torch.from_numpy(~cloud)
+    torch.testing.assert_close(x["d"][0][:, keep], plain["d"][0][:, keep], rtol=0, atol=0)
+    assert not torch.allclose(x["d"][0][:, ~keep], plain["d"][0][:, ~keep])
+    values = read_values(mdd, "dense_ms")
+    assert np.isnan(values[1][:, cloud]).all()  # the MDD itself is as it was
+    # Tiles of 24 px give the output of one tile, on that date and on the next (date 1 its nearest
+    # source, the earlier on a tie); on a grid larger than a tile with its halo, so the halo counts.
+    big = make_tiny_mdd(str(tmp_path / "big"), size=120, fine_dates=(0, 1, 2, 3, 5))
+    nxt = mdd.roles["dense_ms"].dates[2]
+    from stsfusion.model.core.vocabulary import day_number, nearest_date
+
+    assert nearest_date([d for d in mdd.roles["fine_ms"].dates if d != nxt], day_number(nxt)) == date
+    assert 24 + 2 * p.halo < 120
+    dates = f"{date},{nxt}"
+    one = fuse_time_series(big, model, str(tmp_path / "one"), dates, tile_size=120, device="cpu")
+    tiled = fuse_time_series(big, model, str(tmp_path / "tiled"), dates, tile_size=24, device="cpu")
+    for a, b in zip(one, tiled):
+        np.testing.assert_allclose(gdal.Open(b).ReadAsArray(), gdal.Open(a).ReadAsArray(), rtol=0, atol=1e-5)

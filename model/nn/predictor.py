@@ -334,10 +334,11 @@ class FusionPredictor:
             missing = ~dense[1][dates.index(date)] & (x[vk][0, 0] > 0)
             if not missing.any():
                 continue
-            with torch.no_grad():
-                seen, vb = module.seen_as_dense(torch.from_numpy(x[fk]), torch.from_numpy(x[vk]))
-            use = missing & (vb[0, 0].numpy() > 0.5)  # at least half the blur's weight on observed fine MS
-            x[dk] = np.where(use[None, None], seen.numpy(), x[dk]).astype(np.float32)
+            with torch.no_grad():  # on the module's device (its blur kernel is there), back as numpy
+                f, vf = (torch.from_numpy(x[k]).to(self.device) for k in (fk, vk))
+                seen, vb = (t.float().cpu().numpy() for t in module.seen_as_dense(f, vf))
+            use = missing & (vb[0, 0] > 0.5)  # at least half the blur's weight on observed fine MS
+            x[dk] = np.where(use[None, None], seen, x[dk]).astype(np.float32)
 
     # -- the dense MS of the date, put back (dense_consistency.py) ---------------------------------
 

@@ -62,12 +62,15 @@ class GapFill:
     weights: np.ndarray  # (features, bands)
     bias: np.ndarray  # (bands,)
 
-    def apply(self, values: np.ndarray, valid: np.ndarray, days: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``fill_in_time`` of (values (T, B, H, W), valid (T, H, W)) at this map's date, with the
-        date's gaps taken from the map where the pixel has all its features. Returns (values (B, H,
-        W), valid (H, W)) as fill_in_time does."""
+    def apply(
+        self, values: np.ndarray, valid: np.ndarray, days: Sequence[int], interpolated: tuple | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``fill_in_time`` of (values (T, B, H, W), valid (T, H, W)) at this map's date (or
+        ``interpolated``, that result computed by the caller), with the date's gaps taken from the map
+        where the pixel has all its features. Returns (values (B, H, W), valid (H, W)) as fill_in_time
+        does."""
         days = [int(d) for d in days]
-        out, ok = fill_in_time(values, valid, days, self.day)
+        out, ok = interpolated if interpolated is not None else fill_in_time(values, valid, days, self.day)
         if self.day not in days or not all(d in days for d in self.feature_days):
             return out, ok  # not the MDD the map was fitted on: plain interpolation
         own = valid[days.index(self.day)]

@@ -129,8 +129,7 @@ def estimate_shifts(
     if "fine_ms" not in mdd.roles:
         return {}
     g = mdd.grid
-    w, h = min(g.width, MAX_SIDE), min(g.height, MAX_SIDE)
-    window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
+    window = central_window(g.width, g.height)
     fine = mdd.roles["fine_ms"]
     references = {}
     shifts = dict(known or {})
@@ -179,6 +178,13 @@ def _misfit(image: np.ndarray, reference: np.ndarray, ok: np.ndarray, sigma: flo
     return float(np.mean(np.mean((y - x @ coef) ** 2, axis=0) / np.maximum(y.var(axis=0), 1e-12)))
 
 
+def central_window(width: int, height: int, side: int = MAX_SIDE) -> tuple:
+    """(xoff, yoff, xsize, ysize) of the grid's central window of at most ``side`` px a side: where the
+    scene-wide estimates (shifts, blurs, fusion's fits) are made, whatever tile asks."""
+    w, h = min(int(width), side), min(int(height), side)
+    return ((int(width) - w) // 2, (int(height) - h) // 2, w, h)
+
+
 def resampled_blur_sigma(ratio: float) -> float:
     """The blur (fine px) of an image ``ratio`` times coarser than the grid as it lies on the grid: its
     PSF (FWHM one of its pixels, ``psf_sigma``) and the bilinear resampling onto the grid (a triangle
@@ -208,8 +214,7 @@ def estimate_blur(mdd: MDD, role: str, log: Callable[[str], None] | None = None,
     if stack is None or fine is None or stack.pixel_ratio == 1:
         return None
     g = mdd.grid
-    w, h = min(g.width, MAX_SIDE), min(g.height, MAX_SIDE)
-    window = ((g.width - w) // 2, (g.height - h) // 2, w, h)
+    window = central_window(g.width, g.height)
     ratio = mdd.scale_ratio(role)
     nominal = psf_sigma(ratio)
     # sigma candidates: from half the PSF alone, in steps of a twentieth of it, to twice it (or ``widest``)

@@ -40,11 +40,11 @@ import torch
 from torch import nn
 
 from ..mdd.format import MDD
-from ..mdd.registration import estimate_blur, resampled_blur_sigma
+from ..mdd.registration import MAX_SIDE, estimate_blur, resampled_blur_sigma
 from .network import GaussianBlur
 
 STEPS = 2  # Landweber steps; 0 leaves the temporal prediction as the network makes it
-FIT_SIDE = 256  # the central window the dense map and each date's gain are fitted on (pixels), as estimate_blur's
+FIT_SIDE = MAX_SIDE  # the central window the dense map and each date's gain are fitted on (px): estimate_blur's
 MIN_PIXELS = 200  # fewer valid pixels than this: no fit, no step
 MARGIN_SIGMAS = 3  # pixels within this many blur sigmas of the window's edge are left out of the fits
 
@@ -61,11 +61,6 @@ def reach(sigma: float, guided_radius: int, steps: int) -> int:
     """Pixels of context the steps read around each pixel: two blurs and a spread per step."""
     r = int(math.ceil(3 * sigma)) if sigma > 0 else 0
     return int(steps) * (2 * r + int(guided_radius))
-
-
-def central_window(width: int, height: int, side: int = FIT_SIDE) -> tuple:
-    w, h = min(width, side), min(height, side)
-    return ((width - w) // 2, (height - h) // 2, w, h)
 
 
 def _inner(valid: np.ndarray, margin: int) -> np.ndarray:

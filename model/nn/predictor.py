@@ -33,7 +33,7 @@ from ..core.calendar import fill_in_time, fine_for
 from ..core.gap_fill import fit_gap_fill
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
-from ..mdd.registration import estimate_shifts, max_blur_sigma, shifts_from_json
+from ..mdd.registration import central_window, estimate_shifts, max_blur_sigma, shifts_from_json
 from .device import autocast, precision_for, select_device
 from .model_file import ModelError, load_model
 from .preprocessing import HSPCA, BandNormalizer
@@ -184,7 +184,7 @@ class FusionPredictor:
         mdd = mdd.registered(shifts) if shifts else mdd
         self._dense_fit(mdd, log)  # dense_consistency's map, fitted once here rather than in the first tile
         if log is not None and DENSE_GAP_FILL:
-            log(self.fusion_notes()[-1])  # the gap fill's line (_dense_fit said what the steps fitted)
+            log(_gap_fill_note())  # (_dense_fit said what the steps fitted)
         return mdd
 
     def fusion_notes(self) -> list[str]:
@@ -199,11 +199,7 @@ class FusionPredictor:
                 f"{self._consistency_args[2]} steps (fitted on the central {FIT_SIDE}x{FIT_SIDE} px)."
             )
         if DENSE_GAP_FILL:
-            notes.append(
-                "Gaps (clouds) of a date's dense MS: filled from how the rest of that image changed since the "
-                f"other dates (fitted on the central {FIT_SIDE}x{FIT_SIDE} px of the date), else interpolated in "
-                "time per pixel."
-            )
+            notes.append(_gap_fill_note())
         return notes
 
     def _trained_on(self, mdd: MDD) -> bool:
@@ -231,7 +227,7 @@ class FusionPredictor:
             # map is fitted only once a window has such gaps, so cloud-free series never pay for it.
             gap = self._gap_fill(mdd, date) if own is not None and (valid & ~own).any() else None
             if gap is not None:
-                values, valid = gap.apply(dense[0], dense[1], days)
+                values, valid = gap.apply(dense[0], dense[1], days, (values, valid))
         elif date is None or date not in stack.dates:
             return np.zeros((1, nb, ys, xs), np.float32), np.zeros((1, 1, ys, xs), np.float32)
         else:
@@ -348,7 +344,7 @@ class FusionPredictor:
         what it found)."""
         key = os.path.abspath(mdd.path)
         if key not in self._consistency:
-            from .dense_consistency import DenseConsistency, central_window, fit_dense_map, sigma_on_grid
+            from .dense_consistency import DenseConsistency, fit_dense_map, sigma_on_grid
 
             found = None
             if self._consistency_args is not None:
@@ -385,8 +381,6 @@ class FusionPredictor:
         gets the same map."""
         if not DENSE_GAP_FILL:
             return None
-        from .dense_consistency import central_window
-
         base = getattr(mdd, "uncached", mdd)  # a TileReadCache holds one tile's reads: not these
         key = (os.path.abspath(base.path), date)
         if key not in self._gap_fills:
@@ -408,7 +402,7 @@ class FusionPredictor:
             return None
         import torch
 
-        from .dense_consistency import central_window, date_gain
+        from .dense_consistency import date_gain
 
         base = getattr(mdd, "uncached", mdd)  # a TileReadCache holds one tile's reads: not these
         key = (os.path.abspath(base.path), date)
@@ -606,6 +600,15 @@ class FusionPredictor:
         hs = self.pca.inverse(scores)
         hs[:, ~valid] = np.nan
         return hs
+
+
+def _gap_fill_note() -> str:
+    from ..mdd.registration import MAX_SIDE
+
+    return (
+        "Gaps (clouds) of a date's dense MS: filled from how the rest of that image changed since the other "
+        f"dates (fitted on the central {MAX_SIDE}x{MAX_SIDE} px of the date), else interpolated in time per pixel."
+    )
 
 
 def _cut(t, size: tuple, where: tuple):

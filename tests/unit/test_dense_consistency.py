@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from stsfusion.model.mdd.registration import resampled_blur_sigma
+from stsfusion.model.mdd.registration import central_window, resampled_blur_sigma
 from stsfusion.model.nn.dense_consistency import (
     DenseConsistency,
-    central_window,
     date_gain,
     fit_dense_map,
     reach,

@@ -37,6 +37,7 @@ from .device import (
     select_device,
 )
 from .model_file import save_model
+from .optimiser import Adam, LambdaSchedule
 from .preprocessing import TrainingDataError, ridge
 from .samples import TrainingSet
 
@@ -425,7 +426,7 @@ def fit_network(
     init_linear_priors(net, data, rng)
     net.to(device)
     mtl = MultiTaskLoss(data.tasks).to(device)
-    opt = torch.optim.Adam(list(net.parameters()) + list(mtl.parameters()), lr=learning_rate)
+    opt = Adam(list(net.parameters()) + list(mtl.parameters()), lr=learning_rate)
     H, W = data.shape
     per_epoch = math.ceil(H * W * max(1, len(data.fine.dates)) / (batch_size * patch_size**2))
     steps = int(np.clip(per_epoch, MIN_STEPS, MAX_STEPS))
@@ -437,7 +438,7 @@ def fit_network(
         j, n = i - first * steps, (epochs - first) * steps
         return 0.1 + (RESTART_LR - 0.1) * 0.5 * (1 + math.cos(math.pi * j / n))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle)
+    sched = LambdaSchedule(opt, cycle)
     amp_dtype, scaled, _ = precision_for(device)
     scaler = grad_scaler() if scaled else None  # float16 only: its gradients underflow unscaled
     log(describe_device(device, threads))

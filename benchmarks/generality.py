@@ -203,13 +203,14 @@ def run_scene(
     model = os.path.join(work, "model.pt")
     training.NETWORK_OPTIONS = dict(DEFAULT_OPTIONS, **options)
     t0 = time.monotonic()
-    checked = None  # the self-check's result, when the run makes one
+    checked = early = None  # the self-check's result and the early stop's probes, when the run makes them
     if reuse:  # the model another configuration trained: a fusion-time switch only
         shutil.copy(os.path.join(WORK, "generality", reuse, reuse_scene or scene, "model.pt"), model)
     elif self_check:
-        checked = train_with_self_check(
+        summary = train_with_self_check(
             mdd, model, kernels=kernels, pca_components=pca, epochs=epochs, device="cpu", seed=seed
-        )["self_check"]
+        )
+        checked, early = summary["self_check"], summary["info"].get("early_stop")
     else:
         training.train_fusion_model(
             mdd, model, kernels=kernels, pca_components=pca, epochs=epochs, device="cpu", seed=seed
@@ -232,6 +233,7 @@ def run_scene(
         "kernels": kernels,
         "train_s": round(train_s, 1),
         "self_check": checked,
+        "early_stop": early,
         "network": network,
         "network_where_regression": where_regression,
         "per_date_regression": prepared["per_date_regression"],

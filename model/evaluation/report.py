@@ -35,7 +35,7 @@ def write_training_report(path: str, history: list, info: dict) -> str:
     tasks = list(info.get("tasks") or _tasks_from_history(history))
     body = [
         _summary_section(info, history),
-        _self_check_section(info.get("self_check")),
+        _self_check_section(info.get("self_check")) + _early_stop_section(info.get("early_stop")),
         _task_section(history, tasks),
         _pca_section(info.get("pca_explained_variance") or []),
         _parameters_section(info.get("parameters") or {}),
@@ -173,6 +173,21 @@ def _self_check_section(result) -> str:
         "SAM in degrees, PSNR in dB. No truth is needed: the withheld HS is the reference.</p>"
         f"<table><tr><th></th>{''.join(f'<th>{m}</th>' for m in metrics)}</tr>{rows}</table>{verdict}"
     )
+
+
+def _early_stop_section(early) -> str:
+    """The early stop's probes: the network's CC on a block of the withheld HS between epochs."""
+    if not early or not early.get("probes"):
+        return ""
+    probes = ", ".join(f"epoch {p['epoch']}: {_num(p['CC'])}" for p in early["probes"])
+    if "stopped_after" in early:
+        verdict = (
+            f"Stopped early after epoch {early['stopped_after']}: training went on from epoch "
+            f"{early['kept']}'s network, the best probe."
+        )
+    else:
+        verdict = "No early stop: the network went on as trained."
+    return f"<p>Early stop, CC on a block of the withheld HS: {html.escape(probes)}. {html.escape(verdict)}</p>"
 
 
 def _pca_section(variance) -> str:

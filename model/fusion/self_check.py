@@ -40,6 +40,7 @@ from .tiling import TileReadCache, expand_window, tile_windows
 METRICS = ("CC", "SAM", "PSNR", "SSIM")
 HIGHER_IS_BETTER = {"CC": True, "SAM": False, "PSNR": True, "SSIM": True}
 TILE = 96  # evaluation tile, a multiple of the HS ratios 2, 3, 4 and 6
+PROBE_SIDE = 192  # the early stop's block of the withheld HS (grid px a side), also a multiple of them
 
 
 def choose_holdout(mdd: MDD) -> dict:
@@ -78,12 +79,13 @@ def evaluate_holdout(
     view: MDD,
     mdd: MDD,
     predictor: FusionPredictor,
-    two_stage: TwoStage,
+    two_stage: TwoStage | None,
     holdout: dict,
     callbacks: Callbacks | None = None,
 ) -> dict:
     """CC, SAM, PSNR, SSIM of the network and the two-stage baseline against the withheld HS,
-    both at the HS pixel size, on the pixels where all three are valid."""
+    both at the HS pixel size, on the pixels where all three are valid (``two_stage`` None: the
+    network alone, {"network": {...}})."""
     cb = callbacks_or_default(callbacks)
     f = _factor(mdd)
     g = mdd.grid
@@ -91,7 +93,8 @@ def evaluate_holdout(
     date = holdout["date"]
     size = -(-TILE // f) * f
     nb = mdd.roles["hs"].n_bands
-    out = {k: np.full((nb, h // f, w // f), np.nan, np.float32) for k in ("network", "two_stage", "observed")}
+    keys = ("network", "observed") if two_stage is None else ("network", "two_stage", "observed")
+    out = {k: np.full((nb, h // f, w // f), np.nan, np.float32) for k in keys}
     cache = TileReadCache(view.registered(predictor.shifts))
     mdd = mdd.registered(predictor.shifts)  # the withheld HS where the network puts it: moved onto the fine MS
     for tx, ty, tw, th in tile_windows(w, h, size):
@@ -101,19 +104,20 @@ def evaluate_holdout(
             continue
         cache.clear()
         window, crop = expand_window(tile, predictor.halo, g.width, g.height)
-        net = predictor.predict(cache, window, date, crop=crop)
-        base = two_stage.predict(tile, [date])[date]
+        predicted = {"network": predictor.predict(cache, window, date, crop=crop)}
+        if two_stage is not None:
+            predicted["two_stage"] = two_stage.predict(tile, [date])[date]
         observed = mdd.read("hs", tile, [date])[0]
         observed[observed == -9999.0] = np.nan
         rows = slice(ty // f, (ty + tile[3]) // f)
         cols = slice(tx // f, (tx + tile[2]) // f)
-        for key, values in (("network", net), ("two_stage", base), ("observed", observed)):
+        for key, values in (*predicted.items(), ("observed", observed)):
             out[key][:, rows, cols] = _coarse(values, f)
-    ok = np.isfinite(out["network"]) & np.isfinite(out["two_stage"]) & np.isfinite(out["observed"])
+    ok = np.logical_and.reduce([np.isfinite(v) for v in out.values()])
     for key in out:
         out[key][~ok] = np.nan
     result = {}
-    for key in ("network", "two_stage"):
+    for key in keys[:-1]:
         overall = assess(out[key], out["observed"], ratio=float(f))["overall"]
         result[key] = {m: float(overall[m]) for m in METRICS}
     return result
@@ -198,6 +202,28 @@ def measure_withheld(
     return result
 
 
+def probe_block(mdd: MDD, holdout: dict) -> dict:
+    """The holdout cut to its central block of at most PROBE_SIDE grid px a side, in whole HS pixels:
+    what the early stop measures between epochs (bounded, whatever the scene's size)."""
+    f, g = _factor(mdd), mdd.grid
+    x0, y0, w, h = holdout["window"] or (0, 0, g.width // f * f, g.height // f * f)
+    side = max(f, PROBE_SIDE // f * f)
+    bw, bh = min(w, side), min(h, side)
+    return {**holdout, "window": (x0 + (w - bw) // 2 // f * f, y0 + (h - bh) // 2 // f * f, bw, bh)}
+
+
+def probe_withheld(
+    mdd: MDD, view: MDD, holdout: dict, net: Any, data: Any, fit_params: dict, device: str, callbacks: Callbacks
+) -> float:
+    """The early stop's measure of the network as it stands (``net``, trained on ``view``): its CC
+    against the withheld HS at the HS pixel size on ``probe_block`` (NaN without a valid pixel there).
+    The network alone, no baseline: a few tiles, run between two epochs."""
+    quiet = Callbacks(progress=lambda *a: None, is_canceled=callbacks.is_canceled, log=lambda message: None)
+    meta, arrays = build_metadata(data, net, dict(fit_params), [], {})
+    predictor = FusionPredictor(meta, arrays, net, device)
+    return evaluate_holdout(view, mdd, predictor, None, probe_block(mdd, holdout), quiet)["network"]["CC"]
+
+
 def train_with_self_check(
     mdd_path: str,
     model_path: str,
@@ -230,8 +256,11 @@ def train_with_self_check(
     def check(net: Any, data: Any) -> dict:
         return {"self_check": measure_withheld(mdd, view, holdout, net, data, fit_params, device, cb)}
 
+    def probe(net: Any, data: Any) -> float:
+        return probe_withheld(mdd, view, holdout, net, data, fit_params, device, cb)
+
     view = mdd.hiding("hs", holdout["date"], holdout["window"])
     cb.log(f"Self-check: {holdout['label']} for the first {first} epochs, then measured.")
-    summary = train_fusion_model(mdd_path, model_path, callbacks=cb, withheld=Withheld(view, check), **params)
+    summary = train_fusion_model(mdd_path, model_path, callbacks=cb, withheld=Withheld(view, check, probe), **params)
     summary["self_check"] = summary["info"].get("self_check")
     return summary

@@ -7,6 +7,7 @@ and writes nothing.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -338,16 +339,38 @@ def self_checked_epochs(epochs: int) -> tuple[int, int]:
     return epochs, epochs + max(1, round(epochs * FINAL_SHARE))
 
 
+# The early stop (issue 11, part 4): over the second half of a self-checked run's first cycle, every
+# fifth of it, the network's CC against a block of the withheld HS (``Withheld.probe``). Where it has
+# fallen more than EARLY_STOP_TOLERANCE below the best probe so far, the first cycle ends there and the
+# run goes on from that best probe's network (its weights, task weights, optimiser and schedule), the
+# second cycle a fifth of the epochs it kept. The tolerance keeps a probe's noise from ending a cycle
+# whose learning rate is still falling: on offset_5_8 and swir_offset_5_8 the probe fell 0.0008 and
+# 0.0004 from epoch 12 to 15, and stopping there (tolerance 0) lowered their tuning date (CC -0.0001,
+# SAM +0.23° and +0.11°; BENCHMARKS.md, "The early stop on the self-check").
+EARLY_STOP, EARLY_STOP_TOLERANCE = True, 0.001
+
+
+def early_stop_epochs(first: int) -> list[int]:
+    """The epochs (1-based) of a first cycle of ``first`` epochs after which the early stop probes the
+    withheld HS: every fifth of the cycle (at least every epoch) over its second half, down from its
+    last epoch; none where that gives fewer than two (nothing to compare)."""
+    every = max(1, round(first / 5))
+    epochs = [e for e in range(first, 0, -every) if 2 * e >= first]
+    return sorted(epochs) if len(epochs) >= 2 else []
+
+
 @dataclass
 class Withheld:
     """A self-check inside a training run (``fit_network``): the first epochs (``self_checked_epochs``)
     train on ``view`` (the MDD with one HS image hidden, ``MDD.hiding``); then ``check(net, data)``
     measures that network (``data``: the view's TrainingSet) and returns what to keep in the model
     file's info and the checkpoint; the remaining epochs train on the whole MDD, with the view's PCA,
-    blur and linear priors, so that the same network goes on learning with the withheld image too."""
+    blur and linear priors, so that the same network goes on learning with the withheld image too.
+    ``probe(net, data)``, where given, is the early stop's measure between epochs (higher is better)."""
 
     view: MDD
     check: Callable[[Any, TrainingSet], dict]
+    probe: Callable[[Any, TrainingSet], float] | None = None  # the early stop's CC (``early_stop_epochs``)
 
 
 def fit_network(
@@ -449,6 +472,9 @@ def fit_network(
         f"{epochs} epochs x {steps} steps."
     )
     history, first_epoch = [], 0
+    probes = early_stop_epochs(first) if withheld is not None and withheld.probe is not None and EARLY_STOP else []
+    early: dict = {"probes": []}  # what the early stop measured, for the model file's info
+    best = None  # the early stop's best probe: {"epoch", "CC", "state"}
     saved = checkpointer.load() if checkpointer is not None else None  # read once, only when resuming
     if checkpointer is not None and checkpointer.resume and saved is None:
         log(f"No checkpoint of this MDD and these parameters at {checkpointer.path}: training from the start.")
@@ -462,13 +488,17 @@ def fit_network(
         restore_rng(rng, saved["rng"])
         torch.set_rng_state(saved["torch_rng"])
         history, first_epoch = json.loads(saved["history_json"]), int(saved["epoch"])
+        first, epochs = int(saved.get("first", first)), int(saved.get("epochs", epochs))  # an early stop's
+        total = epochs * steps
+        early, best = json.loads(saved.get("early_json") or '{"probes": []}'), saved.get("best") or None
         log(f"Resumed from {checkpointer.path} after epoch {first_epoch}/{epochs}.")
     extra = {}
 
     def go_on_with_everything(check: bool) -> None:
         """The end of the first cycle of a self-checked run: the check (unless a resumed run has it in
         its checkpoint), then the whole MDD, read with the view's PCA, for the epochs left."""
-        nonlocal mdd, data
+        nonlocal mdd, data, best
+        best = None  # the first cycle's probes are over
         if check:
             net.eval()
             extra.update(withheld.check(net, data))
@@ -486,6 +516,47 @@ def fit_network(
         # to its reference, and a few epochs would not teach it what that input means.
         fit_hs_maps(net, data, np.random.default_rng(seed))  # its own stream: a resumed run draws the same
 
+    def snapshot() -> dict:
+        return copy.deepcopy(
+            {"net": net.state_dict(), "mtl": mtl.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+        )
+
+    def probe(done: int) -> bool:
+        """The early stop's probe after epoch ``done`` of the first cycle; True where it ends that cycle,
+        the network then back as it was at the best probe."""
+        nonlocal best, first, epochs, total, history
+        net.eval()
+        cc = float(withheld.probe(net, data))
+        net.train()
+        early["probes"].append({"epoch": done, "CC": cc})
+        if not math.isfinite(cc):
+            log("Early stop: the withheld HS has no valid pixel in the block it measures; no early stop.")
+            probes.clear()
+            return False
+        if best is None or cc > best["CC"]:
+            best = {"epoch": done, "CC": cc, "state": snapshot()}
+            log(f"Early stop's probe after epoch {done}: network CC {cc:.4f} on the withheld HS (the best so far).")
+            return False
+        if cc >= best["CC"] - EARLY_STOP_TOLERANCE:
+            log(f"Early stop's probe after epoch {done}: network CC {cc:.4f} (best {best['CC']:.4f}).")
+            return False
+        state = best["state"]
+        net.load_state_dict(state["net"])
+        mtl.load_state_dict(state["mtl"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        first, epochs = self_checked_epochs(best["epoch"])
+        total, history = epochs * steps, history[:first]
+        for group, base in zip(opt.param_groups, sched.base_lrs):  # the second cycle's restart from here
+            group["lr"] = base * cycle(sched.last_epoch)
+        early.update(stopped_after=done, kept=first)
+        log(
+            f"Early stop after epoch {done}: the network's CC on the withheld HS fell to {cc:.4f}, from "
+            f"{best['CC']:.4f} after epoch {first}; the run goes on from that epoch's network."
+        )
+        best = None
+        return True
+
     def save(done: int, checked: bool = False) -> None:
         checkpointer.save(
             {
@@ -499,6 +570,10 @@ def fit_network(
                 "history_json": json.dumps(history),
                 "epoch": done,
                 "checked": checked,  # a self-checked run past its check: resumed, it does not check again
+                "first": first,  # the cycles as an early stop left them
+                "epochs": epochs,
+                "early_json": json.dumps(early),
+                "best": best or {},
             }
         )
 
@@ -510,7 +585,9 @@ def fit_network(
         checkpointer.extra.update(extra)
         log("Self-check: taken from the checkpoint being resumed.")
         go_on_with_everything(check=False)
-    for epoch in range(first_epoch, epochs):
+    epoch = first_epoch - 1
+    while epoch + 1 < epochs:
+        epoch += 1
         te = time.time()
         if withheld is not None and epoch == first:
             if not switched:
@@ -555,8 +632,13 @@ def fit_network(
             + ", ".join(f"{k} loss {entry['loss'][k]:.4f} c {entry['c'][k]:.3f}" for k in data.tasks)
             + f" ({entry['time_s']:.1f} s)"
         )
+        if not switched and epoch + 1 in probes and probe(epoch + 1):
+            epoch = first - 1  # the next epoch is the first of the second cycle
+            continue
         if checkpointer is not None and checkpointer.due(epoch + 1, epochs):
             save(epoch + 1)
+    if probes:
+        extra["early_stop"] = early
     net.eval()
     precision = str(amp_dtype or torch.float32).replace("torch.", "")
     return {
@@ -568,6 +650,7 @@ def fit_network(
         "threads": threads,
         "precision": precision,
         "extra": extra,
+        "first": first,
     }
 
 
@@ -678,7 +761,7 @@ def train_fusion_model(
         max_days_apart=float(max_days_apart),
     )
     if withheld is not None:
-        params["epochs_in_all"], params["self_check_epochs"] = len(history), self_checked_epochs(epochs)[0]
+        params["epochs_in_all"], params["self_check_epochs"] = len(history), fit["first"]
     info = {
         "parameters": params,
         "device": dev,

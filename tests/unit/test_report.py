@@ -84,3 +84,18 @@ def test_rewriting_replaces_the_old_report(tmp_path):
     open(path, "w").write("old")
     write_training_report(path, _history(2), _info())
     assert open(path, encoding="utf-8").read().startswith("<!DOCTYPE html>")
+
+
+def test_the_early_stop_s_probes_are_in_the_report(tmp_path):
+    path = str(tmp_path / "r.html")
+    probes = [{"epoch": 9, "CC": 0.9672}, {"epoch": 12, "CC": 0.9681}, {"epoch": 15, "CC": 0.9601}]
+    write_training_report(
+        path, _history(), dict(_info(), early_stop={"probes": probes, "stopped_after": 15, "kept": 12})
+    )
+    text = open(path, encoding="utf-8").read()
+    assert "epoch 9: 0.9672, epoch 12: 0.9681, epoch 15: 0.9601" in text
+    assert "Stopped early after epoch 15: training went on from epoch 12&#x27;s network" in text
+    write_training_report(path, _history(), dict(_info(), early_stop={"probes": probes[:2]}))
+    assert "No early stop" in open(path, encoding="utf-8").read()
+    write_training_report(path, _history(), _info())  # a model trained without: nothing said
+    assert "Early stop" not in open(path, encoding="utf-8").read()

@@ -201,6 +201,97 @@ class GuidedChange(nn.Module):
             return [torch.where(den > 0, num / den.clamp_min(1e-6), c) for (c, _), (num, den) in zip(changes, sums)]
 
 
+class SubpixelChange(nn.Module):
+    """The dense-MS change below the dense pixel, from the fine MS guide's own detail: in each window
+    of ``radius`` pixels, a ridge regression of the change (as the grid holds it: the dense pixels
+    resampled) on the guide blurred by ``sigma``, its coefficients averaged over the window as a
+    guided filter's are (He et al. 2013), applied to the detail the blur took out of the guide:
+    detail = A (g - blur(g)). Where a field smaller than a dense pixel changes unlike its
+    neighbours, the windows around it see the change follow its fine MS, so the regression puts the
+    change on the field's pixels instead of over the whole dense pixel (the idea of FSDAF's unmixing,
+    Zhu et al. 2016, without hard classes). Added to the guided change at fusion
+    (``TemporalBranch.add_subpixel``, ``predictor.SUBPIXEL_CHANGE``); training does not use it.
+    Sizes from the dense MS's ratio to the grid: sigma 0.3 of it, radius 1.5 of it, ridge 0.1 of the
+    guide's variance, chosen on the development scenes' tuning date (BENCHMARKS.md, "The dense MS
+    change below the dense pixel"). Fixed (not learned); exact on a window ``reach`` pixels wider,
+    computed in strips of rows so that its memory (the guide's channels squared per pixel) stays
+    bounded on large tiles.
+    forward(g (B, G, H, W) guide, c (B, C, H, W) change, v (B, 1, H, W) validity) -> (B, C, H, W).
+    """
+
+    SIGMA, RADIUS, RIDGE = 0.3, 1.5, 0.1  # of the dense ratio, of the dense ratio, of the guide's variance
+    FLOOR = 1e-6
+    STRIP_VALUES = 2**25  # values of the per-pixel systems held at once (G x (G + C) per pixel): 128 MB
+
+    def __init__(self, dense_ratio: float) -> None:
+        super().__init__()
+        self.dense_ratio = float(dense_ratio)
+        self.blur = GaussianBlur(self.SIGMA * self.dense_ratio)
+        self.window = max(1, int(round(self.RADIUS * self.dense_ratio)))
+        self.reach = self.blur.radius + 2 * self.window
+        self._last = []  # [(guide, its version, validity, _guide_part's result)]: the last two
+
+    def _box(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over the window, clipped at the tensor's edges; separable (rows, then columns)."""
+        r = self.window
+        x = x.contiguous(memory_format=torch.channels_last)  # many channels: pooled about 1.5 times faster
+        x = nn.functional.avg_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)
+        x = nn.functional.avg_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
+        return x.contiguous()
+
+    def forward(self, g: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # inputs only, no parameter
+            G, C, H = g.shape[1], c.shape[1], g.shape[-2]
+            rows = max(1, self.STRIP_VALUES // max(1, g.shape[0] * g.shape[-1] * G * (G + C)) - 2 * self.reach)
+            if rows >= H:
+                return self._detail(g, c, v)
+            out = []
+            for y0 in range(0, H, rows):
+                a, b = max(0, y0 - self.reach), min(H, y0 + rows + self.reach)
+                part = self._detail(g[..., a:b, :], c[..., a:b, :], v[..., a:b, :])
+                out.append(part[..., y0 - a : y0 - a + min(rows, H - y0), :])
+            return torch.cat(out, dim=-2)
+
+    def _guide_part(self, g: torch.Tensor, v: torch.Tensor) -> tuple:
+        """What depends on the guide and the validity alone: the blurred guide, the windows' valid
+        share, the guide's means and the Cholesky factor of its ridged covariance (with whether it
+        exists). Fusion's dates of one tile share their guide: the last two (a date's two sources) are
+        kept and reused."""
+        for last in self._last:
+            if last[0] is g and last[1] == g._version and torch.equal(last[2], v):
+                return last[3]
+        B, G, H, W = g.shape
+        gb, _ = self.blur(g, torch.ones_like(g[:, :1]))
+        n = self._box(v).clamp_min(1e-6)
+        gw = gb * v
+        mg = self._box(gw) / n
+        i, j = torch.triu_indices(G, G, device=g.device)  # the covariance is symmetric: its upper half
+        upper = (self._box(gb[:, i] * gw[:, j]) / n - mg[:, i] * mg[:, j]).permute(0, 2, 3, 1)
+        gg = g.new_zeros(B, H, W, G, G)
+        gg[..., i, j] = upper
+        gg[..., j, i] = upper
+        # the ridge, relative to the guide's variance, and a floor where the guide is flat (zero-filled
+        # gaps): the normalised guide's units, so the systems stay positive definite in float32
+        ridge = self.RIDGE * torch.diagonal(gg, dim1=-2, dim2=-1).mean(-1).clamp_min(0) + self.FLOOR
+        gg.diagonal(dim1=-2, dim2=-1).add_(ridge[..., None])
+        factor, info = torch.linalg.cholesky_ex(gg)
+        part = (gb, gw, n, mg, factor, info == 0)
+        self._last = [(g, g._version, v.clone(), part)] + self._last[:1]  # the two sources of a date
+        return part
+
+    def _detail(self, g: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        B, G, H, W = g.shape
+        C = c.shape[1]
+        gb, gw, n, mg, factor, ok = self._guide_part(g, v)
+        mc = self._box(c * v) / n
+        gc = self._box((gw[:, :, None] * c[:, None]).flatten(1, 2)) / n - (mg[:, :, None] * mc[:, None]).flatten(1, 2)
+        coef = torch.cholesky_solve(gc.view(B, G, C, H, W).permute(0, 3, 4, 1, 2), factor)  # (B, H, W, G, C)
+        coef = torch.where(ok[..., None, None], coef, torch.zeros_like(coef))
+        coef = self._box(coef.permute(0, 3, 4, 1, 2).reshape(B, G * C, H, W) * v) / n
+        detail = torch.einsum("bgchw,bghw->bchw", coef.view(B, G, C, H, W), g - gb)
+        return detail * (v > 0).to(detail.dtype)
+
+
 class TemporalBranch(nn.Module):
     """Fine MS at a date q plus dense MS at q and t -> fine MS at t: the change between dates.
 
@@ -225,7 +316,15 @@ class TemporalBranch(nn.Module):
         self.change = nn.Conv2d(n_dense, n_fine, 1)
         self.trunk = Trunk(n_fine + 3 * n_dense, n_fine, kernels, width, n_blocks) if trunk else None
         self.guided = GuidedChange(guided_radius) if guided_radius > 0 else None
+        self.subpixel = None  # fusion's SubpixelChange (``add_subpixel``); never trained with
         self.radius = (self.trunk.radius if trunk else 0) + (guided_radius if guided_radius > 0 else 0)
+
+    def add_subpixel(self, dense_ratio: float) -> None:
+        """The dense MS change below the dense pixel (``SubpixelChange``) added to the guided change
+        from now on, for a dense MS ``dense_ratio`` times the grid; widens ``radius`` by its reach."""
+        guided = self.guided.radius if self.guided is not None else 0
+        self.subpixel = SubpixelChange(dense_ratio).to(self.change.weight.device)
+        self.radius += max(0, self.subpixel.reach - guided)
 
     def forward(
         self,
@@ -253,9 +352,10 @@ class TemporalBranch(nn.Module):
         has the guided change (its similarity judged once for them all, or given: ``similar``), else
         as it is."""
         deltas = [(d_t - d_q, v if v is not None else torch.ones_like(d_t[:, :1])) for d_q, d_t, v in sources]
-        if self.guided is None:
-            return [delta for delta, _ in deltas]
-        return self.guided.spread(guide, deltas, similar)
+        spread = [delta for delta, _ in deltas] if self.guided is None else self.guided.spread(guide, deltas, similar)
+        if self.subpixel is None:
+            return spread
+        return [s + self.subpixel(guide, delta, v) for s, (delta, v) in zip(spread, deltas)]
 
 
 class SpectralBranch(nn.Module):

@@ -22,6 +22,7 @@ next reference date).
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Callable
@@ -77,14 +78,25 @@ DENSE_FROM_FINE = True
 DETAIL_ON_EVERY_DATE = True
 
 
+# The dense MS change below the dense pixel from the guide's own detail (network.SubpixelChange), added
+# to the guided change of the fine MS predicted in time; fusion only, so models trained before get it
+# too. Chosen on the development scenes' tuning date (BENCHMARKS.md, "The dense MS change below the
+# dense pixel"); False: the guided change alone (as before).
+SUBPIXEL_CHANGE = True
+
+
 class FusionPredictor:
     """A loaded model, ready to fuse windows of an MDD with the same roles and bands."""
 
     def __init__(self, meta: dict, arrays: dict, net: FusionNetwork, device: str) -> None:
         self.meta = meta
-        self.net = net
         self.device = device
         self.roles = meta["roles"]
+        dense_ratio = float(self.roles["dense_ms"].get("scale_ratio", 1.0))
+        if SUBPIXEL_CHANGE and dense_ratio > 1 and net.temporal.guided is not None:
+            net = copy.deepcopy(net)  # the caller's network (a training run's self-check) stays as it is
+            net.temporal.add_subpixel(dense_ratio)
+        self.net = net
         self.kernels = meta["kernels"]
         # The spectral map of each training HS date (date_maps.py): the network's with the date_maps
         # option, and in any case the fine detail of every date (``_detail``); None in a
@@ -106,7 +118,6 @@ class FusionPredictor:
         # (dense_consistency.py): fitted on each MDD fused, none with STEPS 0 or a dense MS on the grid.
         from .dense_consistency import STEPS, reach
 
-        dense_ratio = float(self.roles["dense_ms"].get("scale_ratio", 1.0))
         guided = net.temporal.guided.radius if net.temporal.guided is not None else 0
         self._consistency_args = (dense_ratio, guided, STEPS) if STEPS > 0 and dense_ratio > 1 else None
         self._consistency, self._gains, self._gap_fills = {}, {}, {}
@@ -182,6 +193,8 @@ class FusionPredictor:
                 log("The model was trained on another MDD: co-registering this one's images.")
             shifts = estimate_shifts(mdd, log)
         mdd = mdd.registered(shifts) if shifts else mdd
+        if log is not None and self.net.temporal.subpixel is not None:
+            log(self.fusion_notes()[0])  # the change below the dense pixel: the first note, when there is one
         self._dense_fit(mdd, log)  # dense_consistency's map, fitted once here rather than in the first tile
         if log is not None and DENSE_GAP_FILL:
             log(_gap_fill_note())  # (_dense_fit said what the steps fitted)
@@ -189,10 +202,18 @@ class FusionPredictor:
 
     def fusion_notes(self) -> list[str]:
         """What fusion does besides the network, in words for the log, without fitting anything (Fuse's
-        Dask driver says it; each task fits for itself): the dense MS steps, then the gap fill."""
+        Dask driver says it; each task fits for itself): the change below the dense pixel, the dense MS
+        steps, then the gap fill."""
         from .dense_consistency import FIT_SIDE
 
         notes = []
+        sub = self.net.temporal.subpixel
+        if sub is not None:
+            side = 2 * sub.window + 1
+            notes.append(
+                "Fine MS predicted in time: the dense MS change put below the dense pixel by the fine MS's "
+                f"own detail (local regressions in {side}x{side} px windows)."
+            )
         if self._consistency_args is not None:
             notes.append(
                 "Fine MS predicted in time, put back in line with each date's dense MS: "

@@ -432,8 +432,15 @@ class FusionPredictor:
             gain = None
             if module is not None:
                 x, _ = self._ms_inputs(base, central_window(base.grid.width, base.grid.height), date)
+                temporal = self.net.temporal
                 with NETWORK_LOCK, torch.no_grad():
-                    _, _, _, tp, _, _, vt = self.net.ms_estimate(x)
+                    # The gain compares the prediction as the dense sensor sees it: the change below the
+                    # dense pixel, which that blur takes out, is left out here (half of its cost).
+                    subpixel, temporal.subpixel = temporal.subpixel, None
+                    try:
+                        _, _, _, tp, _, _, vt = self.net.ms_estimate(x)
+                    finally:
+                        temporal.subpixel = subpixel
                     gain = torch.from_numpy(date_gain(module, tp.float(), vt * x["vd"], x["d"])).to(self.device)
             self._gains[key] = None if gain is None else (module, gain)
         return self._gains[key]

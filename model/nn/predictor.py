@@ -93,7 +93,7 @@ class FusionPredictor:
         self.device = device
         self.roles = meta["roles"]
         dense_ratio = float(self.roles["dense_ms"].get("scale_ratio", 1.0))
-        if SUBPIXEL_CHANGE and dense_ratio > 1 and net.temporal.guided is not None:
+        if SUBPIXEL_CHANGE and dense_ratio > 1 and net.temporal.guided is not None and net.temporal.subpixel is None:
             net = copy.deepcopy(net)  # the caller's network (a training run's self-check) stays as it is
             net.temporal.add_subpixel(dense_ratio)
         self.net = net

@@ -473,6 +473,7 @@ def fit_network(
     )
     history, first_epoch = [], 0
     probes = early_stop_epochs(first) if withheld is not None and withheld.probe is not None and EARLY_STOP else []
+    probing = bool(probes)  # (a probe without a valid pixel clears ``probes``; what it measured is kept)
     early: dict = {"probes": []}  # what the early stop measured, for the model file's info
     best = None  # the early stop's best probe: {"epoch", "CC", "state"}
     saved = checkpointer.load() if checkpointer is not None else None  # read once, only when resuming
@@ -637,7 +638,7 @@ def fit_network(
             continue
         if checkpointer is not None and checkpointer.due(epoch + 1, epochs):
             save(epoch + 1)
-    if probes:
+    if probing:
         extra["early_stop"] = early
     net.eval()
     precision = str(amp_dtype or torch.float32).replace("torch.", "")

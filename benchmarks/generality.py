@@ -342,7 +342,7 @@ def report() -> str:
     return "\n".join(lines)
 
 
-CHOSEN = "p_subpixel"  # the configuration the defaults now are (seed 0)
+CHOSEN = "m_fromfine"  # the configuration the defaults now are (seed 0)
 
 
 def bars_table(root: str) -> list:

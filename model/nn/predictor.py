@@ -80,9 +80,10 @@ DETAIL_ON_EVERY_DATE = True
 
 # The dense MS change below the dense pixel from the guide's own detail (network.SubpixelChange), added
 # to the guided change of the fine MS predicted in time; fusion only, so models trained before get it
-# too. Chosen on the development scenes' tuning date (BENCHMARKS.md, "The dense MS change below the
-# dense pixel"); False: the guided change alone (as before).
-SUBPIXEL_CHANGE = True
+# too. Better on every metric of the six generality scenes' tuning date (CC +0.0010 to +0.0023), but it
+# made the scale benchmark's fusion 3.4-3.8 times slower (7.6-7.9 times GDAL's copy instead of 2.1-2.3):
+# off until it is cheaper (BENCHMARKS.md, "The dense MS change below the dense pixel").
+SUBPIXEL_CHANGE = False
 
 
 class FusionPredictor:

@@ -72,9 +72,10 @@ def test_fusion_adds_it_to_its_own_copy_of_the_network(trained_tiny, monkeypatch
     meta, arrays, state = load_model(trained_tiny[1])
     net = FusionNetwork(**meta["network"])
     net.load_state_dict(state)
+    monkeypatch.setattr(predictor_module, "SUBPIXEL_CHANGE", True)  # off by default: its fusion time
     p = predictor_module.FusionPredictor(meta, arrays, net, "cpu")
     assert p.net is not net and net.temporal.subpixel is None  # a training run's network stays as it is
-    assert p.net.temporal.subpixel.dense_ratio == 2.0
+    assert p.net.temporal.subpixel.dense_ratio == 2.0 and p.net_halo == 43
     assert p.fusion_notes()[0].startswith("Fine MS predicted in time: the dense MS change put below")
     monkeypatch.setattr(predictor_module, "SUBPIXEL_CHANGE", False)
     off = predictor_module.FusionPredictor(meta, arrays, net, "cpu")

@@ -34,7 +34,7 @@ from ..core.calendar import fill_in_time, fine_for
 from ..core.gap_fill import fit_gap_fill
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
 from ..mdd.format import MDD, read_values
-from ..mdd.registration import central_window, estimate_shifts, max_blur_sigma, shifts_from_json
+from ..mdd.registration import MAX_SIDE, central_window, estimate_shifts, max_blur_sigma, shifts_from_json
 from .device import autocast, precision_for, select_device
 from .model_file import ModelError, load_model
 from .preprocessing import HSPCA, BandNormalizer
@@ -195,7 +195,7 @@ class FusionPredictor:
             shifts = estimate_shifts(mdd, log)
         mdd = mdd.registered(shifts) if shifts else mdd
         if log is not None and self.net.temporal.subpixel is not None:
-            log(self.fusion_notes()[0])  # the change below the dense pixel: the first note, when there is one
+            log(_subpixel_note(self.net.temporal.subpixel))
         self._dense_fit(mdd, log)  # dense_consistency's map, fitted once here rather than in the first tile
         if log is not None and DENSE_GAP_FILL:
             log(_gap_fill_note())  # (_dense_fit said what the steps fitted)
@@ -208,13 +208,8 @@ class FusionPredictor:
         from .dense_consistency import FIT_SIDE
 
         notes = []
-        sub = self.net.temporal.subpixel
-        if sub is not None:
-            side = 2 * sub.window + 1
-            notes.append(
-                "Fine MS predicted in time: the dense MS change put below the dense pixel by the fine MS's "
-                f"own detail (local regressions in {side}x{side} px windows)."
-            )
+        if self.net.temporal.subpixel is not None:
+            notes.append(_subpixel_note(self.net.temporal.subpixel))
         if self._consistency_args is not None:
             notes.append(
                 "Fine MS predicted in time, put back in line with each date's dense MS: "
@@ -631,9 +626,15 @@ class FusionPredictor:
         return hs
 
 
-def _gap_fill_note() -> str:
-    from ..mdd.registration import MAX_SIDE
+def _subpixel_note(sub) -> str:
+    side = 2 * sub.window + 1
+    return (
+        "Fine MS predicted in time: the dense MS change put below the dense pixel by the fine MS's own detail "
+        f"(local regressions in {side}x{side} px windows)."
+    )
 
+
+def _gap_fill_note() -> str:
     return (
         "Gaps (clouds) of a date's dense MS: filled from how the rest of that image changed since the other "
         f"dates (fitted on the central {MAX_SIDE}x{MAX_SIDE} px of the date), else interpolated in time per pixel."

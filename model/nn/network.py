@@ -83,6 +83,11 @@ class Trunk(nn.Module):
         self.radius = n_blocks * (max(kernels) // 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Channels-last on the CPU: oneDNN runs the trunk's small convolutions about 1.5 times faster
+        # there, forward and backward (the demo's training about 20 % faster); the values are those of
+        # the channels-first layout to float32 rounding. GPUs keep the layout they were measured with.
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         features = self.blocks(torch.relu(self.stem(x)))
         return self.out(features), features
 

@@ -11,6 +11,7 @@ from stsfusion.model.nn.network import (
     SpatialBranch,
     SpectralBranch,
     TemporalBranch,
+    Trunk,
     parse_kernels,
 )
 
@@ -318,3 +319,16 @@ def test_temporal_branch_without_trunk_predicts_its_prior_and_the_head_reads_no_
     )
     net.fuse(x)["scores"].mean().backward()
     assert [n for n, p in net.named_parameters() if p.grad is None and not n.startswith("spatial.")] == []
+
+
+@pytest.mark.parametrize("kernels", [(1,), (1, 3), (1, 3, 5)])
+def test_the_trunk_runs_channels_last_on_the_cpu_with_the_values_of_channels_first(kernels):
+    torch.manual_seed(0)
+    trunk = Trunk(6, 4, kernels, 16, 2)
+    torch.nn.init.normal_(trunk.out.weight)  # the output starts at zero: give it something to compare
+    x = torch.randn(3, 6, 20, 24)
+    out, features = trunk(x)
+    assert features.is_contiguous(memory_format=torch.channels_last)  # the faster layout is the one used
+    plain = trunk.blocks(torch.relu(trunk.stem(x)))  # channels-first all the way
+    assert plain.is_contiguous() and torch.allclose(features, plain, atol=1e-5)
+    assert torch.allclose(out, trunk.out(plain), atol=1e-5)

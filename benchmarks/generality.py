@@ -342,7 +342,7 @@ def report() -> str:
     return "\n".join(lines)
 
 
-CHOSEN = "m_fromfine"  # the configuration the defaults now are (seed 0)
+CHOSEN = "q_channels_last"  # the configuration the defaults now are (seed 0; m_fromfine retrained channels-last)
 
 
 def bars_table(root: str) -> list:

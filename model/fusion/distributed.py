@@ -173,6 +173,7 @@ def fuse_with_dask(
     skip_existing: bool = False,
     gdal_cache_mb: int = FUSE_GDAL_CACHE_MB,
     dates_per_task: int | None = None,
+    subpixel_change: bool | None = None,
 ) -> list:
     """``fuse_time_series`` on Dask, for a resolved ``scheduler`` ("threads" or an address).
 
@@ -195,7 +196,8 @@ def fuse_with_dask(
         device = select_device(device)  # DeviceError before anything is written; a worker chooses its own
     with ExitStack() as stack:
         client = stack.enter_context(_connect(scheduler)) if is_cluster(scheduler) else None  # unreachable: fail first
-        predictor = load_predictor(model_path, device="cpu")  # checks and plan only: each task loads its own
+        # checks and plan only (its halo sizes the tasks): each task loads its own
+        predictor = load_predictor(model_path, device="cpu", subpixel_change=subpixel_change)
         predictor.check_compatible(mdd)
         report_self_check(predictor.meta, cb)
         for line in predictor.fusion_notes():
@@ -223,6 +225,7 @@ def fuse_with_dask(
             file_md=file_md,
             device=device,
             gdal_cache_mb=int(gdal_cache_mb),
+            subpixel_change=subpixel_change,
         )
         started = time.monotonic()
         if client is not None:

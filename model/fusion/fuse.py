@@ -118,6 +118,7 @@ def fuse_time_series(
     skip_existing: bool = False,
     gdal_cache_mb: int = FUSE_GDAL_CACHE_MB,
     scheduler: str | None = None,
+    subpixel_change: bool | None = None,
 ) -> list:
     """Fuses every requested date of the MDD into ``output_folder/fused_YYYY-MM-DD.tif``.
 
@@ -125,6 +126,8 @@ def fuse_time_series(
     ``output_type``/``compression``: see ``OutputFormat``; ``skip_existing``: keep the dates an
     earlier run completed (see ``fuse_with_predictor``); ``gdal_cache_mb``: GDAL's block cache while
     fusing (set explicitly, not GDAL's default of 5 % of the RAM, and restored afterwards).
+    ``subpixel_change``: the dense MS change put below the dense pixel too (``network.SubpixelChange``;
+    more accurate, about 3-4 times the fusion time; None: ``predictor.SUBPIXEL_CHANGE``, off).
 
     ``dates``: None (every date of the MDD), a list of ISO dates, or a comma/semicolon separated
     string. ``callbacks``: progress after each tile, cancel checked before each tile. Returns the
@@ -174,11 +177,12 @@ def fuse_time_series(
             output_format=fmt,
             skip_existing=skip_existing,
             gdal_cache_mb=gdal_cache_mb,
+            subpixel_change=subpixel_change,
         )
     if not dask_available():
         callbacks_or_default(callbacks).log(DASK_MISSING_NOTE)
     threads = configure_threads(threads)
-    predictor = load_predictor(model_path, device=device)
+    predictor = load_predictor(model_path, device=device, subpixel_change=subpixel_change)
     mdd = predictor.prepare(mdd, callbacks_or_default(callbacks).log)  # checked, read co-registered
     callbacks_or_default(callbacks).log(describe_device(predictor.device, threads, training=False))
     report_self_check(predictor.meta, callbacks_or_default(callbacks))
@@ -293,6 +297,7 @@ class FusionJob:
     file_md: dict
     device: str = "cpu"
     gdal_cache_mb: int = FUSE_GDAL_CACHE_MB  # GDAL's block cache in the process that fuses a group
+    subpixel_change: bool | None = None  # load_predictor's
 
 
 def prepare_outputs(
@@ -442,7 +447,7 @@ def fuse_date_group(job: FusionJob, dates: list[str], callbacks: Callbacks | Non
     cb.check("Fusion canceled: the dates under way were not written.")
     cap_gdal_cache(job.gdal_cache_mb)  # a cluster's worker: bounded as this process is
     started = time.monotonic()
-    predictor = load_predictor(job.model_path, device=job.device)
+    predictor = load_predictor(job.model_path, device=job.device, subpixel_change=job.subpixel_change)
     mdd = predictor.prepare(MDD.open(job.mdd_path))
     grid = mdd.grid
     tiles = tile_windows(grid.width, grid.height, job.tile_size)

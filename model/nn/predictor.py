@@ -82,19 +82,26 @@ DETAIL_ON_EVERY_DATE = True
 # to the guided change of the fine MS predicted in time; fusion only, so models trained before get it
 # too. Better on every metric of the six generality scenes' tuning date (CC +0.0010 to +0.0023), but it
 # made the scale benchmark's fusion 3.4-3.8 times slower (7.6-7.9 times GDAL's copy instead of 2.1-2.3):
-# off until it is cheaper (BENCHMARKS.md, "The dense MS change below the dense pixel").
+# off by default (BENCHMARKS.md, "The dense MS change below the dense pixel"). A run asks for it
+# with ``load_predictor(..., subpixel_change=True)`` (Fuse's SUBPIXEL_CHANGE parameter); this is the
+# default of a run that does not say.
 SUBPIXEL_CHANGE = False
 
 
 class FusionPredictor:
     """A loaded model, ready to fuse windows of an MDD with the same roles and bands."""
 
-    def __init__(self, meta: dict, arrays: dict, net: FusionNetwork, device: str) -> None:
+    def __init__(
+        self, meta: dict, arrays: dict, net: FusionNetwork, device: str, subpixel_change: bool | None = None
+    ) -> None:
+        """``subpixel_change``: add the dense MS change below the dense pixel (``SUBPIXEL_CHANGE`` when
+        None); it needs a dense MS coarser than the grid and a model with the guided change."""
         self.meta = meta
         self.device = device
         self.roles = meta["roles"]
         dense_ratio = float(self.roles["dense_ms"].get("scale_ratio", 1.0))
-        if SUBPIXEL_CHANGE and dense_ratio > 1 and net.temporal.guided is not None and net.temporal.subpixel is None:
+        subpixel = SUBPIXEL_CHANGE if subpixel_change is None else bool(subpixel_change)
+        if subpixel and dense_ratio > 1 and net.temporal.guided is not None and net.temporal.subpixel is None:
             net = copy.deepcopy(net)  # the caller's network (a training run's self-check) stays as it is
             net.temporal.add_subpixel(dense_ratio)
         self.net = net
@@ -656,8 +663,9 @@ def _cropped(x: dict, inner: tuple) -> dict:
     return {k: [_cut(t, size, inner) for t in v] if isinstance(v, list) else _cut(v, size, inner) for k, v in x.items()}
 
 
-def load_predictor(model_path: str, device: str = "auto") -> FusionPredictor:
-    """Loads a model file for fusion; ModelError when the file is not a usable model."""
+def load_predictor(model_path: str, device: str = "auto", subpixel_change: bool | None = None) -> FusionPredictor:
+    """Loads a model file for fusion; ModelError when the file is not a usable model.
+    ``subpixel_change``: see ``FusionPredictor``."""
     from .network import FusionNetwork, NetworkError
 
     meta, arrays, state = load_model(model_path)
@@ -685,4 +693,4 @@ def load_predictor(model_path: str, device: str = "auto") -> FusionPredictor:
     missing = [k for k in needed + (("date_maps",) if net.date_maps else ()) if k not in arrays]
     if missing:
         raise ModelError(f"{model_path} lacks {', '.join(missing)} (corrupt file): train the model again.")
-    return FusionPredictor(meta, arrays, net, dev)
+    return FusionPredictor(meta, arrays, net, dev, subpixel_change)

@@ -128,3 +128,22 @@ def test_cancel_leaves_no_geotiff(real, tmp_path):
     )
     assert res["OUTPUT_LAYERS"] == []
     assert os.listdir(out) == []
+
+
+def test_the_change_below_the_dense_pixel_is_an_advanced_switch_that_reaches_fusion(real, tmp_path):
+    from qgis.core import QgsApplication, QgsProcessingFeedback, QgsProcessingParameterDefinition
+
+    alg = QgsApplication.processingRegistry().algorithmById("stsfusion:fuse")
+    param = alg.parameterDefinition("SUBPIXEL_CHANGE")
+    assert param.defaultValue() is False and param.flags() & QgsProcessingParameterDefinition.FlagAdvanced
+    manifest, model = real
+    logs = {}
+    for on in (False, True):
+        feedback = QgsProcessingFeedback()
+        params = {"MDD": manifest, "MODEL": model, "DATES": "2022-03-26", "TILE_SIZE": 32, "DEVICE": "cpu"}
+        _run(dict(params, SUBPIXEL_CHANGE=on, OUTPUT_FOLDER=str(tmp_path / str(on))), feedback=feedback)
+        logs[on] = feedback.textLog()
+    assert "the dense MS change put below the dense pixel" in logs[True]
+    assert "below the dense pixel" not in logs[False]
+    a, b = (gdal.Open(str(tmp_path / str(on) / "fused_2022-03-26.tif")).ReadAsArray() for on in (False, True))
+    assert float(np.abs(a - b).max()) > 1e-4

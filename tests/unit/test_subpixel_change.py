@@ -82,3 +82,55 @@ def test_fusion_adds_it_to_its_own_copy_of_the_network(trained_tiny, monkeypatch
     assert off.net is net and off.net.temporal.subpixel is None
     assert p.net_halo == off.net_halo + p.net.temporal.subpixel.reach - net.temporal.guided.radius
     assert not any("below the dense pixel" in line for line in off.fusion_notes())
+
+
+def test_a_run_asks_for_it_in_the_loop_and_in_dask_tasks_alike(trained_tiny, monkeypatch, tmp_path):
+    """Fuse's SUBPIXEL_CHANGE: ``subpixel_change`` overrides the module's default either way, and
+    reaches the predictor of every path (the loop, a Dask task), which then write the same bytes."""
+    import numpy as np
+    from osgeo import gdal
+
+    from stsfusion.model.fusion.distributed import dask_available
+    from stsfusion.model.fusion.fuse import fuse_time_series
+    from stsfusion.model.mdd.format import MDD
+
+    manifest, model = trained_tiny
+    assert predictor_module.SUBPIXEL_CHANGE is False  # off by default: its fusion time
+    assert predictor_module.load_predictor(model, "cpu", subpixel_change=True).net.temporal.subpixel is not None
+    monkeypatch.setattr(predictor_module, "SUBPIXEL_CHANGE", True)
+    assert predictor_module.load_predictor(model, "cpu", subpixel_change=False).net.temporal.subpixel is None
+    assert predictor_module.load_predictor(model, "cpu").net.temporal.subpixel is not None
+    monkeypatch.setattr(predictor_module, "SUBPIXEL_CHANGE", False)
+
+    mdd = MDD.open(manifest)
+    dates = [d for d in mdd.dates if d not in mdd.roles["fine_ms"].dates]  # predicted in time
+    assert dates
+
+    def fuse(folder, scheduler, on):
+        log = []
+        from stsfusion.model.core.callbacks import Callbacks
+
+        paths = fuse_time_series(
+            manifest,
+            model,
+            str(tmp_path / folder),
+            dates,
+            tile_size=16,
+            device="cpu",
+            threads=1,
+            scheduler=scheduler,
+            subpixel_change=on,
+            callbacks=Callbacks(log=log.append),
+        )
+        return [gdal.Open(p).ReadAsArray() for p in paths], log
+
+    on, log_on = fuse("on", "none", True)
+    off, log_off = fuse("off", "none", None)
+    assert any("below the dense pixel" in line for line in log_on)
+    assert not any("below the dense pixel" in line for line in log_off)
+    assert all(a.shape == b.shape for a, b in zip(on, off))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(on, off)) > 1e-4  # it changes the fused HS
+    if dask_available():
+        tasks, log_tasks = fuse("tasks", "threads", True)
+        assert any("below the dense pixel" in line for line in log_tasks)
+        assert all(np.array_equal(a, b) for a, b in zip(tasks, on))

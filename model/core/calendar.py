@@ -101,11 +101,21 @@ def fill_in_time(values: np.ndarray, valid: np.ndarray, days: Sequence[int], day
     ):
         v = np.full(values.shape[1:], np.nan, np.float32)
         found = np.full(values.shape[2:], np.nan)  # the day of the value taken, NaN until one is found
+        missing = np.ones(values.shape[2:], bool)
         for i in order:
-            if on_side[i]:
-                take = valid[i] & np.isnan(found)
+            if not on_side[i]:
+                continue
+            take = valid[i] & missing
+            if take.all():  # a clear date first: the whole image, without a mask's indexing
+                v[...] = values[i]
+                found[...] = days[i]
+                missing[...] = False
+            else:
                 v[:, take] = values[i][:, take]
                 found[take] = days[i]
+                missing &= ~take
+            if not missing.any():  # every pixel found: the dates farther away would add nothing
+                break
         sides.append((v, found))
     (vb, db), (va, da) = sides
     has_b, has_a = np.isfinite(db), np.isfinite(da)

@@ -274,3 +274,31 @@ def test_a_self_checked_run_on_two_hs_dates_keeps_the_views_reference_gap(tmp_pa
     assert load_model(model)[0]["network"]["reference_gap"] is False
     both = train_with_self_check(manifest, str(tmp_path / "plain.pt"), self_check=False, epochs=1, patch_size=16)
     assert both["self_check"] is None and load_model(str(tmp_path / "plain.pt"))[0]["network"]["reference_gap"] is True
+
+
+def _fill_one_pixel(series, ok, days, day):
+    """The rule, pixel by pixel: the nearest valid date on each side (the target's own counts on
+    both), linear between them, else the one side found."""
+    before = [i for i in np.argsort(-np.asarray(days), kind="stable") if ok[i] and days[i] <= day][:1]
+    after = [i for i in np.argsort(np.asarray(days), kind="stable") if ok[i] and days[i] >= day][:1]
+    if before and after and days[after[0]] > days[before[0]]:
+        w = (day - days[before[0]]) / (days[after[0]] - days[before[0]])
+        return series[before[0]] + np.float32(w) * (series[after[0]] - series[before[0]]), True
+    side = before or after
+    return (series[side[0]], True) if side else (np.full(series.shape[1:], np.nan), False)
+
+
+@pytest.mark.parametrize("clear", [(), (1,), (0, 3)])
+def test_fill_in_time_is_the_rule_pixel_by_pixel_whichever_dates_are_clear(clear):
+    rng = np.random.default_rng(len(clear))
+    days = [40, 0, 25, 10, 60]  # not in order
+    values = rng.random((5, 2, 6, 7)).astype(np.float32)
+    valid = rng.random((5, 6, 7)) > 0.5
+    valid[list(clear)] = True  # clear dates: the whole image at once, and the farther dates never read
+    for day in (0, 12, 25, 33, 70):
+        out, ok = fill_in_time(values, valid, days, day)
+        for y in range(6):
+            for x in range(7):
+                expected, found = _fill_one_pixel(values[:, :, y, x], valid[:, y, x], days, day)
+                assert ok[y, x] == found
+                np.testing.assert_allclose(out[:, y, x], expected, rtol=1e-6, atol=1e-7)

@@ -90,6 +90,7 @@ def test_a_run_asks_for_it_in_the_loop_and_in_dask_tasks_alike(trained_tiny, mon
     import numpy as np
     from osgeo import gdal
 
+    from stsfusion.model.core.callbacks import Callbacks
     from stsfusion.model.fusion.distributed import dask_available
     from stsfusion.model.fusion.fuse import fuse_time_series
     from stsfusion.model.mdd.format import MDD
@@ -108,20 +109,8 @@ def test_a_run_asks_for_it_in_the_loop_and_in_dask_tasks_alike(trained_tiny, mon
 
     def fuse(folder, scheduler, on):
         log = []
-        from stsfusion.model.core.callbacks import Callbacks
-
-        paths = fuse_time_series(
-            manifest,
-            model,
-            str(tmp_path / folder),
-            dates,
-            tile_size=16,
-            device="cpu",
-            threads=1,
-            scheduler=scheduler,
-            subpixel_change=on,
-            callbacks=Callbacks(log=log.append),
-        )
+        run = dict(scheduler=scheduler, subpixel_change=on, callbacks=Callbacks(log=log.append))
+        paths = fuse_time_series(manifest, model, str(tmp_path / folder), dates, 16, "cpu", threads=1, **run)
         return [gdal.Open(p).ReadAsArray() for p in paths], log
 
     on, log_on = fuse("on", "none", True)

@@ -225,6 +225,9 @@ class SubpixelChange(nn.Module):
     """
 
     SIGMA, RADIUS, RIDGE = 0.3, 1.5, 0.1  # of the dense ratio, of the dense ratio, of the guide's variance
+    # Fusion gives it the guide's first principal components, not the guide (``FusionPredictor``):
+    # the cost is the channels squared per pixel, and six keep most of what all of them give
+    COMPONENTS = 6
     FLOOR = 1e-6
     STRIP_VALUES = 2**25  # values of the per-pixel systems held at once (G x (G + C) per pixel): 128 MB
 
@@ -351,16 +354,21 @@ class TemporalBranch(nn.Module):
         return prior + correction, features
 
     def spread(
-        self, guide: torch.Tensor, sources: Sequence[tuple], similar: Sequence[torch.Tensor] | None = None
+        self,
+        guide: torch.Tensor,
+        sources: Sequence[tuple],
+        similar: Sequence[torch.Tensor] | None = None,
+        detail_guide: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """[(d_q, d_t, v)] -> the change d_t - d_q of each source, guided by ``guide`` when the branch
         has the guided change (its similarity judged once for them all, or given: ``similar``), else
-        as it is."""
+        as it is. ``detail_guide``: the change below the dense pixel's guide, when not ``guide``."""
         deltas = [(d_t - d_q, v if v is not None else torch.ones_like(d_t[:, :1])) for d_q, d_t, v in sources]
         spread = [delta for delta, _ in deltas] if self.guided is None else self.guided.spread(guide, deltas, similar)
         if self.subpixel is None:
             return spread
-        return [s + self.subpixel(guide, delta, v) for s, (delta, v) in zip(spread, deltas)]
+        g = guide if detail_guide is None else detail_guide
+        return [s + self.subpixel(g, delta, v) for s, (delta, v) in zip(spread, deltas)]
 
 
 class SpectralBranch(nn.Module):
@@ -554,7 +562,8 @@ class FusionNetwork(nn.Module):
             deltas = [self.temporal.spread(x[f], [src])[0] for f, src in zip(("fq", "fq2"), sources)]
         else:
             similar = x.get("guide_similar") if guide is not None else None
-            deltas = self.temporal.spread(x["fq"] if guide is None else guide, sources, similar)
+            detail_guide = x.get("subpixel_guide") if guide is not None else None
+            deltas = self.temporal.spread(x["fq"] if guide is None else guide, sources, similar, detail_guide)
         tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt, delta=deltas[0])
         if "fq2" in x:
             tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"], vt2, delta=deltas[1])

@@ -81,10 +81,10 @@ DETAIL_ON_EVERY_DATE = True
 # The dense MS change below the dense pixel from the guide's own detail (network.SubpixelChange), added
 # to the guided change of the fine MS predicted in time; fusion only, so models trained before get it
 # too. Better on every metric of the six generality scenes' tuning date (CC +0.0010 to +0.0023), but it
-# made the scale benchmark's fusion 3.4-3.8 times slower (7.6-7.9 times GDAL's copy instead of 2.1-2.3):
-# off by default (BENCHMARKS.md, "The dense MS change below the dense pixel"). A run asks for it
-# with ``load_predictor(..., subpixel_change=True)`` (Fuse's SUBPIXEL_CHANGE parameter); this is the
-# default of a run that does not say.
+# makes the scale benchmark's fusion about 1.6 times slower on its guide's 6 principal components
+# (3.4-3.8 times on the whole guide): off by default (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE"). A
+# run asks for it with ``load_predictor(..., subpixel_change=True)`` (Fuse's SUBPIXEL_CHANGE
+# parameter); this is the default of a run that does not say.
 SUBPIXEL_CHANGE = False
 
 
@@ -129,6 +129,7 @@ class FusionPredictor:
         guided = net.temporal.guided.radius if net.temporal.guided is not None else 0
         self._consistency_args = (dense_ratio, guided, STEPS) if STEPS > 0 and dense_ratio > 1 else None
         self._consistency, self._gains, self._gap_fills = {}, {}, {}
+        self._subpixel_bases = {}  # (MDD, the date the guide leaves out) -> the guide's components
         extra = reach(max_blur_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
         # A dense MS filled from its date's fine MS (``_dense_from_fine``) reads the fine MS within the
         # dense MS's blur around each pixel.
@@ -331,7 +332,9 @@ class FusionPredictor:
             x["wmap"] = self._date_map(date)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
         if guide is not None:
-            x["guide"], x["guide_similar"] = guide
+            x["guide"], x["guide_similar"] = guide[:2]
+            if guide[2] is not None:
+                x["subpixel_guide"] = guide[2]
         return x, dense
 
     def _dense_from_fine(self, mdd, x: dict, dense: tuple, pairs) -> None:
@@ -449,7 +452,8 @@ class FusionPredictor:
         return self._gains[key]
 
     def _guide(self, mdd, window, fine_dates, own, q, fq) -> tuple:
-        """(guide, its similarity or None) for the guided change (``FusionNetwork.multi_date_guide``):
+        """(guide, its similarity or None, its components or None) for the guided change
+        (``FusionNetwork.multi_date_guide``) and the change below the dense pixel (``_subpixel_basis``):
         the fine MS of every date but ``own`` (the one standing for the target date), in date order,
         each invalid pixel replaced by the source's ``fq``, as training builds it
         (``TrainingSet._guide``); and ``GuidedChange.similarity`` of it. The dates of a tile share
@@ -473,9 +477,38 @@ class FusionPredictor:
         guide = torch.from_numpy(np.concatenate(parts, axis=1) if parts else fq).to(self.device)
         guided = self.net.temporal.guided
         similar = guided.similarity_if_small(guide) if guided is not None else None
+        basis = self._subpixel_basis(mdd, own) if self.net.temporal.subpixel is not None else None
+        components = torch.einsum("kg,bghw->bkhw", basis, guide) if basis is not None else None
         if memo is not None:
-            memo[key] = (guide, similar)
-        return guide, similar
+            memo[key] = (guide, similar, components)
+        return guide, similar, components
+
+    def _subpixel_basis(self, mdd, own: str | None):
+        """(k, G): the first ``SubpixelChange.COMPONENTS`` principal components of the guide that
+        leaves out ``own`` (the fine MS of every other date, normalised), fitted once per MDD on its
+        central window where every date is valid, so every tile and every Dask task uses the same;
+        None where the guide has no more channels than that or too few valid pixels (the guide itself
+        is used). Fed all 16-28 channels, the change below the dense pixel made fusion 3.4-3.8 times
+        slower; fed 6 components, 1.6 times (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE")."""
+        import torch
+
+        base = getattr(mdd, "uncached", mdd)
+        key = (os.path.abspath(base.path), own)
+        if key not in self._subpixel_bases:
+            k = self.net.temporal.subpixel.COMPONENTS
+            window = central_window(base.grid.width, base.grid.height)
+            slots = [self._read(base, "fine_ms", d, window) for d in base.roles["fine_ms"].dates if d != own]
+            basis = None
+            if slots and sum(f.shape[1] for f, _ in slots) > k:
+                ok = np.logical_and.reduce([v[0, 0] > 0 for _, v in slots])
+                values = np.concatenate([f[0][:, ok] for f, _ in slots]).T.astype(np.float64)  # (pixels, G)
+                if len(values) > 4 * values.shape[1]:
+                    values -= values.mean(0)
+                    w, u = np.linalg.eigh(values.T @ values / len(values))
+                    basis = torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32))
+                    basis = basis.to(self.device)
+            self._subpixel_bases[key] = basis
+        return self._subpixel_bases[key]
 
     def _date_map(self, date: str) -> np.ndarray:
         """(1, k, n_fine + 1): the spectral map for ``date`` (date_maps.map_for)."""
@@ -637,7 +670,8 @@ def _subpixel_note(sub) -> str:
     side = 2 * sub.window + 1
     return (
         "Fine MS predicted in time: the dense MS change put below the dense pixel by the fine MS's own detail "
-        f"(local regressions in {side}x{side} px windows)."
+        f"(local regressions in {side}x{side} px windows on the first {sub.COMPONENTS} principal components of "
+        "the fine MS of the other dates)."
     )
 
 

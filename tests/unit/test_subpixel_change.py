@@ -123,3 +123,35 @@ def test_a_run_asks_for_it_in_the_loop_and_in_dask_tasks_alike(trained_tiny, mon
         tasks, log_tasks = fuse("tasks", "threads", True)
         assert any("below the dense pixel" in line for line in log_tasks)
         assert all(np.array_equal(a, b) for a, b in zip(tasks, on))
+
+
+def test_it_regresses_on_the_guides_first_components_fitted_once_for_every_tile(trained_tiny, tmp_path):
+    """The guide's principal components (``FusionPredictor._subpixel_basis``): fitted on the MDD's
+    central window, so a 16 px tiling fuses what one tile does; orthonormal, one basis per guide."""
+    import numpy as np
+    from osgeo import gdal
+
+    from stsfusion.model.fusion.fuse import fuse_time_series
+    from stsfusion.model.mdd.format import MDD
+
+    manifest, model = trained_tiny
+    mdd = MDD.open(manifest)
+    date = next(d for d in mdd.dates if d not in mdd.roles["fine_ms"].dates)
+    p = predictor_module.load_predictor(model, "cpu", subpixel_change=True)
+    k = SubpixelChange.COMPONENTS
+    x, _ = p._ms_inputs(p.prepare(mdd), (0, 0, 24, 20), date)
+    assert x["guide"].shape[1] > k and x["subpixel_guide"].shape[1] == k
+    basis = p._subpixel_basis(mdd, None)
+    assert torch.allclose(basis @ basis.T, torch.eye(k), atol=1e-5)
+    assert torch.allclose(x["subpixel_guide"], torch.einsum("kg,bghw->bkhw", basis, x["guide"]), atol=1e-6)
+    own = mdd.roles["fine_ms"].dates[1]  # a fine MS date's guide leaves its own date out: its own basis
+    assert p._subpixel_basis(mdd, own).shape == (k, x["guide"].shape[1] - mdd.roles["fine_ms"].n_bands)
+    assert predictor_module.load_predictor(model, "cpu")._ms_inputs(mdd, (0, 0, 24, 20), date)[0].keys() == (
+        x.keys() - {"subpixel_guide"}
+    )
+    fused = [
+        fuse_time_series(manifest, model, str(tmp_path / str(t)), [date], t, "cpu", subpixel_change=True)[0]
+        for t in (64, 16)
+    ]
+    one, tiled = (gdal.Open(f).ReadAsArray() for f in fused)
+    np.testing.assert_allclose(tiled, one, rtol=0, atol=1e-5)

@@ -359,13 +359,15 @@ class TemporalBranch(nn.Module):
         sources: Sequence[tuple],
         similar: Sequence[torch.Tensor] | None = None,
         detail_guide: torch.Tensor | None = None,
+        below_dense_pixel: bool = True,
     ) -> list[torch.Tensor]:
         """[(d_q, d_t, v)] -> the change d_t - d_q of each source, guided by ``guide`` when the branch
         has the guided change (its similarity judged once for them all, or given: ``similar``), else
-        as it is. ``detail_guide``: the change below the dense pixel's guide, when not ``guide``."""
+        as it is. ``detail_guide``: the change below the dense pixel's guide, when not ``guide``;
+        ``below_dense_pixel`` False: without that change even where the branch has it."""
         deltas = [(d_t - d_q, v if v is not None else torch.ones_like(d_t[:, :1])) for d_q, d_t, v in sources]
         spread = [delta for delta, _ in deltas] if self.guided is None else self.guided.spread(guide, deltas, similar)
-        if self.subpixel is None:
+        if self.subpixel is None or not below_dense_pixel:
             return spread
         g = guide if detail_guide is None else detail_guide
         return [s + self.subpixel(g, delta, v) for s, (delta, v) in zip(spread, deltas)]
@@ -545,8 +547,9 @@ class FusionNetwork(nn.Module):
         r_ref = self.spatial.trunk.radius + self.blur.radius + self.rho_blur.radius
         return self.head.radius + self.spectral.trunk.radius + max(r_ms, r_ref)
 
-    def ms_estimate(self, x: dict) -> tuple[torch.Tensor, ...]:
+    def ms_estimate(self, x: dict, below_dense_pixel: bool = True) -> tuple[torch.Tensor, ...]:
         """Fine MS at date t: observed where valid, else the temporal prediction, else the spatial one.
+        ``below_dense_pixel`` False: the temporal prediction without ``TemporalBranch.subpixel``.
 
         Returns (m, vm, spatial prediction, temporal prediction, spatial features, temporal features,
         temporal validity).
@@ -559,11 +562,15 @@ class FusionNetwork(nn.Module):
             sources.append((x["dq2"], x["d"], vt2))
         guide = x["guide"] if self.multi_date_guide and "guide" in x else None
         if guide is None and len(sources) == 2:  # each source's own fine MS guides its change
-            deltas = [self.temporal.spread(x[f], [src])[0] for f, src in zip(("fq", "fq2"), sources)]
+            deltas = [
+                self.temporal.spread(x[f], [src], below_dense_pixel=below_dense_pixel)[0]
+                for f, src in zip(("fq", "fq2"), sources)
+            ]
         else:
             similar = x.get("guide_similar") if guide is not None else None
             detail_guide = x.get("subpixel_guide") if guide is not None else None
-            deltas = self.temporal.spread(x["fq"] if guide is None else guide, sources, similar, detail_guide)
+            g = x["fq"] if guide is None else guide
+            deltas = self.temporal.spread(g, sources, similar, detail_guide, below_dense_pixel)
         tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt, delta=deltas[0])
         if "fq2" in x:
             tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"], vt2, delta=deltas[1])

@@ -130,6 +130,7 @@ class FusionPredictor:
         self._consistency_args = (dense_ratio, guided, STEPS) if STEPS > 0 and dense_ratio > 1 else None
         self._consistency, self._gains, self._gap_fills = {}, {}, {}
         self._subpixel_bases = {}  # (MDD, the date the guide leaves out) -> the guide's components
+        self._fine_covariances = {}  # MDD -> the covariance of its fine MS, every date's bands (the bases')
         extra = reach(max_blur_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
         # A dense MS filled from its date's fine MS (``_dense_from_fine``) reads the fine MS within the
         # dense MS's blur around each pixel.
@@ -332,9 +333,9 @@ class FusionPredictor:
             x["wmap"] = self._date_map(date)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
         if guide is not None:
-            x["guide"], x["guide_similar"] = guide[:2]
-            if guide[2] is not None:
-                x["subpixel_guide"] = guide[2]
+            x["guide"], x["guide_similar"], components = guide
+            if components is not None:
+                x["subpixel_guide"] = components
         return x, dense
 
     def _dense_from_fine(self, mdd, x: dict, dense: tuple, pairs) -> None:
@@ -438,15 +439,10 @@ class FusionPredictor:
             gain = None
             if module is not None:
                 x, _ = self._ms_inputs(base, central_window(base.grid.width, base.grid.height), date)
-                temporal = self.net.temporal
                 with NETWORK_LOCK, torch.no_grad():
                     # The gain compares the prediction as the dense sensor sees it: the change below the
                     # dense pixel, which that blur takes out, is left out here (half of its cost).
-                    subpixel, temporal.subpixel = temporal.subpixel, None
-                    try:
-                        _, _, _, tp, _, _, vt = self.net.ms_estimate(x)
-                    finally:
-                        temporal.subpixel = subpixel
+                    _, _, _, tp, _, _, vt = self.net.ms_estimate(x, below_dense_pixel=False)
                     gain = torch.from_numpy(date_gain(module, tp.float(), vt * x["vd"], x["d"])).to(self.device)
             self._gains[key] = None if gain is None else (module, gain)
         return self._gains[key]
@@ -485,8 +481,8 @@ class FusionPredictor:
 
     def _subpixel_basis(self, mdd, own: str | None):
         """(k, G): the first ``SubpixelChange.COMPONENTS`` principal components of the guide that
-        leaves out ``own`` (the fine MS of every other date, normalised), fitted once per MDD on its
-        central window where every date is valid, so every tile and every Dask task uses the same;
+        leaves out ``own`` (the fine MS of every other date, normalised), from ``_fine_covariance`` (the
+        MDD's central window), so every tile and every Dask task uses the same;
         None where the guide has no more channels than that or too few valid pixels (the guide itself
         is used). Fed all 16-28 channels, the change below the dense pixel made fusion 3.4-3.8 times
         slower; fed 6 components, 1.6 times (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE")."""
@@ -496,19 +492,34 @@ class FusionPredictor:
         key = (os.path.abspath(base.path), own)
         if key not in self._subpixel_bases:
             k = self.net.temporal.subpixel.COMPONENTS
-            window = central_window(base.grid.width, base.grid.height)
-            slots = [self._read(base, "fine_ms", d, window) for d in base.roles["fine_ms"].dates if d != own]
+            dates = base.roles["fine_ms"].dates
+            nb = base.roles["fine_ms"].n_bands
+            keep = [i * nb + b for i, d in enumerate(dates) if d != own for b in range(nb)]  # the guide's channels
+            cov = self._fine_covariance(base)
             basis = None
-            if slots and sum(f.shape[1] for f, _ in slots) > k:
-                ok = np.logical_and.reduce([v[0, 0] > 0 for _, v in slots])
-                values = np.concatenate([f[0][:, ok] for f, _ in slots]).T.astype(np.float64)  # (pixels, G)
-                if len(values) > 4 * values.shape[1]:
-                    values -= values.mean(0)
-                    w, u = np.linalg.eigh(values.T @ values / len(values))
-                    basis = torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32))
-                    basis = basis.to(self.device)
+            if cov is not None and len(keep) > k:
+                w, u = np.linalg.eigh(cov[np.ix_(keep, keep)])
+                basis = torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32))
+                basis = basis.to(self.device)
             self._subpixel_bases[key] = basis
         return self._subpixel_bases[key]
+
+    def _fine_covariance(self, base: MDD) -> np.ndarray | None:
+        """(n_dates x n_bands, same): the covariance of the normalised fine MS of every date, date after
+        date, on the central window's pixels valid on every date; read once per MDD, whatever the guide
+        (each ``_subpixel_basis`` takes its dates' block). None with fewer than 4 pixels a channel."""
+        key = os.path.abspath(base.path)
+        if key not in self._fine_covariances:
+            window = central_window(base.grid.width, base.grid.height)
+            slots = [self._read(base, "fine_ms", d, window) for d in base.roles["fine_ms"].dates]
+            ok = np.logical_and.reduce([v[0, 0] > 0 for _, v in slots])
+            values = np.concatenate([f[0][:, ok] for f, _ in slots]).T.astype(np.float64)  # (pixels, channels)
+            cov = None
+            if len(values) > 4 * values.shape[1]:
+                values -= values.mean(0)
+                cov = values.T @ values / len(values)
+            self._fine_covariances[key] = cov
+        return self._fine_covariances[key]
 
     def _date_map(self, date: str) -> np.ndarray:
         """(1, k, n_fine + 1): the spectral map for ``date`` (date_maps.map_for)."""

@@ -62,8 +62,9 @@ DEV_SCENES = ("same_day", "offset_5_8", "swir_offset_5_8")
 HELD_OUT_SCENE = "products_clear"
 # Scenes made after the defaults were chosen, reported and never chosen on: prisma_ratio_1_6 (a dense
 # MS at a grid ratio that is not an integer, a PRISMA-like HS, offset_1_3's calendar) and
-# prisma_ratio_2_4 (the same with the HS at 2.4 times the grid).
-LATER_SCENES = ("prisma_ratio_1_6", "prisma_ratio_2_4")
+# prisma_ratio_2_4 (the same with the HS at 2.4 times the grid); landsat_ratio_3 (Sentinel-2, Landsat at
+# 3 times the grid and EnMAP: the most common real combination, offset_1_3's calendar).
+LATER_SCENES = ("prisma_ratio_1_6", "prisma_ratio_2_4", "landsat_ratio_3")
 ALL_SCENES = DEV_SCENES + (HELD_OUT_SCENE,) + LATER_SCENES
 
 

@@ -36,6 +36,10 @@ benchmarks/output/dataset; any other scenario goes to benchmarks/output/dataset_
     swir_offset_5_8  offset_5_8's calendar with other sensors: fine MS Landsat 8 OLI-like (bands 1-7,
                 SWIR included, on the 30 m grid), dense MS GF-1 WFV (4 bands, x2: 60 m), HS the
                 truth's own bands (x3: 90 m). A development scene whose fine MS has SWIR bands.
+    landsat_ratio_3  offset_1_3's calendar with the sensors of the most common real combination: fine MS
+                Sentinel-2A MSI (the ten bands the Sentinel-2 reader stacks, 30 m), dense MS Landsat 8
+                OLI bands 1-7 at 3 times the grid (90 m: Landsat's 30 m on Sentinel-2's 10 m), HS
+                the truth's own bands (EnMAP, x3: 90 m). Dense MS and HS at the same ratio; GeoTIFFs.
     one_fine    same-day calendar, fine MS on one date only (DATES[3]).
     one_hs      same-day calendar, HS on one date only (DATES[3]).
     cloudy_fine same-day calendar, the fine MS cloudy on every date (20-40 % cover).
@@ -119,6 +123,8 @@ SCENARIOS = {
     "prisma_ratio_1_6": "offset_1_3's calendar with other sensors and grid ratios: fine MS ZY1-02D VNIC-like, dense "
     "MS GF-6 WFV at 1.6 times the grid (the paper's 16 m on 10 m: not an integer), HS PRISMA-like (x3)",
     "prisma_ratio_2_4": "prisma_ratio_1_6 with the HS at 2.4 times the grid: neither coarse role an integer ratio",
+    "landsat_ratio_3": "offset_1_3's calendar with fine MS Sentinel-2A MSI, dense MS Landsat 8 OLI at 3 times the "
+    "grid (Landsat's 30 m on Sentinel-2's 10 m), HS EnMAP (x3)",
     "products_clear": "same-day calendar as products: fine MS Sentinel-2 L2A, dense MS Landsat 8 C2 L2 (x2), "
     "HS EnMAP L2A (x3); no clouds",
     "products_cloudy": "products_clear with clouds and shadows flagged only in the quality layers: every fine MS "
@@ -134,7 +140,14 @@ CLOUDY = {  # products_cloudy: role -> (DATES indices with clouds, cover range)
     "hs": ((0, 3), (0.1, 0.3)),
 }
 RATIO_SCENES = {"prisma_ratio_1_6": 3, "prisma_ratio_2_4": 2.4}  # scenario -> the HS's ratio
-OFFSETS = {"offset_1_3": (1, 3), "offset_5_8": (5, 8), "swir_offset_5_8": (5, 8), **dict.fromkeys(RATIO_SCENES, (1, 3))}
+OFFSETS = {
+    "offset_1_3": (1, 3),
+    "offset_5_8": (5, 8),
+    "swir_offset_5_8": (5, 8),
+    "landsat_ratio_3": (1, 3),
+    **dict.fromkeys(RATIO_SCENES, (1, 3)),
+}
+LANDSAT_RATIO = 3  # landsat_ratio_3: the dense MS's ratio to the grid
 # RATIO_SCENES: the dense MS 1.6 times the grid, so the grid is padded to a multiple of 24 px
 # (5 dense MS pixels are 8 grid pixels; 3 for an HS at x3, 12 at x2.4) and every sensor pixel lies whole within it.
 RATIO_SCENE_DENSE_FACTOR, RATIO_SCENE_ALIGN = 1.6, 24
@@ -226,14 +239,14 @@ def simulate_inputs(
     return images
 
 
-def _named_sensors(wl, fwhm, fine, dense, names: dict) -> dict:
+def _named_sensors(wl, fwhm, fine, dense, names: dict, dense_factor: float = DENSE_FACTOR) -> dict:
     """default_sensors (noise, gains, misregistration) with measured fine and dense MS responses,
-    each role's spec named ``names[role]``."""
-    sensors = sim_sensors.default_sensors(wl, fwhm, DENSE_FACTOR, HS_FACTOR, fine_response=fine, dense_response=dense)
+    each role's spec named ``names[role]``; the dense MS ``dense_factor`` times the grid."""
+    sensors = sim_sensors.default_sensors(wl, fwhm, dense_factor, HS_FACTOR, fine_response=fine, dense_response=dense)
     return {role: dataclasses.replace(spec, sensor=names[role]) for role, spec in sensors.items()}
 
 
-def product_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
+def product_sensors(data: str, wl, fwhm, dense_factor: float = DENSE_FACTOR) -> tuple[dict, dict]:
     """(sensors, responses description) of the products scenarios: fine MS Sentinel-2A MSI, dense MS
     Landsat 8 OLI (measured responses from ../shared/data/srf), HS the truth's own bands; noise,
     gains and misregistration as in default_sensors."""
@@ -244,7 +257,7 @@ def product_sensors(data: str, wl, fwhm) -> tuple[dict, dict]:
         "dense_ms": "Landsat 8 OLI (simulated)",
         "hs": "EnMAP HSI (simulated)",
     }
-    sensors = _named_sensors(wl, fwhm, s2, oli, names)
+    sensors = _named_sensors(wl, fwhm, s2, oli, names, dense_factor)
     responses = {
         "fine_ms": "measured Sentinel-2A MSI responses (srf/S2A_MSI.txt, from acolite): "
         "B02, B03, B04, B05, B06, B07, B08, B8A, B11, B12 (the ten bands the Sentinel-2 reader stacks)",
@@ -446,6 +459,9 @@ def main(argv=None) -> int:
         sensors, responses = product_sensors(args.data, wl, fwhm)
     elif args.scenario == "swir_offset_5_8":
         sensors, responses = swir_sensors(args.data, wl, fwhm)
+    elif args.scenario == "landsat_ratio_3":
+        sensors, responses = product_sensors(args.data, wl, fwhm, LANDSAT_RATIO)
+        responses["dense_ms"] += f", {LANDSAT_RATIO} times the grid"
     elif args.scenario in RATIO_SCENES:
         sensors, responses = prisma_ratio_sensors(args.data, wl, fwhm, RATIO_SCENES[args.scenario])
     design, sensors, calendar, extra = scenario_design(args.scenario, args.seed, sensors)

@@ -311,3 +311,20 @@ def test_benchmark_dataset_prisma_ratio_1_6(tmp_path):
     dense = gdal.Open(str(out / f"dense_ms_{d['dates'][1]}.tif"))
     assert (dense.RasterXSize, dense.RasterYSize) == (45, 45) and dense.GetGeoTransform()[1] == pytest.approx(48.0)
     assert d["fine_ms_dates"] != d["hs_dates"]  # offset_1_3's calendar
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "enmap_potsdam")), reason="needs ../shared/data")
+def test_benchmark_dataset_landsat_ratio_3(tmp_path):
+    """Sentinel-2, Landsat at 3 times the grid and EnMAP: the dense MS on 90 m pixels with Landsat 8
+    OLI's seven bands, the fine MS with Sentinel-2's ten, on offset_1_3's calendar."""
+    out, d = _make_dataset(tmp_path, "--scenario", "landsat_ratio_3")
+    dense = gdal.Open(str(out / f"dense_ms_{d['dates'][1]}.tif"))
+    assert (dense.RasterCount, dense.RasterXSize, dense.RasterYSize, dense.GetGeoTransform()[1]) == (7, 22, 22, 90.0)
+    fine = gdal.Open(str(out / f"fine_ms_{d['fine_ms_dates'][0]}.tif"))
+    assert (fine.RasterCount, fine.RasterXSize, fine.GetGeoTransform()[1]) == (10, 66, 30.0)
+    wl = [float(fine.GetRasterBand(b).GetMetadataItem("wavelength")) for b in (1, 10)]
+    assert wl[0] == pytest.approx(492, abs=3) and wl[1] == pytest.approx(2202, abs=5)  # B02 ... B12
+    hs = gdal.Open(str(out / f"hs_{d['hs_dates'][0]}.tif"))
+    assert (hs.RasterCount, hs.RasterXSize, hs.GetGeoTransform()[1]) == (218, 22, 90.0)
+    assert d["fine_ms_dates"] != d["hs_dates"] and len(d["dense_ms_dates"]) == 7  # offset_1_3's calendar
+    assert "Landsat 8" in d["calendar"] and d["held_out_dates"] == ["2022-05-05", "2022-08-13"]

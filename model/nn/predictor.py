@@ -80,7 +80,8 @@ DETAIL_ON_EVERY_DATE = True
 
 # The dense MS change below the dense pixel from the guide's own detail (network.SubpixelChange), added
 # to the guided change of the fine MS predicted in time; fusion only, so models trained before get it
-# too. Better on every metric of the six generality scenes' tuning date (CC +0.0010 to +0.0023), but it
+# too. Better on every metric of the seven generality scenes' held-out dates (CC +0.0005 to +0.0012) and
+# of the first six's tuning date (CC +0.0010 to +0.0023; landsat_ratio_3's level, -0.0001), but it
 # makes the scale benchmark's fusion about 1.6 times slower on its guide's 6 principal components
 # (3.4-3.8 times on the whole guide): off by default (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE"). A
 # run asks for it with ``load_predictor(..., subpixel_change=True)`` (Fuse's SUBPIXEL_CHANGE

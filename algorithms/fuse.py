@@ -102,6 +102,12 @@ class FuseTimeSeriesAlgorithm(STSFusionAlgorithm):
             'tile; the dates already written stay. Dask itself: python -m pip install "dask[distributed]" '
             "with the Python QGIS runs. The files are the same bytes whichever way they are fused, given the "
             "same CPU threads per task.\n\n"
+            "Before fusing, the log says for each date what its image rests on (the fine MS observed that day, "
+            "or predicted from which fine MS dates and how many days away; the dense MS acquired that day or "
+            "interpolated; the HS of that day or the nearest), and each GeoTIFF keeps it in its metadata "
+            "(STSFUSION_FINE_MS, STSFUSION_DENSE_MS, STSFUSION_HS). A date with no fine MS of its own and no "
+            "dense MS image within the model's MAX_DAYS_APART days gets a warning: its image is an "
+            "interpolation in time of the images around it.\n\n"
             "Outputs: Fused GeoTIFFs (the list of written files, for the graphical modeler) and "
             "the output folder."
         )

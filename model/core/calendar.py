@@ -87,6 +87,64 @@ def interpolation_note(dates: Sequence[str], date: str) -> str:
     return f"{date}: taken from {side} ({days_apart(side, date)} days {'before' if before else 'after'}), the only side"
 
 
+def temporal_sources(fine_dates: Sequence[str], date: str, own: str | None, bracketing: bool = True) -> tuple:
+    """(q, q2): the fine MS dates the fine MS of ``date`` is predicted from when ``own`` (the one
+    standing for it, ``fine_for``) is left out: q the nearest other date, q2 the nearest on the
+    other side of ``date`` (None without one, or without ``bracketing``)."""
+    day = day_number(date)
+    sources = [d for d in fine_dates if d != own]
+    q = nearest_date(sources, day)
+    other = [d for d in sources if q and (day_number(d) - day) * (day_number(q) - day) < 0]
+    q2 = nearest_date(other, day) if bracketing and other else None
+    return q, q2
+
+
+def _apart(date: str, other: str) -> str:
+    n = days_apart(date, other)
+    return "that day" if n == 0 else f"{n} days {'before' if day_number(other) < day_number(date) else 'after'}"
+
+
+def date_sources(
+    fine_dates: Sequence[str],
+    dense_dates: Sequence[str],
+    hs_dates: Sequence[str],
+    date: str,
+    max_days: float = MAX_DAYS_APART,
+) -> dict:
+    """What the fused image of ``date`` rests on, as fusion chooses it: {"fine_ms", "dense_ms",
+    "hs": a text each, "warning": a text or None}. The warning is for a date with neither a fine MS
+    of its own nor a dense MS image within ``max_days``: nothing observed near that day, so its
+    image is an interpolation in time of the images around it."""
+    day = day_number(date)
+    own = fine_for(fine_dates, date, hs_dates, max_days)
+    if own is not None:
+        fine = "observed that day" if own == date else f"observed on {own} ({_apart(date, own)}), paired with the HS"
+    else:
+        q, q2 = temporal_sources(fine_dates, date, own)
+        if q is None:
+            fine = "none: from the dense MS alone"
+        else:
+            sides = " and ".join(f"{d} ({_apart(date, d)})" for d in (q, q2) if d is not None)
+            fine = f"predicted from {sides} with the dense MS's change"
+    dense = interpolation_note(dense_dates, date).split(": ", 1)[1]
+    nearest_hs = nearest_date(hs_dates, day)
+    if nearest_hs is None:
+        hs = "none"
+    elif nearest_hs == date:
+        hs = "observed that day"
+    else:
+        hs = f"from {nearest_hs} ({_apart(date, nearest_hs)}), the nearest HS date"
+    warning = None
+    nearest_dense = nearest_date(dense_dates, day)
+    if own is None and (nearest_dense is None or days_apart(nearest_dense, date) > max_days):
+        far = "none at all" if nearest_dense is None else f"the nearest is {days_apart(nearest_dense, date)} days away"
+        warning = (
+            f"{date}: no fine MS and no dense MS image within {max_days:g} days ({far}): its fused image is "
+            "interpolated in time from the images around it and cannot show what changed in between."
+        )
+    return {"fine_ms": fine, "dense_ms": dense, "hs": hs, "warning": warning}
+
+
 def fill_in_time(values: np.ndarray, valid: np.ndarray, days: Sequence[int], day: int) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: the value at `day` interpolated linearly in time between the nearest valid dates
     before and after it (a valid observation at `day` itself is kept as it is).

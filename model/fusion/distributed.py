@@ -60,6 +60,7 @@ from .fuse import (
     fuse_date_group,
     output_path,
     prepare_outputs,
+    report_date_sources,
     report_fused,
 )
 from .tiling import FusionError, tile_windows
@@ -212,6 +213,7 @@ def fuse_with_dask(
             f"{len(tiles)} tile(s) of {tile_size} px with a {int(predictor.halo)} px halo, {fmt.data_type} "
             f"{fmt.compression}, as Dask tasks."
         )
+        report_date_sources(mdd, todo, predictor, cb)
         if not todo:
             cb.progress(1.0, "every date was already complete")
             return paths

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from osgeo import gdal
 
+from ..core.calendar import MAX_DAYS_APART, date_sources
 from ..core.callbacks import Callbacks, callbacks_or_default
 from ..core.memory import release_freed_memory
 from ..mdd.format import MDD, NODATA
@@ -385,6 +386,7 @@ def fuse_with_predictor(
         + "."
     )
 
+    report_date_sources(mdd, todo, predictor, cb)
     total = max(1, len(tiles) * len(todo))
     done = clipped = 0
     started = time.monotonic()
@@ -411,6 +413,29 @@ def fuse_with_predictor(
     if not todo:
         progress(1.0, "every date was already complete")
     return [output_path(output_folder, d) for d in dates]
+
+
+def sources_of(mdd: MDD, date: str, predictor: Any) -> dict:
+    """``calendar.date_sources`` of ``date`` in ``mdd``, with the model's pairing rule."""
+    roles = mdd.roles
+    max_days = getattr(predictor, "max_days", MAX_DAYS_APART)
+    return date_sources(roles["fine_ms"].dates, roles["dense_ms"].dates, roles["hs"].dates, date, max_days)
+
+
+def report_date_sources(mdd: MDD, dates: Sequence[str], predictor: Any, callbacks: Callbacks) -> None:
+    """A log line per date saying what its fused image rests on (as its file's metadata says), and a
+    warning for each date with nothing observed near it (``calendar.date_sources``)."""
+    for date in dates:
+        s = sources_of(mdd, date, predictor)
+        callbacks.log(f"{date}: fine MS {s['fine_ms']}; dense MS {s['dense_ms']}; HS {s['hs']}.")
+        if s["warning"]:
+            callbacks.warn(s["warning"])
+
+
+def sources_metadata(mdd: MDD, date: str, predictor: Any) -> dict:
+    """The fused file's metadata items saying what its image rests on."""
+    s = sources_of(mdd, date, predictor)
+    return {"STSFUSION_FINE_MS": s["fine_ms"], "STSFUSION_DENSE_MS": s["dense_ms"], "STSFUSION_HS": s["hs"]}
 
 
 def report_fused(
@@ -538,7 +563,7 @@ def _fuse_pass(mdd, predictor, folder, group, tiles, cache, fmt, scale, file_md,
                     fmt.nodata,
                     descriptions,
                     band_md,
-                    dict(file_md, ACQUISITION_DATE=date),
+                    dict(file_md, ACQUISITION_DATE=date, **sources_metadata(mdd, date, predictor)),
                     scale=scale,
                     offset=0.0 if scale is not None else None,
                     compression=fmt.compression,

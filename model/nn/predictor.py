@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.calendar import fill_in_time, fine_for
+from ..core.calendar import fill_in_time, fine_for, temporal_sources
 from ..core.gap_fill import fit_gap_fill
-from ..core.vocabulary import ROLE_LABELS, by_distance, day_number, nearest_date
+from ..core.vocabulary import ROLE_LABELS, by_distance, day_number
 from ..mdd.format import MDD, read_values
 from ..mdd.registration import MAX_SIDE, central_window, estimate_shifts, max_blur_sigma, shifts_from_json
 from .device import autocast, precision_for, select_device
@@ -309,10 +309,10 @@ class FusionPredictor:
         fine_dates = mdd.roles["fine_ms"].dates
         hs_dates = mdd.roles["hs"].dates
         own = fine_for(fine_dates, date, hs_dates, self.max_days)  # the fine MS that stands for this date
-        sources = [d for d in fine_dates if d != own]  # the dense MS is filled in time at any date
+        # The fine MS dates its own is predicted from (the dense MS is filled in time at any date).
+        q, q2 = temporal_sources(fine_dates, date, own, self.bracketing)
         values = read_values(mdd, "dense_ms", window=window)
         dense = (values, mdd.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1))
-        q = nearest_date(sources, day)
         x = {}
         x["a"], x["va"] = self._read(mdd, "fine_ms", own, window)
         x["d"], x["vd"] = self._read(mdd, "dense_ms", date, window, dense)
@@ -320,8 +320,6 @@ class FusionPredictor:
         x["dq"], x["vdq"] = self._read(mdd, "dense_ms", q, window, dense)
         x["gap_q"] = np.full((1, 1, 1, 1), abs(day - day_number(q)) / 365.0 if q else 0.0, np.float32)
         guide = self._guide(mdd, window, fine_dates, own, q, x["fq"]) if self.net.multi_date_guide else None
-        other = [d for d in sources if q and (day_number(d) - day) * (day_number(q) - day) < 0]
-        q2 = nearest_date(other, day) if self.bracketing and other else None
         if q2 is not None:  # t lies between two fine MS dates: use both (see _source_weight)
             x["fq2"], x["vfq2"] = self._read(mdd, "fine_ms", q2, window)
             x["dq2"], x["vdq2"] = self._read(mdd, "dense_ms", q2, window, dense)

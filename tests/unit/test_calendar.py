@@ -15,10 +15,12 @@ from stsfusion.model.core.calendar import (
     MAX_DAYS_APART,
     CalendarError,
     check_max_days,
+    date_sources,
     fill_in_time,
     fine_for,
     interpolation_note,
     paired_date,
+    temporal_sources,
 )
 from stsfusion.model.core.callbacks import Callbacks
 from stsfusion.model.evaluation.metrics import assess
@@ -71,6 +73,47 @@ def test_interpolation_in_time_and_its_note():
         dates, "2022-05-05"
     )
     assert "2022-05-21 (10 days before), the only side" in interpolation_note(dates, "2022-05-31")
+
+
+def test_the_sources_of_a_predicted_fine_ms_are_the_nearest_date_and_the_nearest_on_the_other_side():
+    fine = ["2022-04-10", "2022-05-30", "2022-06-24", "2022-09-07"]
+    assert temporal_sources(fine, "2022-08-13", None) == ("2022-09-07", "2022-06-24")
+    assert temporal_sources(fine, "2022-05-05", None) == ("2022-04-10", "2022-05-30")  # a tie: the earlier first
+    assert temporal_sources(fine, "2022-08-13", None, bracketing=False) == ("2022-09-07", None)
+    assert temporal_sources(fine, "2022-10-01", None) == ("2022-09-07", None)  # beyond the last: one side
+    # The fine MS that stands for the date is left out of its own sources.
+    assert temporal_sources(fine, "2022-06-24", "2022-06-24") == ("2022-05-30", "2022-09-07")
+    assert temporal_sources([], "2022-06-24", None) == (None, None)
+
+
+def test_what_a_fused_date_rests_on_and_the_warning_for_a_date_with_nothing_observed_near_it():
+    fine, dense = ["2022-04-10", "2022-06-24", "2022-09-07"], ["2022-04-10", "2022-05-05", "2022-08-13", "2022-09-07"]
+    hs = ["2022-04-10", "2022-06-20", "2022-07-19"]
+    own = date_sources(fine, dense, hs, "2022-04-10")
+    assert own == {
+        "fine_ms": "observed that day",
+        "dense_ms": "acquired that day (gaps filled in time per pixel)",
+        "hs": "observed that day",
+        "warning": None,
+    }
+    paired = date_sources(fine, dense, hs, "2022-06-20")  # an HS date: the fine MS 4 days after stands for it
+    assert paired["fine_ms"] == "observed on 2022-06-24 (4 days after), paired with the HS"
+    assert paired["dense_ms"].startswith("interpolated in time between 2022-05-05 (46 days before)")
+    assert paired["warning"] is None  # a fine MS of its own: observed
+    predicted = date_sources(fine, dense, hs, "2022-08-13")
+    assert (
+        predicted["fine_ms"]
+        == "predicted from 2022-09-07 (25 days after) and 2022-06-24 (50 days before) with the dense MS's change"
+    )
+    assert predicted["hs"] == "from 2022-07-19 (25 days before), the nearest HS date" and predicted["warning"] is None
+    # An HS date with no fine MS within 10 days and no dense MS within 10 days: nothing observed near it.
+    far = date_sources(fine, dense, hs, "2022-07-19")
+    assert far["fine_ms"].startswith("predicted from 2022-06-24 (25 days before) and 2022-09-07")
+    assert far["warning"].startswith(
+        "2022-07-19: no fine MS and no dense MS image within 10 days (the nearest is 25 days"
+    )
+    assert date_sources(fine, dense, hs, "2022-07-19", max_days=30)["warning"] is None  # the model's own rule
+    assert date_sources(fine, [], hs, "2022-07-19")["warning"].count("none at all") == 1
 
 
 # ---- training on real calendars --------------------------------------------------------------
@@ -302,3 +345,39 @@ def test_fill_in_time_is_the_rule_pixel_by_pixel_whichever_dates_are_clear(clear
                 expected, found = _fill_one_pixel(values[:, :, y, x], valid[:, y, x], days, day)
                 assert ok[y, x] == found
                 np.testing.assert_allclose(out[:, y, x], expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["none", "threads"])
+def test_fusion_says_what_each_date_rests_on_in_its_log_and_its_file(trained_tiny, tmp_path, scheduler):
+    from stsfusion.model.fusion.distributed import dask_available
+
+    if scheduler == "threads" and not dask_available():
+        pytest.skip("Dask is not installed")
+    # Date 1 has an HS image only: no fine MS and no dense MS within 10 days of it (25 days each way).
+    manifest = make_tiny_mdd(str(tmp_path / "mdd"), hs_dates=(0, 1, 2, 3, 5), dense_dates=(0, 2, 3, 4, 5))
+    mdd = MDD.open(manifest)
+    lonely, own = mdd.dates[1], mdd.dates[2]
+    log, warnings = [], []
+    callbacks = Callbacks(log=log.append, warn=warnings.append)
+    paths = fuse_time_series(
+        manifest,
+        trained_tiny[1],
+        str(tmp_path / "out"),
+        [lonely, own],
+        device="cpu",
+        scheduler=scheduler,
+        callbacks=callbacks,
+    )
+    assert (
+        f"{own}: fine MS observed that day; dense MS acquired that day (gaps filled in time per pixel); HS observed that day."
+        in log
+    )
+    line = next(m for m in log if m.startswith(f"{lonely}: fine MS predicted from "))
+    assert "dense MS interpolated in time between" in line and line.endswith("HS observed that day.")
+    assert [w for w in warnings if w.startswith(f"{lonely}: no fine MS and no dense MS image within 10 days")]
+    assert not [w for w in warnings if w.startswith(own)]
+    md = gdal.Open(paths[0]).GetMetadata()
+    assert md["ACQUISITION_DATE"] == lonely and md["STSFUSION_HS"] == "observed that day"
+    assert md["STSFUSION_FINE_MS"].startswith("predicted from ") and md["STSFUSION_DENSE_MS"].startswith("interpolated")
+    assert gdal.Open(paths[1]).GetMetadata()["STSFUSION_FINE_MS"] == "observed that day"

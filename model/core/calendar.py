@@ -104,21 +104,33 @@ def _apart(date: str, other: str) -> str:
     return "that day" if n == 0 else f"{n} days {'before' if day_number(other) < day_number(date) else 'after'}"
 
 
+def _share(valid: dict | None, role: str, date: str) -> float | None:
+    """The share of ``role``'s image of ``date`` that is valid, against the role's clearest date."""
+    share = (valid or {}).get(role, {}).get(date)
+    return None if share is None or share >= 0.99 else float(share)
+
+
 def date_sources(
     fine_dates: Sequence[str],
     dense_dates: Sequence[str],
     hs_dates: Sequence[str],
     date: str,
     max_days: float = MAX_DAYS_APART,
+    valid: dict | None = None,
 ) -> dict:
     """What the fused image of ``date`` rests on, as fusion chooses it: {"fine_ms", "dense_ms",
-    "hs": a text each, "warning": a text or None}. The warning is for a date with neither a fine MS
-    of its own nor a dense MS image within ``max_days``: nothing observed near that day, so its
-    image is an interpolation in time of the images around it."""
+    "hs": a text each, "warning": a text or None}. ``valid``: {role: {date: its image's valid pixels
+    over those of the role's clearest date}} (clouds and gaps), where known. The warning is for a date
+    with no fine MS of its own and either no dense MS image within ``max_days`` (nothing observed near
+    that day: its image is an interpolation in time of the images around it) or a dense MS image of
+    that day with less than half the valid pixels of the clearest (most of it from other dates)."""
     day = day_number(date)
     own = fine_for(fine_dates, date, hs_dates, max_days)
     if own is not None:
         fine = "observed that day" if own == date else f"observed on {own} ({_apart(date, own)}), paired with the HS"
+        share = _share(valid, "fine_ms", own)
+        if share is not None:
+            fine += f", {100 * share:.0f} % of the clearest date's valid pixels (the rest predicted in time)"
     else:
         q, q2 = temporal_sources(fine_dates, date, own)
         if q is None:
@@ -127,6 +139,9 @@ def date_sources(
             sides = " and ".join(f"{d} ({_apart(date, d)})" for d in (q, q2) if d is not None)
             fine = f"predicted from {sides} with the dense MS's change"
     dense = interpolation_note(dense_dates, date).split(": ", 1)[1]
+    dense_share = _share(valid, "dense_ms", date) if date in dense_dates else None
+    if dense_share is not None:
+        dense = f"acquired that day, {100 * dense_share:.0f} % of the clearest date's valid pixels (gaps filled)"
     nearest_hs = nearest_date(hs_dates, day)
     if nearest_hs is None:
         hs = "none"
@@ -141,6 +156,11 @@ def date_sources(
         warning = (
             f"{date}: no fine MS and no dense MS image within {max_days:g} days ({far}): its fused image is "
             "interpolated in time from the images around it and cannot show what changed in between."
+        )
+    elif own is None and dense_share is not None and dense_share < 0.5:
+        warning = (
+            f"{date}: no fine MS of its own, and its dense MS image has {100 * dense_share:.0f} % of the clearest "
+            "date's valid pixels (clouds or gaps): most of its fused image comes from the other dates."
         )
     return {"fine_ms": fine, "dense_ms": dense, "hs": hs, "warning": warning}
 

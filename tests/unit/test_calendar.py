@@ -114,6 +114,21 @@ def test_what_a_fused_date_rests_on_and_the_warning_for_a_date_with_nothing_obse
     )
     assert date_sources(fine, dense, hs, "2022-07-19", max_days=30)["warning"] is None  # the model's own rule
     assert date_sources(fine, [], hs, "2022-07-19")["warning"].count("none at all") == 1
+    # Clouds and gaps: each image's valid pixels against its role's clearest date (Build's manifest).
+    valid = {"fine_ms": {"2022-06-24": 0.6, "2022-04-10": 1.0}, "dense_ms": {"2022-08-13": 0.4, "2022-05-05": 0.995}}
+    cloudy = date_sources(fine, dense, hs, "2022-08-13", valid=valid)
+    assert cloudy["dense_ms"] == "acquired that day, 40 % of the clearest date's valid pixels (gaps filled)"
+    assert cloudy["warning"] == (
+        "2022-08-13: no fine MS of its own, and its dense MS image has 40 % of the clearest date's valid pixels "
+        "(clouds or gaps): most of its fused image comes from the other dates."
+    )
+    assert date_sources(fine, dense, hs, "2022-06-20", valid=valid)["fine_ms"] == (
+        "observed on 2022-06-24 (4 days after), paired with the HS, 60 % of the clearest date's valid pixels "
+        "(the rest predicted in time)"
+    )
+    # Nearly clear (99 % or more) says nothing; a date with its own fine MS gets no warning for its dense MS.
+    assert date_sources(fine, dense, hs, "2022-05-05", valid=valid)["dense_ms"].startswith("acquired that day (")
+    assert date_sources(fine, dense, hs, "2022-09-07", valid={"dense_ms": {"2022-09-07": 0.1}})["warning"] is None
 
 
 # ---- training on real calendars --------------------------------------------------------------
@@ -381,3 +396,26 @@ def test_fusion_says_what_each_date_rests_on_in_its_log_and_its_file(trained_tin
     assert md["ACQUISITION_DATE"] == lonely and md["STSFUSION_HS"] == "observed that day"
     assert md["STSFUSION_FINE_MS"].startswith("predicted from ") and md["STSFUSION_DENSE_MS"].startswith("interpolated")
     assert gdal.Open(paths[1]).GetMetadata()["STSFUSION_FINE_MS"] == "observed that day"
+
+
+def test_the_valid_pixels_come_from_the_manifest_build_wrote(tmp_path):
+    from stsfusion.model.fusion.fuse import sources_metadata, sources_of
+
+    manifest = make_tiny_mdd(str(tmp_path / "mdd"))
+    mdd = MDD.open(manifest)
+    date = mdd.dates[1]  # no fine MS, no HS: predicted in time
+    assert sources_of(mdd, date, None)["dense_ms"] == "acquired that day (gaps filled in time per pixel)"
+    with open(manifest, encoding="utf-8") as f:
+        d = json.load(f)
+    # As Build MDD stack records them: each layer's valid fraction of the grid (here 0.8 at most).
+    d["inputs"] = {
+        "dense_ms": [{"date": t, "valid_fraction": 0.8 if t != date else 0.2} for t in mdd.roles["dense_ms"].dates]
+    }
+    with open(manifest, "w", encoding="utf-8") as f:
+        json.dump(d, f)
+    os.utime(manifest, (1, 1))  # another modification time: not the cached reading
+    mdd = MDD.open(manifest)
+    sources = sources_of(mdd, date, None)
+    assert sources["dense_ms"] == "acquired that day, 25 % of the clearest date's valid pixels (gaps filled)"
+    assert sources["warning"].startswith(f"{date}: no fine MS of its own, and its dense MS image has 25 %")
+    assert sources_metadata(mdd, date, None)["STSFUSION_DENSE_MS"] == sources["dense_ms"]

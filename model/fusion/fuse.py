@@ -439,11 +439,11 @@ def _valid_shares(manifest: str, modified: float) -> dict:
 def sources_of(mdd: MDD, date: str, predictor: Any) -> dict:
     """``calendar.date_sources`` of ``date`` in ``mdd``, with the model's pairing rule and the
     layers' valid pixels where the manifest records them."""
-    roles = mdd.roles
+    fine, dense, hs = (mdd.roles[r].dates if r in mdd.roles else [] for r in ("fine_ms", "dense_ms", "hs"))
     max_days = getattr(predictor, "max_days", MAX_DAYS_APART)
     path = getattr(mdd, "path", None)
     valid = _valid_shares(os.path.abspath(path), os.path.getmtime(path)) if path and os.path.isfile(path) else {}
-    return date_sources(roles["fine_ms"].dates, roles["dense_ms"].dates, roles["hs"].dates, date, max_days, valid)
+    return date_sources(fine, dense, hs, date, max_days, valid)
 
 
 def report_date_sources(mdd: MDD, dates: Sequence[str], predictor: Any, callbacks: Callbacks) -> None:

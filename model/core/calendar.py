@@ -71,20 +71,22 @@ def bracketing_dates(dates: Sequence[str], date: str) -> tuple[str | None, str |
     return (max(before, key=day_number) if before else None, min(after, key=day_number) if after else None)
 
 
+def _apart(date: str, other: str) -> str:
+    n = days_apart(date, other)
+    return "that day" if n == 0 else f"{n} days {'before' if day_number(other) < day_number(date) else 'after'}"
+
+
 def interpolation_note(dates: Sequence[str], date: str) -> str:
     """How a role acquired on ``dates`` is brought to ``date``, in words for the log."""
     if date in dates:
         return f"{date}: acquired that day (gaps filled in time per pixel)"
     before, after = bracketing_dates(dates, date)
     if before and after:
-        return (
-            f"{date}: interpolated in time between {before} ({days_apart(before, date)} days before) "
-            f"and {after} ({days_apart(after, date)} days after)"
-        )
+        return f"{date}: interpolated in time between {before} ({_apart(date, before)}) and {after} ({_apart(date, after)})"
     side = before or after
     if side is None:
         return f"{date}: no acquisition at all"
-    return f"{date}: taken from {side} ({days_apart(side, date)} days {'before' if before else 'after'}), the only side"
+    return f"{date}: taken from {side} ({_apart(date, side)}), the only side"
 
 
 def temporal_sources(fine_dates: Sequence[str], date: str, own: str | None, bracketing: bool = True) -> tuple:
@@ -97,11 +99,6 @@ def temporal_sources(fine_dates: Sequence[str], date: str, own: str | None, brac
     other = [d for d in sources if q and (day_number(d) - day) * (day_number(q) - day) < 0]
     q2 = nearest_date(other, day) if bracketing and other else None
     return q, q2
-
-
-def _apart(date: str, other: str) -> str:
-    n = days_apart(date, other)
-    return "that day" if n == 0 else f"{n} days {'before' if day_number(other) < day_number(date) else 'after'}"
 
 
 def _share(valid: dict | None, role: str, date: str) -> float | None:

@@ -22,9 +22,7 @@ No QGIS import here.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import queue
 import threading
@@ -417,32 +415,12 @@ def fuse_with_predictor(
     return [output_path(output_folder, d) for d in dates]
 
 
-@functools.lru_cache(maxsize=8)
-def _valid_shares(manifest: str, modified: float) -> dict:
-    """{role: {date: valid fraction of its layer / the role's largest}} from the manifest's inputs
-    (Build MDD stack records each layer's valid fraction of the grid: relative to the clearest date,
-    the area outside every image's footprint does not count); {} where it does not say."""
-    try:
-        with open(manifest, encoding="utf-8") as f:
-            inputs = json.load(f).get("inputs") or {}
-    except (OSError, ValueError):
-        return {}
-    shares = {}
-    for role, entries in inputs.items() if isinstance(inputs, dict) else ():
-        found = {e["date"]: float(e["valid_fraction"]) for e in entries if "date" in e and "valid_fraction" in e}
-        top = max(found.values(), default=0.0)
-        if top > 0:
-            shares[role] = {d: v / top for d, v in found.items()}
-    return shares
-
-
 def sources_of(mdd: MDD, date: str, predictor: Any) -> dict:
     """``calendar.date_sources`` of ``date`` in ``mdd``, with the model's pairing rule and the
-    layers' valid pixels where the manifest records them."""
+    layers' valid pixels where the manifest records them (``RoleStack.valid_shares``)."""
     fine, dense, hs = (mdd.roles[r].dates if r in mdd.roles else [] for r in ("fine_ms", "dense_ms", "hs"))
     max_days = getattr(predictor, "max_days", MAX_DAYS_APART)
-    path = getattr(mdd, "path", None)
-    valid = _valid_shares(os.path.abspath(path), os.path.getmtime(path)) if path and os.path.isfile(path) else {}
+    valid = {role: stack.valid_shares() for role, stack in mdd.roles.items()}
     return date_sources(fine, dense, hs, date, max_days, valid)
 
 

@@ -64,6 +64,9 @@ class RoleStack:
     band_names: list | None = None
     bbl: list | None = None  # bad band list (1 good, 0 bad): bad bands do not count for validity
     pixel_ratio: float = 1.0  # stored pixels are this many times the fine grid's (resample.role_grid)
+    # date -> the valid share of the grid its layer had, as Build MDD stack recorded it in the manifest's
+    # "inputs" (not written back by to_json: Build writes the inputs itself); empty where it did not.
+    valid_fractions: dict = field(default_factory=dict)
 
     @property
     def n_dates(self) -> int:
@@ -87,6 +90,12 @@ class RoleStack:
             "bbl": self.bbl,
             "pixel_ratio": self.pixel_ratio,
         }
+
+    def valid_shares(self) -> dict:
+        """date -> its layer's valid pixels over those of the clearest date (``valid_fractions``): the
+        area outside every image's footprint does not count. Empty where the manifest does not say."""
+        top = max(self.valid_fractions.values(), default=0.0)
+        return {d: v / top for d, v in self.valid_fractions.items()} if top > 0 else {}
 
     def stored_grid(self, grid: Grid) -> Grid:
         """The grid its files are on, given the MDD's fine grid."""
@@ -112,6 +121,19 @@ class RoleStack:
         if within:
             return self.block * max(1, math.floor(int(fine_px) / self.pixel_ratio / self.block))
         return self.block * math.ceil(int(fine_px) / self.pixel_ratio / self.block)
+
+
+def _valid_fractions(inputs, role: str) -> dict:
+    """date -> valid_fraction of ``role``'s entries in a manifest's "inputs" (Build MDD stack's record
+    of its layers); {} where there is none or it is not in that form."""
+    entries = inputs.get(role) if isinstance(inputs, dict) else None
+    if not isinstance(entries, list):
+        return {}
+    return {
+        e["date"]: float(e["valid_fraction"])
+        for e in entries
+        if isinstance(e, dict) and "date" in e and isinstance(e.get("valid_fraction"), (int, float))
+    }
 
 
 def band_description(date: str, wavelength: float | None, band_index: int) -> str:
@@ -235,6 +257,7 @@ class MDD:
                 band_names=r.get("band_names"),
                 bbl=r.get("bbl"),
                 pixel_ratio=float(r.get("pixel_ratio") or 1.0),
+                valid_fractions=_valid_fractions(d.get("inputs"), role),
             )
             for p in (stack.path, stack.mask_path):
                 if not os.path.exists(p):

@@ -413,7 +413,6 @@ def test_the_valid_pixels_come_from_the_manifest_build_wrote(tmp_path):
     }
     with open(manifest, "w", encoding="utf-8") as f:
         json.dump(d, f)
-    os.utime(manifest, (1, 1))  # another modification time: not the cached reading
     mdd = MDD.open(manifest)
     sources = sources_of(mdd, date, None)
     assert sources["dense_ms"] == "acquired that day, 25 % of the clearest date's valid pixels (gaps filled)"

@@ -214,67 +214,142 @@ class SubpixelChange(nn.Module):
     detail = A (g - blur(g)). Where a field smaller than a dense pixel changes unlike its
     neighbours, the windows around it see the change follow its fine MS, so the regression puts the
     change on the field's pixels instead of over the whole dense pixel (the idea of FSDAF's unmixing,
-    Zhu et al. 2016, without hard classes). Added to the guided change at fusion
-    (``TemporalBranch.add_subpixel``, ``predictor.SUBPIXEL_CHANGE``); training does not use it.
+    Zhu et al. 2016, without hard classes). Added to the temporal prediction at fusion, after the
+    dense MS steps (``TemporalBranch.add_subpixel``, ``predictor.SUBPIXEL_CHANGE``); training does
+    not use it.
     Sizes from the dense MS's ratio to the grid: sigma 0.3 of it, radius 1.5 of it, ridge 0.1 of the
     guide's variance, chosen on the development scenes' tuning date (BENCHMARKS.md, "The dense MS
-    change below the dense pixel"). Fixed (not learned); exact on a window ``reach`` pixels wider,
-    computed in strips of rows so that its memory (the guide's channels squared per pixel) stays
-    bounded on large tiles.
-    forward(g (B, G, H, W) guide, c (B, C, H, W) change, v (B, 1, H, W) validity) -> (B, C, H, W).
+    change below the dense pixel").
+
+    The regressions are solved on a lattice of every ``stride``-th row and column (the dense MS's
+    ratio rounded down, at most ``MAX_STRIDE``), their coefficients interpolated bilinearly to every
+    pixel (a fast guided filter, He & Sun 2015): the blurred guide and the change it regresses vary at
+    the dense pixel's scale, so a pixel between lattice points loses little, and the work falls by the
+    stride squared. (At three times the grid a lattice every 3 px lost 0.001 CC on landsat_ratio_3's
+    tuning date, every 2 px none: BENCHMARKS.md, "The change below the dense pixel on a lattice".)
+    The lattice lies on the grid's own rows and columns (``origin``: the tensor's first pixel on the
+    grid), so every tile, whatever its offset, uses the same lattice points. Fixed (not learned);
+    exact on a window ``reach`` pixels wider, computed in strips of rows so that its memory (the
+    guide's channels squared per pixel) stays bounded on large tiles.
+    forward(g (B, G, H, W) guide, c (B, C, H, W) change, v (B, 1, H, W) validity, origin (row, col))
+    -> (B, C, H, W).
     """
 
     SIGMA, RADIUS, RIDGE = 0.3, 1.5, 0.1  # of the dense ratio, of the dense ratio, of the guide's variance
     # Fusion gives it the guide's first principal components, not the guide (``FusionPredictor``):
     # the cost is the channels squared per pixel, and six keep most of what all of them give
     COMPONENTS = 6
+    # ... and the change's first principal components, not each dense band's (``basis``): two kept all of
+    # the gain on the development scenes' tuning date, for a third of the work of seven or eight bands
+    CHANGE_COMPONENTS = 2
     FLOOR = 1e-6
     STRIP_VALUES = 2**25  # values of the per-pixel systems held at once (G x (G + C) per pixel): 128 MB
+    LATTICE = True  # False: every pixel's own regression (the exact guided filter; slower by the stride squared)
+    MAX_STRIDE = 2
 
     def __init__(self, dense_ratio: float) -> None:
         super().__init__()
         self.dense_ratio = float(dense_ratio)
         self.blur = GaussianBlur(self.SIGMA * self.dense_ratio)
         self.window = max(1, int(round(self.RADIUS * self.dense_ratio)))
-        self.reach = self.blur.radius + 2 * self.window
-        self._last = []  # [(guide, its version, validity, _guide_part's result)]: the last two
+        self.stride = min(self.MAX_STRIDE, max(1, int(math.floor(self.dense_ratio + 1e-6)))) if self.LATTICE else 1
+        # the window on the lattice, in lattice steps: the same extent on the grid
+        self.lattice_window = max(1, int(round(self.window / self.stride)))
+        self.coef_window = self.lattice_window if self.stride > 1 else self.window  # the coefficients' averaging
+        self._set_reach()
+        self._last = []  # [(guide, its version, validity, origin, _guide_part's result)]: the last two
 
-    def _box(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean over the window, clipped at the tensor's edges; separable (rows, then columns)."""
-        r = self.window
+    def _set_reach(self) -> None:
+        """What a pixel reads: the guide's blur, the two windows (statistics, then coefficients) and, on
+        a lattice, the lattice points up to stride - 1 px away that it is interpolated between."""
+        stats = self.lattice_window if self.stride > 1 else self.window
+        box = (stats + self.coef_window) * self.stride
+        self.reach = self.blur.radius + box + self.stride - 1
+
+    @property
+    def side(self) -> int:
+        """The regression windows' side on the grid (px)."""
+        return 2 * self.lattice_window * self.stride + 1 if self.stride > 1 else 2 * self.window + 1
+
+    @staticmethod
+    def _box_r(x: torch.Tensor, r: int) -> torch.Tensor:
+        """The mean over a (2r + 1)² window, clipped at the tensor's edges; separable (rows, then columns)."""
         x = x.contiguous(memory_format=torch.channels_last)  # many channels: pooled about 1.5 times faster
         x = nn.functional.avg_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)
         x = nn.functional.avg_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
         return x.contiguous()
 
-    def forward(self, g: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _box(self, x: torch.Tensor) -> torch.Tensor:
+        return self._box_r(x, self.lattice_window if self.stride > 1 else self.window)
+
+    def forward(
+        self,
+        g: torch.Tensor,
+        c: torch.Tensor,
+        v: torch.Tensor,
+        origin: tuple[int, int] = (0, 0),
+        basis: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``basis`` (k, C): regress the change's k components on it (``FusionPredictor._change_basis``)
+        and give the detail back in the change's C channels."""
+        if basis is not None:
+            detail = self.forward(g, torch.einsum("kc,bchw->bkhw", basis.to(c.dtype), c), v, origin)
+            return torch.einsum("kc,bkhw->bchw", basis.to(c.dtype), detail)
         with torch.no_grad():  # inputs only, no parameter
             G, C, H = g.shape[1], c.shape[1], g.shape[-2]
-            rows = max(1, self.STRIP_VALUES // max(1, g.shape[0] * g.shape[-1] * G * (G + C)) - 2 * self.reach)
+            per_row = max(1, g.shape[0] * g.shape[-1] * G * (G + C) // (self.stride * self.stride))
+            rows = max(1, self.STRIP_VALUES // per_row - 2 * self.reach)
             if rows >= H:
-                return self._detail(g, c, v)
+                return self._detail(g, c, v, origin)
             out = []
             for y0 in range(0, H, rows):
                 a, b = max(0, y0 - self.reach), min(H, y0 + rows + self.reach)
-                part = self._detail(g[..., a:b, :], c[..., a:b, :], v[..., a:b, :])
+                part = self._detail(g[..., a:b, :], c[..., a:b, :], v[..., a:b, :], (origin[0] + a, origin[1]))
                 out.append(part[..., y0 - a : y0 - a + min(rows, H - y0), :])
             return torch.cat(out, dim=-2)
 
-    def _guide_part(self, g: torch.Tensor, v: torch.Tensor) -> tuple:
-        """What depends on the guide and the validity alone: the blurred guide, the windows' valid
-        share, the guide's means and the Cholesky factor of its ridged covariance (with whether it
-        exists). Fusion's dates of one tile share their guide: the last two (a date's two sources) are
-        kept and reused."""
+    def _lattice(self, shape: tuple, origin: tuple[int, int]) -> tuple:
+        """(row slice, col slice) of the tensor's pixels on the grid's lattice (rows and columns that
+        are multiples of ``stride`` on the grid)."""
+        s = self.stride
+        return slice((-int(origin[0])) % s, int(shape[0]), s), slice((-int(origin[1])) % s, int(shape[1]), s)
+
+    def _upsample(self, x: torch.Tensor, where: tuple, shape: tuple) -> torch.Tensor:
+        """Lattice values (B, K, h, w) at ``where`` (``_lattice``) to every pixel of ``shape``: linear
+        between the lattice points along rows, then columns; constant beyond the first and last. Each
+        of the ``stride`` phases between two lattice points is one weighted sum of the lattice shifted,
+        interleaved; a pixel's weights depend only on its place on the grid, so tiles agree exactly."""
+        s = self.stride
+        for axis in (0, 1):
+            dim = x.dim() - 2 + axis
+            n = x.shape[dim]
+            x = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, n - 1, 1)], dim)  # one more point each end
+            lo, hi = x.narrow(dim, 0, n + 1), x.narrow(dim, 1, n + 1)
+            phases = [lo if p == 0 else lo * (1 - p / s) + hi * (p / s) for p in range(s)]
+            x = torch.stack(phases, dim + 1).flatten(dim, dim + 1)  # position j: lattice point j // s, phase j % s
+            # position 0 is the added point, ``stride`` pixels before the tensor's first lattice point
+            x = x.narrow(dim, s - where[axis].start, int(shape[axis]))
+        return x
+
+    def _guide_part(self, g: torch.Tensor, v: torch.Tensor, origin: tuple[int, int]) -> tuple:
+        """What depends on the guide and the validity alone: the guide's detail (what its blur takes
+        out), and on the lattice the windows' valid share, the guide's means and the inverse of its
+        ridged covariance (zero where it is not positive definite), channels first. Fusion's dates of
+        one tile share their guide: the last two (a date's two sources) are kept and reused, so the
+        systems are inverted once and each change only multiplied (solving them for each change, as
+        first built, took a third of this module's time in a fusion)."""
         for last in self._last:
-            if last[0] is g and last[1] == g._version and torch.equal(last[2], v):
-                return last[3]
-        B, G, H, W = g.shape
+            if last[0] is g and last[1] == g._version and last[3] == origin and torch.equal(last[2], v):
+                return last[4]
         gb, _ = self.blur(g, torch.ones_like(g[:, :1]))
-        n = self._box(v).clamp_min(1e-6)
-        gw = gb * v
+        where = self._lattice(g.shape[-2:], origin)
+        gl, vl = gb[..., where[0], where[1]], v[..., where[0], where[1]]
+        B, G, H, W = gl.shape
+        n = self._box(vl).clamp_min(1e-6)
+        gw = gl * vl
         mg = self._box(gw) / n
         i, j = torch.triu_indices(G, G, device=g.device)  # the covariance is symmetric: its upper half
-        upper = (self._box(gb[:, i] * gw[:, j]) / n - mg[:, i] * mg[:, j]).permute(0, 2, 3, 1)
+        upper = (self._box(gl[:, i] * gw[:, j]) / n - mg[:, i] * mg[:, j]).permute(0, 2, 3, 1)
         gg = g.new_zeros(B, H, W, G, G)
         gg[..., i, j] = upper
         gg[..., j, i] = upper
@@ -283,20 +358,27 @@ class SubpixelChange(nn.Module):
         ridge = self.RIDGE * torch.diagonal(gg, dim1=-2, dim2=-1).mean(-1).clamp_min(0) + self.FLOOR
         gg.diagonal(dim1=-2, dim2=-1).add_(ridge[..., None])
         factor, info = torch.linalg.cholesky_ex(gg)
-        part = (gb, gw, n, mg, factor, info == 0)
-        self._last = [(g, g._version, v.clone(), part)] + self._last[:1]  # the two sources of a date
+        inverse = torch.where((info == 0)[..., None, None], torch.cholesky_inverse(factor), torch.zeros_like(gg))
+        part = (g - gb, where, gw, n, mg, inverse.permute(0, 3, 4, 1, 2).contiguous())  # (B, G, G, H, W)
+        self._last = [(g, g._version, v.clone(), tuple(origin), part)] + self._last[:1]  # the two sources of a date
         return part
 
-    def _detail(self, g: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        B, G, H, W = g.shape
+    def _detail(self, g: torch.Tensor, c: torch.Tensor, v: torch.Tensor, origin: tuple[int, int]) -> torch.Tensor:
+        h, where, gw, n, mg, inverse = self._guide_part(g, v, tuple(int(o) for o in origin))
+        B, G, H, W = gw.shape
         C = c.shape[1]
-        gb, gw, n, mg, factor, ok = self._guide_part(g, v)
-        mc = self._box(c * v) / n
-        gc = self._box((gw[:, :, None] * c[:, None]).flatten(1, 2)) / n - (mg[:, :, None] * mc[:, None]).flatten(1, 2)
-        coef = torch.cholesky_solve(gc.view(B, G, C, H, W).permute(0, 3, 4, 1, 2), factor)  # (B, H, W, G, C)
-        coef = torch.where(ok[..., None, None], coef, torch.zeros_like(coef))
-        coef = self._box(coef.permute(0, 3, 4, 1, 2).reshape(B, G * C, H, W) * v) / n
-        detail = torch.einsum("bgchw,bghw->bchw", coef.view(B, G, C, H, W), g - gb)
+        cl, vl = c[..., where[0], where[1]], v[..., where[0], where[1]]
+        mc = self._box(cl * vl) / n
+        gc = self._box((gw[:, :, None] * cl[:, None]).flatten(1, 2)) / n - (mg[:, :, None] * mc[:, None]).flatten(1, 2)
+        gc = gc.view(B, G, C, H, W)
+        coef = inverse[:, :, 0, None] * gc[:, None, 0]  # (B, G, C, H, W): inverse @ gc, one term at a time so
+        for j in range(1, G):  # that each pixel's sums do not depend on the tensor's size (tiles, strips)
+            coef += inverse[:, :, j, None] * gc[:, None, j]
+        coef = coef.reshape(B, G * C, H, W) * vl
+        coef = self._box_r(coef, self.coef_window) / self._box_r(vl, self.coef_window).clamp_min(1e-6)
+        if self.stride > 1:
+            coef = self._upsample(coef, where, g.shape[-2:])
+        detail = torch.einsum("bgchw,bghw->bchw", coef.view(B, G, C, *g.shape[-2:]), h)
         return detail * (v > 0).to(detail.dtype)
 
 
@@ -328,11 +410,27 @@ class TemporalBranch(nn.Module):
         self.radius = (self.trunk.radius if trunk else 0) + (guided_radius if guided_radius > 0 else 0)
 
     def add_subpixel(self, dense_ratio: float) -> None:
-        """The dense MS change below the dense pixel (``SubpixelChange``) added to the guided change
-        from now on, for a dense MS ``dense_ratio`` times the grid; widens ``radius`` by its reach."""
-        guided = self.guided.radius if self.guided is not None else 0
+        """The dense MS change below the dense pixel (``SubpixelChange``) from now on, for a dense MS
+        ``dense_ratio`` times the grid (``below_dense_pixel``; ``FusionNetwork.ms_estimate`` adds it
+        after the dense MS steps, so it reads ``subpixel.reach`` around a pixel beside them, not
+        beyond them: ``FusionNetwork.halo_with``)."""
         self.subpixel = SubpixelChange(dense_ratio).to(self.change.weight.device)
-        self.radius += max(0, self.subpixel.reach - guided)
+
+    def below_dense_pixel(
+        self,
+        guides: Sequence[torch.Tensor],
+        sources: Sequence[tuple],
+        origin: tuple[int, int] = (0, 0),
+        change_basis: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """[(d_q, d_t, v)] -> each source's change below the dense pixel on the fine bands, L0 (the
+        change map without its bias) of ``SubpixelChange`` of d_t - d_q under its guide; ``origin``
+        and ``change_basis``: ``SubpixelChange``'s."""
+        w = self.change.weight
+        return [
+            nn.functional.conv2d(self.subpixel(g, d_t - d_q, v, origin, change_basis), w)
+            for g, (d_q, d_t, v) in zip(guides, sources)
+        ]
 
     def forward(
         self,
@@ -358,19 +456,12 @@ class TemporalBranch(nn.Module):
         guide: torch.Tensor,
         sources: Sequence[tuple],
         similar: Sequence[torch.Tensor] | None = None,
-        detail_guide: torch.Tensor | None = None,
-        below_dense_pixel: bool = True,
     ) -> list[torch.Tensor]:
         """[(d_q, d_t, v)] -> the change d_t - d_q of each source, guided by ``guide`` when the branch
         has the guided change (its similarity judged once for them all, or given: ``similar``), else
-        as it is. ``detail_guide``: the change below the dense pixel's guide, when not ``guide``;
-        ``below_dense_pixel`` False: without that change even where the branch has it."""
+        as it is."""
         deltas = [(d_t - d_q, v if v is not None else torch.ones_like(d_t[:, :1])) for d_q, d_t, v in sources]
-        spread = [delta for delta, _ in deltas] if self.guided is None else self.guided.spread(guide, deltas, similar)
-        if self.subpixel is None or not below_dense_pixel:
-            return spread
-        g = guide if detail_guide is None else detail_guide
-        return [s + self.subpixel(g, delta, v) for s, (delta, v) in zip(spread, deltas)]
+        return [delta for delta, _ in deltas] if self.guided is None else self.guided.spread(guide, deltas, similar)
 
 
 class SpectralBranch(nn.Module):
@@ -543,7 +634,8 @@ class FusionNetwork(nn.Module):
         """``halo`` when the temporal prediction reads ``temporal_extra`` more pixels around each pixel
         (fusion's ``dense_consistency`` steps) and the fine MS estimate's inputs themselves
         ``input_extra`` more (a dense MS made from the fine MS through its blur)."""
-        r_ms = max(self.spatial.trunk.radius, self.temporal.radius + int(temporal_extra)) + int(input_extra)
+        below = self.temporal.subpixel.reach if self.temporal.subpixel is not None else 0  # beside the steps
+        r_ms = max(self.spatial.trunk.radius, self.temporal.radius + int(temporal_extra), below) + int(input_extra)
         r_ref = self.spatial.trunk.radius + self.blur.radius + self.rho_blur.radius
         return self.head.radius + self.spectral.trunk.radius + max(r_ms, r_ref)
 
@@ -561,16 +653,20 @@ class FusionNetwork(nn.Module):
             vt2 = x["vfq2"] * x["vdq2"] * x["vd"]
             sources.append((x["dq2"], x["d"], vt2))
         guide = x["guide"] if self.multi_date_guide and "guide" in x else None
+        origin = x.get("origin", (0, 0))  # the window's first pixel on the grid (SubpixelChange's lattice)
+        basis = x.get("change_basis")  # the change's components SubpixelChange regresses
         if guide is None and len(sources) == 2:  # each source's own fine MS guides its change
-            deltas = [
-                self.temporal.spread(x[f], [src], below_dense_pixel=below_dense_pixel)[0]
-                for f, src in zip(("fq", "fq2"), sources)
-            ]
+            deltas = [self.temporal.spread(x[f], [src])[0] for f, src in zip(("fq", "fq2"), sources)]
+            detail_guides = [x["fq"], x["fq2"]]
         else:
             similar = x.get("guide_similar") if guide is not None else None
             detail_guide = x.get("subpixel_guide") if guide is not None else None
             g = x["fq"] if guide is None else guide
-            deltas = self.temporal.spread(g, sources, similar, detail_guide, below_dense_pixel)
+            deltas = self.temporal.spread(g, sources, similar)
+            detail_guides = [g if detail_guide is None else detail_guide] * len(sources)
+        below = None  # the change below the dense pixel, on the fine bands (fusion only)
+        if below_dense_pixel and self.temporal.subpixel is not None:
+            below = self.temporal.below_dense_pixel(detail_guides, sources, origin, basis)
         tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt, delta=deltas[0])
         if "fq2" in x:
             tp2, t_feat2 = self.temporal(x["fq2"], x["dq2"], x["d"], vt2, delta=deltas[1])
@@ -579,6 +675,8 @@ class FusionNetwork(nn.Module):
             tp = (w1 * tp + w2 * tp2) / total
             if t_feat is not None:
                 t_feat = (w1 * t_feat + w2 * t_feat2) / total
+            if below is not None:
+                below = [(w1 * below[0] + w2 * below[1]) / total]
             vt = torch.maximum(vt, vt2)
         if "consistency" in x:  # fusion: put back in line with the date's own dense MS (dense_consistency.py)
             g = guide if guide is not None else x["fq"]
@@ -586,6 +684,8 @@ class FusionNetwork(nn.Module):
             guided = self.temporal.guided
             spread = (lambda c, v: guided.spread(g, [(c, v)], similar)[0]) if guided is not None else (lambda c, v: c)
             tp = x["consistency"](tp, vt * x["vd"], x["d"], x["dense_gain"], self.temporal.change.weight, spread)
+        if below is not None:  # after the steps: the dense sensor's blur takes most of it out, and so
+            tp = tp + below[0]  # its reach lies beside theirs, not beyond (CC within 0.0001 on the tuning date)
         va = x["va"]
         m = va * x["a"] + (1 - va) * (vt * tp + (1 - vt) * x["vd"] * sp)
         vm = torch.maximum(va, torch.maximum(vt, x["vd"]))

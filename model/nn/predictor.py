@@ -80,13 +80,14 @@ DETAIL_ON_EVERY_DATE = True
 
 # The dense MS change below the dense pixel from the guide's own detail (network.SubpixelChange), added
 # to the guided change of the fine MS predicted in time; fusion only, so models trained before get it
-# too. Better on every metric of the seven generality scenes' held-out dates (CC +0.0005 to +0.0012) and
-# of the first six's tuning date (CC +0.0010 to +0.0023; landsat_ratio_3's level, -0.0001), but it
-# makes the scale benchmark's fusion about 1.6 times slower on its guide's 6 principal components
-# (3.4-3.8 times on the whole guide): off by default (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE"). A
-# run asks for it with ``load_predictor(..., subpixel_change=True)`` (Fuse's SUBPIXEL_CHANGE
-# parameter); this is the default of a run that does not say.
-SUBPIXEL_CHANGE = False
+# too. On by default since its regressions are solved on a lattice of the dense pixel's size, on the
+# change's first two components, and it is added after the dense MS steps (the fusion halo unchanged):
+# 4-8 % more fusion time on the scale benchmark's 1024² series (within the 10 % a default may cost;
+# per pixel, as first built, 1.6 times), the development scenes' tuning-date gain kept (BENCHMARKS.md,
+# "The change below the dense pixel on a lattice"). A run switches it off with
+# ``load_predictor(..., subpixel_change=False)`` (Fuse's SUBPIXEL_CHANGE parameter); this is the
+# default of a run that does not say.
+SUBPIXEL_CHANGE = True
 
 
 class FusionPredictor:
@@ -132,6 +133,7 @@ class FusionPredictor:
         self._consistency, self._gains, self._gap_fills = {}, {}, {}
         self._subpixel_bases = {}  # (MDD, the date the guide leaves out) -> the guide's components
         self._fine_covariances = {}  # MDD -> the covariance of its fine MS, every date's bands (the bases')
+        self._change_bases = {}  # MDD -> the dense MS change's components (``_change_basis``)
         extra = reach(max_blur_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
         # A dense MS filled from its date's fine MS (``_dense_from_fine``) reads the fine MS within the
         # dense MS's blur around each pixel.
@@ -331,10 +333,14 @@ class FusionPredictor:
         if self.date_maps is not None:
             x["wmap"] = self._date_map(date)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
+        x["origin"] = (int(window[1]), int(window[0]))  # the window's first pixel on the grid (row, col)
         if guide is not None:
             x["guide"], x["guide_similar"], components = guide
             if components is not None:
                 x["subpixel_guide"] = components
+        basis = self._change_basis(mdd) if self.net.temporal.subpixel is not None else None
+        if basis is not None:
+            x["change_basis"] = basis
         return x, dense
 
     def _dense_from_fine(self, mdd, x: dict, dense: tuple, pairs) -> None:
@@ -484,7 +490,7 @@ class FusionPredictor:
         MDD's central window), so every tile and every Dask task uses the same;
         None where the guide has no more channels than that or too few valid pixels (the guide itself
         is used). Fed all 16-28 channels, the change below the dense pixel made fusion 3.4-3.8 times
-        slower; fed 6 components, 1.6 times (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE")."""
+        slower; fed 6 components, 1.6 times, per pixel (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE")."""
         import torch
 
         base = getattr(mdd, "uncached", mdd)
@@ -502,6 +508,34 @@ class FusionPredictor:
                 basis = basis.to(self.device)
             self._subpixel_bases[key] = basis
         return self._subpixel_bases[key]
+
+    def _change_basis(self, mdd):
+        """(k, n_dense): the first ``SubpixelChange.CHANGE_COMPONENTS`` principal components of the dense
+        MS's change from each date to the next (normalised), on the central window's pixels valid on
+        both; once per MDD, so every tile and every Dask task uses the same. None where the dense MS
+        has no more bands than that or too few such pixels (each band is regressed)."""
+        import torch
+
+        base = getattr(mdd, "uncached", mdd)
+        key = os.path.abspath(base.path)
+        if key not in self._change_bases:
+            k = self.net.temporal.subpixel.CHANGE_COMPONENTS
+            stack = base.roles["dense_ms"]
+            basis = None
+            if stack.n_bands > k:
+                window = central_window(base.grid.width, base.grid.height)
+                values = read_values(base, "dense_ms", window=window)
+                valid = base.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1)
+                z = [self.dense_norm.apply(v, ok) for v, ok in zip(values, valid)]
+                rows = [(z[i + 1] - z[i])[:, valid[i] & valid[i + 1]].T for i in range(len(z) - 1)]
+                change = np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, stack.n_bands))
+                if len(change) > 4 * stack.n_bands:
+                    change -= change.mean(0)
+                    w, u = np.linalg.eigh(change.T @ change)
+                    basis = torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32))
+                    basis = basis.to(self.device)
+            self._change_bases[key] = basis
+        return self._change_bases[key]
 
     def _fine_covariance(self, base: MDD) -> np.ndarray | None:
         """(n_dates x n_bands, same): the covariance of the normalised fine MS of every date, date after
@@ -677,11 +711,12 @@ class FusionPredictor:
 
 
 def _subpixel_note(sub) -> str:
-    side = 2 * sub.window + 1
+    side = sub.side
+    lattice = f", solved every {sub.stride} px" if sub.stride > 1 else ""
     return (
         "Fine MS predicted in time: the dense MS change put below the dense pixel by the fine MS's own detail "
-        f"(local regressions in {side}x{side} px windows on the first {sub.COMPONENTS} principal components of "
-        "the fine MS of the other dates)."
+        f"(local regressions in {side}x{side} px windows{lattice}, of the change's first {sub.CHANGE_COMPONENTS} "
+        f"principal components on the first {sub.COMPONENTS} of the fine MS of the other dates)."
     )
 
 

@@ -135,7 +135,7 @@ def test_the_change_below_the_dense_pixel_is_an_advanced_switch_that_reaches_fus
 
     alg = QgsApplication.processingRegistry().algorithmById("stsfusion:fuse")
     param = alg.parameterDefinition("SUBPIXEL_CHANGE")
-    assert param.defaultValue() is False and param.flags() & QgsProcessingParameterDefinition.FlagAdvanced
+    assert param.defaultValue() is True and param.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     manifest, model = real
     logs = {}
     for on in (False, True):

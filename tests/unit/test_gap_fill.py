@@ -166,14 +166,14 @@ def test_a_cloud_on_a_fine_ms_date_is_filled_from_that_dates_fine_ms_without_sea
     assert np.isnan(values[1][:, cloud]).all()  # the MDD itself is as it was
     # Tiles of 24 px give the output of one tile, on that date and on the next (date 1 its nearest
     # source, the earlier on a tie); on a grid larger than a tile with its halo, so the halo counts.
-    big = make_tiny_mdd(str(tmp_path / "big"), size=120, fine_dates=(0, 1, 2, 3, 5))
+    big = make_tiny_mdd(str(tmp_path / "big"), size=132, fine_dates=(0, 1, 2, 3, 5))
     nxt = mdd.roles["dense_ms"].dates[2]
     from stsfusion.model.core.vocabulary import day_number, nearest_date
 
     assert nearest_date([d for d in mdd.roles["fine_ms"].dates if d != nxt], day_number(nxt)) == date
-    assert 24 + 2 * p.halo < 120
+    assert 24 + 2 * p.halo < 132
     dates = f"{date},{nxt}"
-    one = fuse_time_series(big, model, str(tmp_path / "one"), dates, tile_size=120, device="cpu")
+    one = fuse_time_series(big, model, str(tmp_path / "one"), dates, tile_size=132, device="cpu")
     tiled = fuse_time_series(big, model, str(tmp_path / "tiled"), dates, tile_size=24, device="cpu")
     for a, b in zip(one, tiled):
         np.testing.assert_allclose(gdal.Open(b).ReadAsArray(), gdal.Open(a).ReadAsArray(), rtol=0, atol=1e-5)

@@ -33,12 +33,13 @@ def test_round_trip_holds_everything_fusion_needs(trained):
     assert arrays["pca_components"].shape == (12, 40)
     for k in ("fine_mean", "fine_std", "dense_mean", "dense_std", "pca_mean", "pca_band_weight"):
         assert k in arrays
-    p = load_predictor(path, "cpu")
+    p = load_predictor(path, "cpu", subpixel_change=False)
     # Each HS date's own spectral map is saved; fusion's detail step on HS dates needs the HS PSF's
     # radius of context beyond the network's halo (16 px), which the dense MS's steps on the temporal
     # path (nn/dense_consistency.py: 2 x (2 blurs of 5 px + the guided change's 3)) make 33, and a dense
-    # MS made from its date's fine MS through that blur (predictor._dense_from_fine) 5 more: 38 (43 with
-    # predictor.SUBPIXEL_CHANGE: test_subpixel_change.py).
+    # MS made from its date's fine MS through that blur (predictor._dense_from_fine) 5 more: 38 (the same
+    # with the change below the dense pixel, on by default, which reads less beside them:
+    # test_subpixel_change.py).
     assert arrays["date_maps"].shape == (len(meta["roles"]["hs"]["dates"]), 12, 5)
     assert meta["halo"] == 16 and p.net_halo == 38
     assert p.kernels == "1" and p.device == "cpu" and p.halo == p.net_halo + p.detail_blur.radius == 42

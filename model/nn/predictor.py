@@ -715,8 +715,8 @@ def _subpixel_note(sub) -> str:
     lattice = f", solved every {sub.stride} px" if sub.stride > 1 else ""
     return (
         "Fine MS predicted in time: the dense MS change put below the dense pixel by the fine MS's own detail "
-        f"(local regressions in {side}x{side} px windows{lattice}, of the change's first {sub.CHANGE_COMPONENTS} "
-        f"principal components on the first {sub.COMPONENTS} of the fine MS of the other dates)."
+        f"(local regressions in {side}x{side} px windows{lattice}, of the change, on its first {sub.CHANGE_COMPONENTS} "
+        f"principal components where it has more bands, on the first {sub.COMPONENTS} of the fine MS of the other dates)."
     )
 
 

@@ -253,34 +253,25 @@ class SubpixelChange(nn.Module):
         self.blur = GaussianBlur(self.SIGMA * self.dense_ratio)
         self.window = max(1, int(round(self.RADIUS * self.dense_ratio)))
         self.stride = min(self.MAX_STRIDE, max(1, int(math.floor(self.dense_ratio + 1e-6)))) if self.LATTICE else 1
-        # the window on the lattice, in lattice steps: the same extent on the grid
-        self.lattice_window = max(1, int(round(self.window / self.stride)))
-        self.coef_window = self.lattice_window if self.stride > 1 else self.window  # the coefficients' averaging
-        self._set_reach()
+        # the window in lattice steps (its extent on the grid kept; the window itself at stride 1)
+        self.box = max(1, int(round(self.window / self.stride)))
+        # what a pixel reads: the guide's blur, the two windows (statistics, then coefficients) and, on a
+        # lattice, the lattice points up to stride - 1 px away that it is interpolated between
+        self.reach = self.blur.radius + 2 * self.box * self.stride + self.stride - 1
         self._last = []  # [(guide, its version, validity, origin, _guide_part's result)]: the last two
-
-    def _set_reach(self) -> None:
-        """What a pixel reads: the guide's blur, the two windows (statistics, then coefficients) and, on
-        a lattice, the lattice points up to stride - 1 px away that it is interpolated between."""
-        stats = self.lattice_window if self.stride > 1 else self.window
-        box = (stats + self.coef_window) * self.stride
-        self.reach = self.blur.radius + box + self.stride - 1
 
     @property
     def side(self) -> int:
         """The regression windows' side on the grid (px)."""
-        return 2 * self.lattice_window * self.stride + 1 if self.stride > 1 else 2 * self.window + 1
+        return 2 * self.box * self.stride + 1
 
-    @staticmethod
-    def _box_r(x: torch.Tensor, r: int) -> torch.Tensor:
-        """The mean over a (2r + 1)² window, clipped at the tensor's edges; separable (rows, then columns)."""
+    def _box(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over the window, clipped at the tensor's edges; separable (rows, then columns)."""
+        r = self.box
         x = x.contiguous(memory_format=torch.channels_last)  # many channels: pooled about 1.5 times faster
         x = nn.functional.avg_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)
         x = nn.functional.avg_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
         return x.contiguous()
-
-    def _box(self, x: torch.Tensor) -> torch.Tensor:
-        return self._box_r(x, self.lattice_window if self.stride > 1 else self.window)
 
     def forward(
         self,
@@ -374,8 +365,7 @@ class SubpixelChange(nn.Module):
         coef = inverse[:, :, 0, None] * gc[:, None, 0]  # (B, G, C, H, W): inverse @ gc, one term at a time so
         for j in range(1, G):  # that each pixel's sums do not depend on the tensor's size (tiles, strips)
             coef += inverse[:, :, j, None] * gc[:, None, j]
-        coef = coef.reshape(B, G * C, H, W) * vl
-        coef = self._box_r(coef, self.coef_window) / self._box_r(vl, self.coef_window).clamp_min(1e-6)
+        coef = self._box(coef.reshape(B, G * C, H, W) * vl) / n
         if self.stride > 1:
             coef = self._upsample(coef, where, g.shape[-2:])
         detail = torch.einsum("bgchw,bghw->bchw", coef.view(B, G, C, *g.shape[-2:]), h)
@@ -664,7 +654,7 @@ class FusionNetwork(nn.Module):
             g = x["fq"] if guide is None else guide
             deltas = self.temporal.spread(g, sources, similar)
             detail_guides = [g if detail_guide is None else detail_guide] * len(sources)
-        below = None  # the change below the dense pixel, on the fine bands (fusion only)
+        below = None  # each source's change below the dense pixel, on the fine bands (fusion only)
         if below_dense_pixel and self.temporal.subpixel is not None:
             below = self.temporal.below_dense_pixel(detail_guides, sources, origin, basis)
         tp, t_feat = self.temporal(x["fq"], x["dq"], x["d"], vt, delta=deltas[0])
@@ -676,7 +666,7 @@ class FusionNetwork(nn.Module):
             if t_feat is not None:
                 t_feat = (w1 * t_feat + w2 * t_feat2) / total
             if below is not None:
-                below = [(w1 * below[0] + w2 * below[1]) / total]
+                below = [(w1 * below[0] + w2 * below[1]) / total]  # blended as the predictions are
             vt = torch.maximum(vt, vt2)
         if "consistency" in x:  # fusion: put back in line with the date's own dense MS (dense_consistency.py)
             g = guide if guide is not None else x["fq"]

@@ -134,6 +134,7 @@ class FusionPredictor:
         self._subpixel_bases = {}  # (MDD, the date the guide leaves out) -> the guide's components
         self._fine_covariances = {}  # MDD -> the covariance of its fine MS, every date's bands (the bases')
         self._change_bases = {}  # MDD -> the dense MS change's components (``_change_basis``)
+        self._central_denses = {}  # MDD -> its dense MS in the central window (``_central_dense``)
         extra = reach(max_blur_sigma(dense_ratio), guided, STEPS) if self._consistency_args is not None else 0
         # A dense MS filled from its date's fine MS (``_dense_from_fine``) reads the fine MS within the
         # dense MS's blur around each pixel.
@@ -382,8 +383,7 @@ class FusionPredictor:
             found = None
             if self._consistency_args is not None:
                 window = central_window(mdd.grid.width, mdd.grid.height)
-                values = read_values(mdd, "dense_ms", window=window)
-                dense = (values, mdd.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1))
+                dense = self._central_dense(mdd)
                 fine, dense_of = [], []
                 for d in mdd.roles["fine_ms"].dates:
                     f, vf = self._read(mdd, "fine_ms", d, window)
@@ -419,9 +419,7 @@ class FusionPredictor:
         if key not in self._gap_fills:
             found = None
             if date in base.roles["dense_ms"].dates:
-                window = central_window(base.grid.width, base.grid.height)
-                values = read_values(base, "dense_ms", window=window)
-                valid = base.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1)
+                values, valid = self._central_dense(base)
                 days = [day_number(d) for d in base.roles["dense_ms"].dates]
                 found = fit_gap_fill(values, valid, days, day_number(date))
             self._gap_fills[key] = found
@@ -491,8 +489,6 @@ class FusionPredictor:
         None where the guide has no more channels than that or too few valid pixels (the guide itself
         is used). Fed all 16-28 channels, the change below the dense pixel made fusion 3.4-3.8 times
         slower; fed 6 components, 1.6 times, per pixel (BENCHMARKS.md, "Fuse's SUBPIXEL_CHANGE")."""
-        import torch
-
         base = getattr(mdd, "uncached", mdd)
         key = (os.path.abspath(base.path), own)
         if key not in self._subpixel_bases:
@@ -503,9 +499,7 @@ class FusionPredictor:
             cov = self._fine_covariance(base)
             basis = None
             if cov is not None and len(keep) > k:
-                w, u = np.linalg.eigh(cov[np.ix_(keep, keep)])
-                basis = torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32))
-                basis = basis.to(self.device)
+                basis = self._leading_components(cov[np.ix_(keep, keep)], k)
             self._subpixel_bases[key] = basis
         return self._subpixel_bases[key]
 
@@ -514,8 +508,6 @@ class FusionPredictor:
         MS's change from each date to the next (normalised), on the central window's pixels valid on
         both; once per MDD, so every tile and every Dask task uses the same. None where the dense MS
         has no more bands than that or too few such pixels (each band is regressed)."""
-        import torch
-
         base = getattr(mdd, "uncached", mdd)
         key = os.path.abspath(base.path)
         if key not in self._change_bases:
@@ -523,19 +515,38 @@ class FusionPredictor:
             stack = base.roles["dense_ms"]
             basis = None
             if stack.n_bands > k:
-                window = central_window(base.grid.width, base.grid.height)
-                values = read_values(base, "dense_ms", window=window)
-                valid = base.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1)
+                values, valid = self._central_dense(base)
                 z = [self.dense_norm.apply(v, ok) for v, ok in zip(values, valid)]
                 rows = [(z[i + 1] - z[i])[:, valid[i] & valid[i + 1]].T for i in range(len(z) - 1)]
                 change = np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, stack.n_bands))
                 if len(change) > 4 * stack.n_bands:
                     change -= change.mean(0)
-                    w, u = np.linalg.eigh(change.T @ change)
-                    basis = torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32))
-                    basis = basis.to(self.device)
+                    basis = self._leading_components(change.T @ change, k)
             self._change_bases[key] = basis
         return self._change_bases[key]
+
+    def _central_dense(self, mdd) -> tuple:
+        """(values (T, B, h, w), validity (T, h, w)) of the dense MS on every date in the MDD's central
+        window, read once per MDD for the fits made there (the dense map, each date's gap fill, the
+        change's components); read-only. At most 256² px a date and band, float32: 21 MB for 10 dates of
+        8 bands, held while the predictor lives (each gap fill is fitted when a tile first needs it)."""
+        key = os.path.abspath(mdd.path)
+        if key not in self._central_denses:
+            window = central_window(mdd.grid.width, mdd.grid.height)
+            values = read_values(mdd, "dense_ms", window=window)
+            valid = mdd.read_mask("dense_ms", window=window) & np.isfinite(values).any(axis=1)
+            for a in (values, valid):
+                a.setflags(write=False)
+            self._central_denses[key] = (values, valid)
+        return self._central_denses[key]
+
+    def _leading_components(self, cov: np.ndarray, k: int):
+        """(k, n) tensor on the predictor's device: the ``k`` eigenvectors of the symmetric ``cov`` (n, n)
+        with the largest eigenvalues, one per row."""
+        import torch
+
+        w, u = np.linalg.eigh(cov)
+        return torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32)).to(self.device)
 
     def _fine_covariance(self, base: MDD) -> np.ndarray | None:
         """(n_dates x n_bands, same): the covariance of the normalised fine MS of every date, date after

@@ -343,7 +343,8 @@ def report() -> str:
     return "\n".join(lines)
 
 
-CHOSEN = "v_lattice"  # the defaults now (seed 0): q_channels_last, the change below the dense pixel on
+CHOSEN = "v_lattice"  # the defaults now (seed 0): q_channels_last's models, fused with the change below
+# the dense pixel on its lattice (on by default)
 
 
 def bars_table(root: str) -> list:

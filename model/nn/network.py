@@ -643,15 +643,15 @@ class FusionNetwork(nn.Module):
             vt2 = x["vfq2"] * x["vdq2"] * x["vd"]
             sources.append((x["dq2"], x["d"], vt2))
         guide = x["guide"] if self.multi_date_guide and "guide" in x else None
+        g = x["fq"] if guide is None else guide  # what guides the change and the dense MS steps' spread
+        similar = x.get("guide_similar") if guide is not None else None
         origin = x.get("origin", (0, 0))  # the window's first pixel on the grid (SubpixelChange's lattice)
         basis = x.get("change_basis")  # the change's components SubpixelChange regresses
         if guide is None and len(sources) == 2:  # each source's own fine MS guides its change
             deltas = [self.temporal.spread(x[f], [src])[0] for f, src in zip(("fq", "fq2"), sources)]
             detail_guides = [x["fq"], x["fq2"]]
         else:
-            similar = x.get("guide_similar") if guide is not None else None
             detail_guide = x.get("subpixel_guide") if guide is not None else None
-            g = x["fq"] if guide is None else guide
             deltas = self.temporal.spread(g, sources, similar)
             detail_guides = [g if detail_guide is None else detail_guide] * len(sources)
         below = None  # each source's change below the dense pixel, on the fine bands (fusion only)
@@ -669,8 +669,6 @@ class FusionNetwork(nn.Module):
                 below = [(w1 * below[0] + w2 * below[1]) / total]  # blended as the predictions are
             vt = torch.maximum(vt, vt2)
         if "consistency" in x:  # fusion: put back in line with the date's own dense MS (dense_consistency.py)
-            g = guide if guide is not None else x["fq"]
-            similar = x.get("guide_similar") if guide is not None else None
             guided = self.temporal.guided
             spread = (lambda c, v: guided.spread(g, [(c, v)], similar)[0]) if guided is not None else (lambda c, v: c)
             tp = x["consistency"](tp, vt * x["vd"], x["d"], x["dense_gain"], self.temporal.change.weight, spread)

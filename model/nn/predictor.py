@@ -549,20 +549,14 @@ class FusionPredictor:
         return torch.from_numpy(np.ascontiguousarray(u[:, np.argsort(-w)[:k]].T, np.float32)).to(self.device)
 
     def _fine_covariance(self, base: MDD) -> np.ndarray | None:
-        """(n_dates x n_bands, same): the covariance of the normalised fine MS of every date, date after
-        date, on the central window's pixels valid on every date; read once per MDD, whatever the guide
-        (each ``_subpixel_basis`` takes its dates' block). None with fewer than 4 pixels a channel."""
+        """(n_dates x n_bands, same): ``dates_covariance`` of the normalised fine MS of every date, date
+        after date, on the central window; read once per MDD, whatever the guide (each ``_subpixel_basis``
+        takes its dates' block)."""
         key = os.path.abspath(base.path)
         if key not in self._fine_covariances:
             window = central_window(base.grid.width, base.grid.height)
             slots = [self._read(base, "fine_ms", d, window) for d in base.roles["fine_ms"].dates]
-            ok = np.logical_and.reduce([v[0, 0] > 0 for _, v in slots])
-            values = np.concatenate([f[0][:, ok] for f, _ in slots]).T.astype(np.float64)  # (pixels, channels)
-            cov = None
-            if len(values) > 4 * values.shape[1]:
-                values -= values.mean(0)
-                cov = values.T @ values / len(values)
-            self._fine_covariances[key] = cov
+            self._fine_covariances[key] = dates_covariance([(f[0], v[0, 0] > 0) for f, v in slots])
         return self._fine_covariances[key]
 
     def _date_map(self, date: str) -> np.ndarray:
@@ -719,6 +713,42 @@ class FusionPredictor:
         hs = self.pca.inverse(scores)
         hs[:, ~valid] = np.nan
         return hs
+
+
+def dates_covariance(slots: list) -> np.ndarray | None:
+    """(n_dates x n_bands, same): the covariance of the channels of every date, date after date, from
+    ``slots`` [(values (n_bands, H, W), validity (H, W) bool)] of the dates. On the pixels valid on every
+    date where there are more than 4 a channel. A long cloudy series may have almost none (twenty
+    dates each 30 % cloudy leave 0.08 % of the pixels): then each pair of dates' block comes from the
+    pixels valid on both, about each date's own mean (pairwise-complete; its leading components are
+    what is used). None where even a pair of dates has too few pixels in common (the guide is then
+    used whole)."""
+    ok = np.logical_and.reduce([v for _, v in slots])
+    channels = sum(len(f) for f, _ in slots)
+    if ok.sum() > 4 * channels:
+        values = np.concatenate([f[:, ok] for f, _ in slots]).T.astype(np.float64)  # (pixels, channels)
+        values -= values.mean(0)
+        return values.T @ values / len(values)
+    nb = [len(f) for f, _ in slots]
+    means = []
+    for f, v in slots:
+        if v.sum() <= 4 * channels:
+            return None
+        means.append(f[:, v].astype(np.float64).mean(axis=1))
+    starts = np.cumsum([0] + nb)
+    cov = np.zeros((channels, channels))
+    for i, (fi, vi) in enumerate(slots):
+        for j in range(i, len(slots)):
+            fj, vj = slots[j]
+            both = vi & vj
+            if both.sum() <= 4 * channels:
+                return None
+            a = fi[:, both].astype(np.float64) - means[i][:, None]
+            b = fj[:, both].astype(np.float64) - means[j][:, None]
+            block = a @ b.T / both.sum()
+            cov[starts[i] : starts[i + 1], starts[j] : starts[j + 1]] = block
+            cov[starts[j] : starts[j + 1], starts[i] : starts[i + 1]] = block.T
+    return cov
 
 
 def _subpixel_note(sub) -> str:

@@ -2,8 +2,10 @@
 predictor.SUBPIXEL_CHANGE, on by default): the change of fields smaller than a dense pixel goes onto
 their own pixels; solved on a lattice on the grid, so the result is exact on a window ``reach`` wider
 at any offset and the same computed in strips; nothing where the change is invalid; regressed on the
-change's components; fusion adds it to its own copy of the network, never to a training's."""
+change's components; fusion adds it to its own copy of the network, never to a training's; the guide's
+covariance from pairs of dates where a cloudy series has no pixel clear on every date."""
 
+import numpy as np
 import torch
 from torch.nn import functional
 
@@ -228,3 +230,38 @@ def test_it_regresses_on_the_guides_first_components_fitted_once_for_every_tile(
     ]
     one, tiled = (gdal.Open(f).ReadAsArray() for f in fused)
     np.testing.assert_allclose(tiled, one, rtol=0, atol=1e-5)  # (the oneDNN sums of tiles of other sizes)
+
+
+def _dates(n_dates=6, bands=3, size=64, seed=0):
+    """Correlated channels over dates: a common field per band plus each date's own part."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=(bands, size, size))
+    return [(0.8 * common + 0.6 * rng.normal(size=common.shape)).astype(np.float32) for _ in range(n_dates)]
+
+
+def test_the_guides_covariance_survives_a_series_without_a_pixel_clear_on_every_date():
+    from stsfusion.model.nn.predictor import dates_covariance
+
+    values = _dates()
+    clear = [np.ones(values[0].shape[1:], bool) for _ in values]
+    full = dates_covariance(list(zip(values, clear)))
+    stacked = np.concatenate(values).reshape(len(values) * 3, -1).astype(np.float64)
+    np.testing.assert_allclose(full, np.cov(stacked, bias=True), rtol=1e-6, atol=1e-8)  # every pixel clear
+    # Each date cloudy on its own sixth of the columns: no pixel is clear on every date.
+    cloudy = []
+    for i in range(len(values)):
+        v = np.ones(values[0].shape[1:], bool)
+        v[:, i * 64 // 6 : (i + 1) * 64 // 6 + 1] = False
+        cloudy.append(v)
+    assert not np.logical_and.reduce(cloudy).any()
+    pairwise = dates_covariance(list(zip(values, cloudy)))
+    assert pairwise is not None
+    np.testing.assert_allclose(pairwise, full, atol=0.08)  # within the sampling noise of the pairs' pixels
+    # Its leading components (what the guide's basis takes) are those of the clear series.
+    lead = [np.linalg.eigh(c)[1][:, -1] for c in (full, pairwise)]
+    assert abs(float(lead[0] @ lead[1])) > 0.99
+    # Two dates that share (almost) no clear pixel: no covariance, the guide is used whole.
+    apart = [np.zeros_like(cloudy[0]) for _ in values]
+    for i, v in enumerate(apart):
+        v[:, i * 10 : i * 10 + 10] = True
+    assert dates_covariance(list(zip(values, apart))) is None

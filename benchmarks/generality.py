@@ -22,7 +22,10 @@ Landsat 8 OLI-like, and a GF-1 WFV dense MS), products_clear (Sentinel-2 L2A, La
 EnMAP L2A product layouts). products_clear is the held-out scene: it is reported, never used to
 choose. prisma_ratio_1_6 (offset_1_3's calendar; a dense MS 1.6 times the grid, not an integer
 ratio; a PRISMA-like HS) and prisma_ratio_2_4 (the same, the HS at 2.4 times the grid) were made
-after the defaults were chosen: also reported, never chosen on.
+after the defaults were chosen: also reported, never chosen on; so were landsat_ratio_3 (Sentinel-2,
+Landsat at 3 times the grid, EnMAP) and long_cloudy (the dense MS every 8-9 days, the fine MS on 8 dates,
+cloudy on each). cloudy_fine (same_day with a cloudy fine MS on every date) is the development scene of
+the choice only cloudy sources show (predictor.SOURCE_FILL), on its tuning date.
 """
 
 from __future__ import annotations
@@ -64,13 +67,20 @@ HELD_OUT_SCENE = "products_clear"
 # MS at a grid ratio that is not an integer, a PRISMA-like HS, offset_1_3's calendar) and
 # prisma_ratio_2_4 (the same with the HS at 2.4 times the grid); landsat_ratio_3 (Sentinel-2, Landsat at
 # 3 times the grid and EnMAP: the most common real combination, offset_1_3's calendar).
-LATER_SCENES = ("prisma_ratio_1_6", "prisma_ratio_2_4", "landsat_ratio_3")
-ALL_SCENES = DEV_SCENES + (HELD_OUT_SCENE,) + LATER_SCENES
+# long_cloudy (same_day's sensors; the dense MS every 8-9 days, the fine MS on 8 dates, cloudy on each)
+# was made after them too.
+LATER_SCENES = ("prisma_ratio_1_6", "prisma_ratio_2_4", "landsat_ratio_3", "long_cloudy")
+# cloudy_fine (same_day with its fine MS cloudy on every date, 20-40 %): the development scene of the one
+# choice that only cloudy sources can show (predictor.SOURCE_FILL), taken on its tuning date.
+CLOUDY_DEV_SCENES = ("cloudy_fine",)
+ALL_SCENES = DEV_SCENES + CLOUDY_DEV_SCENES + (HELD_OUT_SCENE,) + LATER_SCENES
 
 
 def scene_kind(scene: str) -> str:
     if scene == HELD_OUT_SCENE:
         return "held-out scene"
+    if scene in CLOUDY_DEV_SCENES:
+        return "development scene, its fine MS cloudy"
     return "made after the choices, never chosen on" if scene in LATER_SCENES else "development scene"
 
 
@@ -343,8 +353,8 @@ def report() -> str:
     return "\n".join(lines)
 
 
-CHOSEN = "v_lattice"  # the defaults now (seed 0): q_channels_last's models, fused with the change below
-# the dense pixel on its lattice (on by default)
+CHOSEN = "y_source_fill"  # the defaults now (seed 0): trained and fused with the clear fine MS dates beyond a
+# cloudy source standing in for it (predictor.SOURCE_FILL); v_lattice before
 
 
 def bars_table(root: str) -> list:

@@ -43,6 +43,11 @@ benchmarks/output/dataset; any other scenario goes to benchmarks/output/dataset_
     one_fine    same-day calendar, fine MS on one date only (DATES[3]).
     one_hs      same-day calendar, HS on one date only (DATES[3]).
     cloudy_fine same-day calendar, the fine MS cloudy on every date (20-40 % cover).
+    long_cloudy a longer, cloudier series on same_day's sensors: the dense MS every 8-9 days (19 dates:
+                DATES and two between each pair), the fine MS on 8 of them (the HS dates and 4
+                between), cloudy on every date (20-40 % cover), the HS on DATES[HS_INDICES]; the
+                dense MS and HS cloudy as drawn. Images on DATES are same_day's draws; each added
+                date draws from a stream of its own.
     products_clear  same-day calendar, the inputs written as the satellite products Build MDD stack
                 reads directly (model/simulation/products.py), none cloudy: fine MS as Sentinel-2 L2A
                 .SAFE folders (measured S2A MSI responses, srf/S2A_MSI.txt: B02-B08, B8A, B11, B12,
@@ -118,6 +123,7 @@ SCENARIOS = {
     "one_fine": "same-day calendar, fine MS on one date only",
     "one_hs": "same-day calendar, HS on one date only",
     "cloudy_fine": "same-day calendar, fine MS cloudy on every date (20-40 % cover)",
+    "long_cloudy": "dense MS every 8-9 days (19 dates), fine MS on 8 of them, cloudy on every date (20-40 %), HS on 4",
     "swir_offset_5_8": "offset_5_8's calendar with other sensors: fine MS Landsat 8 OLI-like (7 bands, SWIR "
     "included), dense MS GF-1 WFV (4 bands, x2), HS the truth's own bands (x3)",
     "prisma_ratio_1_6": "offset_1_3's calendar with other sensors and grid ratios: fine MS ZY1-02D VNIC-like, dense "
@@ -152,6 +158,9 @@ LANDSAT_RATIO = 3  # landsat_ratio_3: the dense MS's ratio to the grid
 # (5 dense MS pixels are 8 grid pixels; 3 for an HS at x3, 12 at x2.4) and every sensor pixel lies whole within it.
 RATIO_SCENE_DENSE_FACTOR, RATIO_SCENE_ALIGN = 1.6, 24
 ONE_DATE = DATES[3]
+# long_cloudy's fine MS dates between DATES: (DATES index, days after it); none within a week of a
+# held-out date or the tuning date
+LONG_FINE = ((0, 16), (2, 8), (3, 16), (5, 16))
 
 
 def shift_date(date: str, days: int) -> str:
@@ -207,6 +216,12 @@ def scenario_design(name: str, seed: int, sensors: dict):
     elif name == "one_hs":
         role_dates = {"fine_ms": list(pairs), "dense_ms": list(DATES), "hs": [ONE_DATE]}
         calendar += f" ({ONE_DATE}); fine MS on {', '.join(pairs)}"
+    elif name == "long_cloudy":
+        between = [shift_date(DATES[i], o) for i in range(len(DATES) - 1) for o in (8, 16)]
+        fine = sorted(pairs + [shift_date(DATES[i], o) for i, o in LONG_FINE])
+        role_dates = {"fine_ms": fine, "dense_ms": sorted(DATES + between), "hs": list(pairs)}
+        cloudy = dataclasses.replace(sensors["fine_ms"], cloud_probability=1.0, cloud_cover=(0.2, 0.4))
+        sensors = {**sensors, "fine_ms": cloudy}
     elif name == "cloudy_fine":
         role_dates = {"fine_ms": list(pairs), "dense_ms": list(DATES), "hs": list(pairs)}
         cloudy = dataclasses.replace(sensors["fine_ms"], cloud_probability=1.0, cloud_cover=(0.2, 0.4))
@@ -215,6 +230,14 @@ def scenario_design(name: str, seed: int, sensors: dict):
         raise SystemExit(f"Unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)}.")
     dates = sorted(set().union(*role_dates.values()))
     return sim_sensors.SeriesDesign(dates, role_dates), sensors, calendar, extra
+
+
+def stream_index(date: str) -> int:
+    """The random stream of a date: its index in DATES, or (a date long_cloudy adds) one past them
+    for each day after DATES[0], so each added date has its own and DATES keep same_day's."""
+    if date in DATES:
+        return DATES.index(date)
+    return len(DATES) + (_dt.date.fromisoformat(date) - _dt.date.fromisoformat(DATES[0])).days
 
 
 def simulate_inputs(
@@ -229,7 +252,7 @@ def simulate_inputs(
     images = []
     for r, role in enumerate(ROLES):
         for date in design.role_dates.get(role, []):
-            t = DATES.index((nominal or {}).get(role, {}).get(date, date))
+            t = stream_index((nominal or {}).get(role, {}).get(date, date))
             rng = sim_truth.rng_stream(seed, 100 + r, t)
             values = truth.values[truth.dates.index(date)]
             spec = sensors[role]

@@ -135,6 +135,17 @@ def date_sources(
         else:
             sides = " and ".join(f"{d} ({_apart(date, d)})" for d in (q, q2) if d is not None)
             fine = f"predicted from {sides} with the dense MS's change"
+            # fusion's stand-ins (predictor.SOURCE_FILL): the fine MS dates beyond a source, same side
+            beyond = [
+                d
+                for s in (q, q2)
+                if s is not None
+                for d in fine_dates
+                if (day_number(d) - day) * (day_number(s) - day) > 0
+                and abs(day_number(d) - day) > abs(day_number(s) - day)
+            ]
+            if beyond:
+                fine += ", under a cloud of one from the next clear date beyond it"
     dense = interpolation_note(dense_dates, date).split(": ", 1)[1]
     dense_share = _share(valid, "dense_ms", date) if date in dense_dates else None
     if dense_share is not None:

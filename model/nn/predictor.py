@@ -68,6 +68,10 @@ DENSE_GAP_FILL = True
 # Where a date's dense MS has a gap but the fine MS that stands for that date is observed, the dense MS
 # there is that fine MS as the dense sensor sees it (``_dense_from_fine``), before any other date's fill.
 DENSE_FROM_FINE = True
+# Where a source date's fine MS has a gap (a cloud), the next fine MS date beyond it on the same side of
+# the target that is clear there stands in for it, pixel by pixel (``_fill_sources``); False: that
+# source is missing there (the other source alone, or the spatial prediction without either).
+SOURCE_FILL = True
 
 # The detail step on the dates without their own HS too (``FusionPredictor._detail``), for models
 # that carry the detail's skill (``detail_skill.py``). Chosen on the tuning date of three development
@@ -329,6 +333,8 @@ class FusionPredictor:
         self._dense_from_fine(
             mdd, x, dense, (("d", "a", "va", date), ("dq", "fq", "vfq", q), ("dq2", "fq2", "vfq2", q2))
         )
+        if SOURCE_FILL:
+            self._fill_sources(mdd, window, x, dense, [d for d in fine_dates if d != own], date, (q, q2))
         if q2 is not None:
             x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"])
         if self.date_maps is not None:
@@ -343,6 +349,41 @@ class FusionPredictor:
         if basis is not None:
             x["change_basis"] = basis
         return x, dense
+
+    def _fill_sources(self, mdd, window, x: dict, dense: tuple, others: list, date: str, sources: tuple) -> None:
+        """Where a source's fine MS (``sources``: q, q2) has a gap, the fine MS dates of ``others`` beyond it
+        on the same side of ``date``, nearest first, stand in for it pixel by pixel where they are clear:
+        their fine MS, their dense MS, and (for q) their time to ``date`` in ``x["gap_q"]``, then a map.
+        On a long cloudy series a pixel under the clouds of both bracketing dates would otherwise fall
+        back to the spatial prediction, and under one of them to a single source. Per pixel, so tiles
+        agree; ``x`` is changed in place; a pixel no date on that side covers stays as it was."""
+        day = day_number(date)
+        keys = (("fq", "vfq", "dq", "vdq", "gap_q"), ("fq2", "vfq2", "dq2", "vdq2", None))
+        for source, (fk, vk, dk, vdk, gap_key) in zip(sources, keys):
+            if source is None or fk not in x:
+                continue
+            missing = x[vk][0, 0] == 0
+            if not missing.any():
+                continue
+            s = day_number(source) - day
+            beyond = [d for d in others if (day_number(d) - day) * s > 0 and abs(day_number(d) - day) > abs(s)]
+            gap = None
+            for d in sorted(beyond, key=lambda d: abs(day_number(d) - day)):
+                f, vf = self._read(mdd, "fine_ms", d, window)
+                take = missing & (vf[0, 0] > 0)
+                if not take.any():
+                    continue
+                z, vz = self._read(mdd, "dense_ms", d, window, dense)
+                for key, value in ((fk, f), (vk, vf), (dk, z), (vdk, vz)):
+                    x[key] = np.where(take, value, x[key]).astype(np.float32)
+                if gap_key is not None:
+                    gap = np.broadcast_to(x[gap_key], x[vk].shape).copy() if gap is None else gap
+                    gap[0, 0][take] = abs(day_number(d) - day) / 365.0
+                missing &= ~take
+                if not missing.any():
+                    break
+            if gap is not None:
+                x[gap_key] = gap.astype(np.float32)
 
     def _dense_from_fine(self, mdd, x: dict, dense: tuple, pairs) -> None:
         """Where a date's own dense MS image has a gap (a cloud) but the fine MS that stands for that

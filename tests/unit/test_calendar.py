@@ -101,9 +101,13 @@ def test_what_a_fused_date_rests_on_and_the_warning_for_a_date_with_nothing_obse
     assert paired["dense_ms"].startswith("interpolated in time between 2022-05-05 (46 days before)")
     assert paired["warning"] is None  # a fine MS of its own: observed
     predicted = date_sources(fine, dense, hs, "2022-08-13")
-    assert (
-        predicted["fine_ms"]
-        == "predicted from 2022-09-07 (25 days after) and 2022-06-24 (50 days before) with the dense MS's change"
+    assert predicted["fine_ms"] == (
+        "predicted from 2022-09-07 (25 days after) and 2022-06-24 (50 days before) with the dense MS's change, "
+        "under a cloud of one from the next clear date beyond it"  # 2022-04-10, beyond 2022-06-24
+    )
+    # No fine MS date beyond either source: nothing stands in under their clouds.
+    assert date_sources(fine[1:], dense, hs, "2022-08-13")["fine_ms"] == (
+        "predicted from 2022-09-07 (25 days after) and 2022-06-24 (50 days before) with the dense MS's change"
     )
     assert predicted["hs"] == "from 2022-07-19 (25 days before), the nearest HS date" and predicted["warning"] is None
     # An HS date with no fine MS within 10 days and no dense MS within 10 days: nothing observed near it.

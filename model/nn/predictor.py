@@ -334,7 +334,7 @@ class FusionPredictor:
             mdd, x, dense, (("d", "a", "va", date), ("dq", "fq", "vfq", q), ("dq2", "fq2", "vfq2", q2))
         )
         if SOURCE_FILL:
-            self._fill_sources(mdd, window, x, dense, [d for d in fine_dates if d != own], date, (q, q2))
+            self._fill_sources(mdd, window, x, dense, own, date, (q, q2))
         if q2 is not None:
             x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"])
         if self.date_maps is not None:
@@ -350,14 +350,19 @@ class FusionPredictor:
             x["change_basis"] = basis
         return x, dense
 
-    def _fill_sources(self, mdd, window, x: dict, dense: tuple, others: list, date: str, sources: tuple) -> None:
-        """Where a source's fine MS (``sources``: q, q2) has a gap, the fine MS dates of ``others`` beyond it
-        on the same side of ``date``, nearest first, stand in for it pixel by pixel where they are clear:
-        their fine MS, their dense MS, and (for q) their time to ``date`` in ``x["gap_q"]``, then a map.
-        On a long cloudy series a pixel under the clouds of both bracketing dates would otherwise fall
-        back to the spatial prediction, and under one of them to a single source. Per pixel, so tiles
-        agree; ``x`` is changed in place; a pixel no date on that side covers stays as it was."""
+    def _fill_sources(self, mdd, window, x: dict, dense: tuple, own: str | None, date: str, sources: tuple) -> None:
+        """Where a source's fine MS (``sources``: q, q2) has a gap, the other fine MS dates (not ``own``)
+        beyond it on the same side of ``date``, nearest first, stand in for it pixel by pixel where they
+        are clear: their fine MS, their dense MS, and (for q) their time to ``date`` in ``x["gap_q"]``, then
+        a map. On a long cloudy series a pixel under the clouds of both bracketing dates would otherwise
+        fall back to the spatial prediction, and under one of them to a single source. Per pixel, so
+        tiles agree; ``x`` is changed in place; a pixel no date on that side covers stays as it was. The
+        fine MS comes from the tile's guide slots where ``_guide`` has read them."""
         day = day_number(date)
+        others = [d for d in mdd.roles["fine_ms"].dates if d != own]
+        memo = getattr(mdd, "derived", None)
+        slots = memo.get(("guide slots", tuple(int(v) for v in window), own)) if memo is not None else None
+        read = dict(zip(others, slots)) if slots is not None and len(slots) == len(others) else {}
         keys = (("fq", "vfq", "dq", "vdq", "gap_q"), ("fq2", "vfq2", "dq2", "vdq2", None))
         for source, (fk, vk, dk, vdk, gap_key) in zip(sources, keys):
             if source is None or fk not in x:
@@ -369,7 +374,7 @@ class FusionPredictor:
             beyond = [d for d in others if (day_number(d) - day) * s > 0 and abs(day_number(d) - day) > abs(s)]
             gap = None
             for d in sorted(beyond, key=lambda d: abs(day_number(d) - day)):
-                f, vf = self._read(mdd, "fine_ms", d, window)
+                f, vf = read[d] if d in read else self._read(mdd, "fine_ms", d, window)
                 take = missing & (vf[0, 0] > 0)
                 if not take.any():
                     continue

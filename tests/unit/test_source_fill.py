@@ -1,6 +1,8 @@
 """A source date's fine MS under a cloud: the next clear fine MS date beyond it on the same side of the
 target stands in, pixel by pixel (predictor.FusionPredictor._fill_sources, predictor.SOURCE_FILL)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from stsfusion.model.nn.predictor import FusionPredictor
@@ -8,6 +10,7 @@ from stsfusion.model.nn.predictor import FusionPredictor
 H = W = 6
 FINE = ["2022-04-10", "2022-05-10", "2022-06-20", "2022-07-20"]  # q = 05-10 and q2 = 06-20 for 05-30
 TARGET = "2022-05-30"
+MDD = SimpleNamespace(roles={"fine_ms": SimpleNamespace(dates=FINE)})  # no tile cache: every date read
 
 
 class _Reads:
@@ -45,7 +48,7 @@ def test_a_cloudy_source_is_stood_in_for_by_the_next_clear_date_on_its_side():
     cloud_q2 = np.zeros((H, W), bool)
     cloud_q2[0, :] = True  # under q2's cloud: 07-20, never a date on q's side
     x = _inputs(cloud_q, cloud_q2)
-    _Reads()._fill_sources(None, None, x, None, FINE, TARGET, (FINE[1], FINE[2]))
+    _Reads()._fill_sources(MDD, (0, 0, W, H), x, None, None, TARGET, (FINE[1], FINE[2]))
     left = np.zeros((H, W), bool)
     left[:, : W // 2] = True
     took = cloud_q & left
@@ -62,7 +65,24 @@ def test_a_cloudy_source_is_stood_in_for_by_the_next_clear_date_on_its_side():
 def test_clear_sources_are_left_alone():
     x = _inputs(np.zeros((H, W), bool), np.zeros((H, W), bool))
     before = {k: v.copy() for k, v in x.items()}
-    _Reads()._fill_sources(None, None, x, None, FINE, TARGET, (FINE[1], FINE[2]))
+    _Reads()._fill_sources(MDD, (0, 0, W, H), x, None, None, TARGET, (FINE[1], FINE[2]))
     for k, v in before.items():
         np.testing.assert_array_equal(x[k], v)
     assert x["gap_q"].shape == (1, 1, 1, 1)  # still the one time gap of the date
+
+
+def test_the_tiles_guide_slots_are_taken_instead_of_reading_again():
+    reads = _Reads()
+    window = (0, 0, W, H)
+    slots = [reads._read(None, "fine_ms", d, window) for d in FINE]  # as FusionPredictor._guide keeps them
+
+    class _NoFineReads(_Reads):
+        def _read(self, mdd, role, date, window, dense=None):
+            assert role == "dense_ms", "the fine MS was read again"
+            return super()._read(mdd, role, date, window, dense)
+
+    mdd = SimpleNamespace(roles=MDD.roles, derived={("guide slots", window, None): slots})
+    cloud = np.ones((H, W), bool)
+    x = _inputs(cloud, np.zeros((H, W), bool))
+    _NoFineReads()._fill_sources(mdd, window, x, None, None, TARGET, (FINE[1], FINE[2]))
+    np.testing.assert_array_equal(x["fq"][0, 0], np.where(np.arange(W) < W // 2, 1, 0)[None].repeat(H, 0))

@@ -51,15 +51,26 @@ __all__ = ["ModelError", "FusionPredictor", "load_predictor"]
 NETWORK_LOCK = threading.Lock()
 
 
-def _source_weight(d, dq, dq2):
+def _source_weight(d, dq, dq2, stand_ins: tuple = (None, None)):
     """Per pixel, the weight of source q against q2: STARFM's temporal weight, 1 / (mean |dense MS
     change to t| + eps) in z units, normalised over the two sources. The date with less change
     predicts better; measured on the tuning date against weights by time distance (2 seeds: CC
     +0.0027, PSNR +0.16 dB, SSIM +0.008). eps = 0.05 keeps a pixel without change from taking all
-    the weight."""
+    the weight. ``stand_ins``: per side None or a map (1, 1, H, W) of the source's time gap over its
+    stand-in's where one stands in (``_fill_sources``; 1 elsewhere), which scales that side's weight:
+    a stand-in farther out counts for less than its dense MS change alone says (on the development
+    scenes' and cloudy_fine's tuning date, means of the four: CC 0.9717 -> 0.9718, SAM 7.501 -> 7.497°,
+    PSNR 28.56 -> 28.57 dB, SSIM 0.8957 -> 0.8961)."""
     m1 = np.abs(d - dq).mean(1, keepdims=True) + 0.05
     m2 = np.abs(d - dq2).mean(1, keepdims=True) + 0.05
-    return (m2 / (m1 + m2)).astype(np.float32)
+    w = m2 / (m1 + m2)
+    r1, r2 = stand_ins
+    if r1 is None and r2 is None:
+        return w.astype(np.float32)
+    r1 = np.ones_like(w) if r1 is None else r1
+    r2 = np.ones_like(w) if r2 is None else r2
+    a, b = w * r1, (1 - w) * r2
+    return np.where((r1 != 1) | (r2 != 1), a / np.maximum(a + b, 1e-12), w).astype(np.float32)
 
 
 # The dense MS's gaps (clouds) on a date it was acquired filled from how the rest of that date changed
@@ -333,10 +344,9 @@ class FusionPredictor:
         self._dense_from_fine(
             mdd, x, dense, (("d", "a", "va", date), ("dq", "fq", "vfq", q), ("dq2", "fq2", "vfq2", q2))
         )
-        if SOURCE_FILL:
-            self._fill_sources(mdd, window, x, dense, own, date, (q, q2))
+        stand_ins = self._fill_sources(mdd, window, x, dense, own, date, (q, q2)) if SOURCE_FILL else (None, None)
         if q2 is not None:
-            x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"])
+            x["wq"] = _source_weight(x["d"], x["dq"], x["dq2"], stand_ins)
         if self.date_maps is not None:
             x["wmap"] = self._date_map(date)
         x = {k: torch.from_numpy(v).to(self.device) for k, v in x.items()}
@@ -350,21 +360,24 @@ class FusionPredictor:
             x["change_basis"] = basis
         return x, dense
 
-    def _fill_sources(self, mdd, window, x: dict, dense: tuple, own: str | None, date: str, sources: tuple) -> None:
+    def _fill_sources(self, mdd, window, x: dict, dense: tuple, own: str | None, date: str, sources: tuple) -> tuple:
         """Where a source's fine MS (``sources``: q, q2) has a gap, the other fine MS dates (not ``own``)
         beyond it on the same side of ``date``, nearest first, stand in for it pixel by pixel where they
         are clear: their fine MS, their dense MS, and (for q) their time to ``date`` in ``x["gap_q"]``, then
         a map. On a long cloudy series a pixel under the clouds of both bracketing dates would otherwise
         fall back to the spatial prediction, and under one of them to a single source. Per pixel, so
         tiles agree; ``x`` is changed in place; a pixel no date on that side covers stays as it was. The
-        fine MS comes from the tile's guide slots where ``_guide`` has read them."""
+        fine MS comes from the tile's guide slots where ``_guide`` has read them. Returns, per source,
+        None or a map (1, 1, H, W) of its time gap over its stand-in's (1 where none stands in), for
+        ``_source_weight``."""
         day = day_number(date)
         others = [d for d in mdd.roles["fine_ms"].dates if d != own]
         memo = getattr(mdd, "derived", None)
         slots = memo.get(("guide slots", tuple(int(v) for v in window), own)) if memo is not None else None
         read = dict(zip(others, slots)) if slots is not None and len(slots) == len(others) else {}
         keys = (("fq", "vfq", "dq", "vdq", "gap_q"), ("fq2", "vfq2", "dq2", "vdq2", None))
-        for source, (fk, vk, dk, vdk, gap_key) in zip(sources, keys):
+        ratios = [None, None]
+        for side, (source, (fk, vk, dk, vdk, gap_key)) in enumerate(zip(sources, keys)):
             if source is None or fk not in x:
                 continue
             missing = x[vk][0, 0] == 0
@@ -384,11 +397,15 @@ class FusionPredictor:
                 if gap_key is not None:
                     gap = np.broadcast_to(x[gap_key], x[vk].shape).copy() if gap is None else gap
                     gap[0, 0][take] = abs(day_number(d) - day) / 365.0
+                if ratios[side] is None:
+                    ratios[side] = np.ones(x[vk].shape, np.float32)
+                ratios[side][0, 0][take] = abs(s) / abs(day_number(d) - day)
                 missing &= ~take
                 if not missing.any():
                     break
             if gap is not None:
                 x[gap_key] = gap.astype(np.float32)
+        return tuple(ratios)
 
     def _dense_from_fine(self, mdd, x: dict, dense: tuple, pairs) -> None:
         """Where a date's own dense MS image has a gap (a cloud) but the fine MS that stands for that

@@ -48,7 +48,7 @@ def test_a_cloudy_source_is_stood_in_for_by_the_next_clear_date_on_its_side():
     cloud_q2 = np.zeros((H, W), bool)
     cloud_q2[0, :] = True  # under q2's cloud: 07-20, never a date on q's side
     x = _inputs(cloud_q, cloud_q2)
-    _Reads()._fill_sources(MDD, (0, 0, W, H), x, None, None, TARGET, (FINE[1], FINE[2]))
+    ratios = _Reads()._fill_sources(MDD, (0, 0, W, H), x, None, None, TARGET, (FINE[1], FINE[2]))
     left = np.zeros((H, W), bool)
     left[:, : W // 2] = True
     took = cloud_q & left
@@ -60,6 +60,25 @@ def test_a_cloudy_source_is_stood_in_for_by_the_next_clear_date_on_its_side():
     np.testing.assert_array_equal(x["fq2"][0, 0], np.where(cloud_q2, 4, 3))
     np.testing.assert_array_equal(x["dq2"][0, 0], np.where(cloud_q2, 40, 30))
     assert x["fq"].dtype == np.float32 and x["gap_q"].shape == (1, 1, H, W)
+    # The source's time gap over its stand-in's, for the blend weight: 20 / 50 days, and 21 / 51 for q2.
+    np.testing.assert_allclose(ratios[0][0, 0], np.where(took, 20 / 50, 1), rtol=1e-6)
+    np.testing.assert_allclose(ratios[1][0, 0], np.where(cloud_q2, 21 / 51, 1), rtol=1e-6)
+
+
+def test_a_stand_in_counts_for_less_in_the_blend_the_farther_out_it_is():
+    from stsfusion.model.nn.predictor import _source_weight
+
+    rng = np.random.default_rng(0)
+    d, dq, dq2 = (rng.normal(size=(1, 3, H, W)).astype(np.float32) for _ in range(3))
+    plain = _source_weight(d, dq, dq2)
+    assert np.array_equal(_source_weight(d, dq, dq2, (None, None)), plain)
+    r = np.ones((1, 1, H, W), np.float32)
+    r[..., :2, :] = 0.4  # q's stand-in 2.5 times as far as q on the first two rows
+    w = _source_weight(d, dq, dq2, (r, None))
+    np.testing.assert_array_equal(w[..., 2:, :], plain[..., 2:, :])  # elsewhere bit for bit
+    expected = 0.4 * plain / (0.4 * plain + 1 - plain)
+    np.testing.assert_allclose(w[..., :2, :], expected[..., :2, :], rtol=1e-6)
+    assert (w[..., :2, :] < plain[..., :2, :]).all()
 
 
 def test_clear_sources_are_left_alone():

@@ -101,6 +101,14 @@ def temporal_sources(fine_dates: Sequence[str], date: str, own: str | None, brac
     return q, q2
 
 
+def stand_ins(fine_dates: Sequence[str], date: str, source: str, own: str | None = None) -> list:
+    """The fine MS dates (not ``own``) that stand in for ``source`` where its fine MS has a gap (fusion's
+    ``FusionPredictor._fill_sources``): those beyond it on the same side of ``date``, nearest first."""
+    day, s = day_number(date), day_number(source) - day_number(date)
+    beyond = [d for d in fine_dates if d != own and (day_number(d) - day) * s > 0 and abs(day_number(d) - day) > abs(s)]
+    return sorted(beyond, key=lambda d: abs(day_number(d) - day))
+
+
 def _share(valid: dict | None, role: str, date: str) -> float | None:
     """The share of ``role``'s image of ``date`` that is valid, against the role's clearest date."""
     share = (valid or {}).get(role, {}).get(date)
@@ -135,16 +143,7 @@ def date_sources(
         else:
             sides = " and ".join(f"{d} ({_apart(date, d)})" for d in (q, q2) if d is not None)
             fine = f"predicted from {sides} with the dense MS's change"
-            # fusion's stand-ins (predictor.SOURCE_FILL): the fine MS dates beyond a source, same side
-            beyond = [
-                d
-                for s in (q, q2)
-                if s is not None
-                for d in fine_dates
-                if (day_number(d) - day) * (day_number(s) - day) > 0
-                and abs(day_number(d) - day) > abs(day_number(s) - day)
-            ]
-            if beyond:
+            if any(stand_ins(fine_dates, date, s) for s in (q, q2) if s is not None):  # predictor.SOURCE_FILL
                 fine += ", under a cloud of one from the next clear date beyond it"
     dense = interpolation_note(dense_dates, date).split(": ", 1)[1]
     dense_share = _share(valid, "dense_ms", date) if date in dense_dates else None

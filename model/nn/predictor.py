@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.calendar import fill_in_time, fine_for, temporal_sources
+from ..core.calendar import fill_in_time, fine_for, stand_ins, temporal_sources
 from ..core.gap_fill import fit_gap_fill
 from ..core.vocabulary import ROLE_LABELS, by_distance, day_number
 from ..mdd.format import MDD, read_values
@@ -362,9 +362,9 @@ class FusionPredictor:
 
     def _fill_sources(self, mdd, window, x: dict, dense: tuple, own: str | None, date: str, sources: tuple) -> tuple:
         """Where a source's fine MS (``sources``: q, q2) has a gap, the other fine MS dates (not ``own``)
-        beyond it on the same side of ``date``, nearest first, stand in for it pixel by pixel where they
-        are clear: their fine MS, their dense MS, and (for q) their time to ``date`` in ``x["gap_q"]``, then
-        a map. On a long cloudy series a pixel under the clouds of both bracketing dates would otherwise
+        beyond it on the same side of ``date``, nearest first (``calendar.stand_ins``), stand in for it
+        pixel by pixel where they are clear: their fine MS, their dense MS, and (for q) their time to
+        ``date`` in ``x["gap_q"]``, then a map. On a long cloudy series a pixel under the clouds of both bracketing dates would otherwise
         fall back to the spatial prediction, and under one of them to a single source. Per pixel, so
         tiles agree; ``x`` is changed in place; a pixel no date on that side covers stays as it was. The
         fine MS comes from the tile's guide slots where ``_guide`` has read them. Returns, per source,
@@ -383,10 +383,8 @@ class FusionPredictor:
             missing = x[vk][0, 0] == 0
             if not missing.any():
                 continue
-            s = day_number(source) - day
-            beyond = [d for d in others if (day_number(d) - day) * s > 0 and abs(day_number(d) - day) > abs(s)]
-            gap = None
-            for d in sorted(beyond, key=lambda d: abs(day_number(d) - day)):
+            gap, apart = None, abs(day_number(source) - day)
+            for d in stand_ins(others, date, source):
                 f, vf = read[d] if d in read else self._read(mdd, "fine_ms", d, window)
                 take = missing & (vf[0, 0] > 0)
                 if not take.any():
@@ -394,12 +392,13 @@ class FusionPredictor:
                 z, vz = self._read(mdd, "dense_ms", d, window, dense)
                 for key, value in ((fk, f), (vk, vf), (dk, z), (vdk, vz)):
                     x[key] = np.where(take, value, x[key]).astype(np.float32)
+                days = abs(day_number(d) - day)
                 if gap_key is not None:
                     gap = np.broadcast_to(x[gap_key], x[vk].shape).copy() if gap is None else gap
-                    gap[0, 0][take] = abs(day_number(d) - day) / 365.0
+                    gap[0, 0][take] = days / 365.0
                 if ratios[side] is None:
                     ratios[side] = np.ones(x[vk].shape, np.float32)
-                ratios[side][0, 0][take] = abs(s) / abs(day_number(d) - day)
+                ratios[side][0, 0][take] = apart / days
                 missing &= ~take
                 if not missing.any():
                     break

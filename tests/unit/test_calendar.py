@@ -20,6 +20,7 @@ from stsfusion.model.core.calendar import (
     fine_for,
     interpolation_note,
     paired_date,
+    stand_ins,
     temporal_sources,
 )
 from stsfusion.model.core.callbacks import Callbacks
@@ -84,6 +85,14 @@ def test_the_sources_of_a_predicted_fine_ms_are_the_nearest_date_and_the_nearest
     # The fine MS that stands for the date is left out of its own sources.
     assert temporal_sources(fine, "2022-06-24", "2022-06-24") == ("2022-05-30", "2022-09-07")
     assert temporal_sources([], "2022-06-24", None) == (None, None)
+
+
+def test_the_dates_that_stand_in_for_a_cloudy_source_lie_beyond_it_on_its_side():
+    fine = ["2022-04-10", "2022-05-10", "2022-06-20", "2022-07-20", "2022-08-30"]
+    assert stand_ins(fine, "2022-05-30", "2022-05-10") == ["2022-04-10"]
+    assert stand_ins(fine, "2022-05-30", "2022-06-20") == ["2022-07-20", "2022-08-30"]  # nearest first
+    assert stand_ins(fine, "2022-05-30", "2022-06-20", own="2022-07-20") == ["2022-08-30"]
+    assert stand_ins(fine, "2022-05-30", "2022-04-10") == []  # nothing beyond the first date
 
 
 def test_what_a_fused_date_rests_on_and_the_warning_for_a_date_with_nothing_observed_near_it():

@@ -97,6 +97,16 @@ def test_sentinel2_safe_zip_builds_with_the_baseline_offset_and_the_scl(tmp_path
     np.testing.assert_allclose(values[0][expected], s2.reflectance(fx, "B02")[expected], atol=1e-6)
 
 
+def test_the_buffer_grows_the_clouds_not_the_no_data(tmp_path):
+    # The SCL's no_data (20 m pixel (5, 5): grid rows and columns 10-11) is the footprint's own edge:
+    # MASK_BUFFER=1 (two grid pixels) grows the saturated pixel (3, 3) and the clouds, not it.
+    fx = s2.make_s2_l2a(tmp_path / "in")
+    valid = _build(tmp_path, fx.path, "MASK_BUFFER=1").read_mask("fine_ms")[0]
+    assert not valid[10:12, 10:12].any()  # the no_data itself
+    assert valid[10, 8] and valid[8, 10]  # two grid pixels from it, farther from any other class
+    assert not valid[9, 7] and not valid[4, 1]  # beside the saturated pixel, beside the cloud shadow
+
+
 def test_prisma_l2d_zip_builds_with_ascending_bands_l2_scaling_and_its_cloud_mask(tmp_path):
     from helpers import products_prisma as prisma
 

@@ -36,7 +36,13 @@ class QualityRule:
 
     kind: str
     classes: dict
-    buffer_px: int = 0  # grow the invalid pixels by this many source pixels
+    buffer_px: int = 0  # grow the invalid pixels (but NO_DATA_CLASSES) by this many source pixels
+
+
+# The classes that say a pixel holds no data at all (outside the footprint, a swath's fill). Their
+# edge is the data's own sharp edge, not a cloud's soft one, so MASK_BUFFER ("grow masked clouds and
+# shadows") leaves them as they are: grown, they took a valid rim off every product's footprint.
+NO_DATA_CLASSES = frozenset({"no_data", "fill"})
 
 
 @dataclass

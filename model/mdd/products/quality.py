@@ -5,7 +5,8 @@ its values are invalid).
 Each quality raster is warped onto the grid with nearest neighbour (a class value is never
 interpolated), over the window grown by the buffer, so a cloud just outside a window still grows
 into it and windows stay seamless. Classes are grown by ``buffer_px`` source pixels, converted to
-grid pixels (to the nearest: the grid is a role's own, possibly coarser, storage grid).
+grid pixels (to the nearest: the grid is a role's own, possibly coarser, storage grid); the classes
+that mean "no data" (``NO_DATA_CLASSES``: the footprint's outside) are not grown.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from scipy import ndimage
 
 from ...core.grid import Grid
 from ..raster_io import inspect_layer, pixel_size_in_crs, warp_window
-from . import QualityLayer, QualityRule, invalid_pixels
+from . import NO_DATA_CLASSES, QualityLayer, QualityRule, invalid_pixels
 
 MAX_BIT = 31  # bit flags of masks up to 32-bit integers
 
@@ -108,7 +109,7 @@ class QualityMask:
             for cls, hit in classes.items():
                 if self.quality.nodata_valid:
                     hit = hit & known  # e.g. class 0 chosen: the mask's nodata and outside stay valid
-                if disk is not None and hit.any():
+                if disk is not None and cls not in NO_DATA_CLASSES and hit.any():
                     hit = ndimage.binary_dilation(hit, structure=disk)
                 hit = hit[crop]
                 self.counts[cls] = self.counts.get(cls, 0) + int(hit.sum())

@@ -47,9 +47,9 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
             "Default 1: the paper found it best on real data, larger kernels cost 2-5x the time.\n"
             "PCA_COMPONENTS: principal components of the HS the network predicts (default 12); noisy "
             "bands weigh less in the PCA.\n"
-            "EPOCHS: training epochs (default 15); each epoch is 10-60 steps, scaled with the grid. More "
-            "is not better: on the development scenes 60 epochs fitted the HS dates at the cost of the "
-            "others (BENCHMARKS.md, Generality).\n"
+            "EPOCHS: training epochs (default 20); each epoch is 10-60 steps, scaled with the grid. More "
+            "is not better: on the development scenes 30 epochs were no better than 20, and 60 fitted the "
+            "HS dates at the cost of the others (BENCHMARKS.md, Generality).\n"
             "PATCH_SIZE: training patch side in pixels (default 32; at most the grid's smaller side).\n"
             "BATCH_SIZE: patches per step and task (default 8).\n"
             "LEARNING_RATE: Adam learning rate (default 0.002, cosine decay to a tenth).\n"
@@ -107,7 +107,7 @@ class TrainFusionModelAlgorithm(STSFusionAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 15, minValue=1, maxValue=100000
+                self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, 20, minValue=1, maxValue=100000
             )
         )
         advanced = [

@@ -371,9 +371,10 @@ class FusionPredictor:
         None or a map (1, 1, H, W) of its time gap over its stand-in's (1 where none stands in), for
         ``_source_weight``."""
         day = day_number(date)
-        others = [d for d in mdd.roles["fine_ms"].dates if d != own]
+        fine_dates = mdd.roles["fine_ms"].dates
         memo = getattr(mdd, "derived", None)
-        slots = memo.get(("guide slots", tuple(int(v) for v in window), own)) if memo is not None else None
+        slots = memo.get(_guide_slots_key(window, own)) if memo is not None else None
+        others = [d for d in fine_dates if d != own]  # the guide's dates, in its slots' order
         read = dict(zip(others, slots)) if slots is not None and len(slots) == len(others) else {}
         keys = (("fq", "vfq", "dq", "vdq", "gap_q"), ("fq2", "vfq2", "dq2", "vdq2", None))
         ratios = [None, None]
@@ -384,7 +385,7 @@ class FusionPredictor:
             if not missing.any():
                 continue
             gap, apart = None, abs(day_number(source) - day)
-            for d in stand_ins(others, date, source):
+            for d in stand_ins(fine_dates, date, source, own):
                 f, vf = read[d] if d in read else self._read(mdd, "fine_ms", d, window)
                 take = missing & (vf[0, 0] > 0)
                 if not take.any():
@@ -524,14 +525,14 @@ class FusionPredictor:
         import torch
 
         memo = getattr(mdd, "derived", None)
-        where = (tuple(int(v) for v in window), own)
-        slots = memo.get(("guide slots",) + where) if memo is not None else None
+        slots_key = _guide_slots_key(window, own)
+        slots = memo.get(slots_key) if memo is not None else None
         if slots is None:  # read and normalised once per tile and ``own``, whatever the date
             slots = [self._read(mdd, "fine_ms", d, window) for d in fine_dates if d != own]
             if memo is not None:
-                memo[("guide slots",) + where] = slots
+                memo[slots_key] = slots
         gaps = any(not v.all() for _, v in slots)
-        key = ("guide",) + where + (q if gaps else None,)
+        key = ("guide",) + slots_key[1:] + (q if gaps else None,)
         if memo is not None and key in memo:
             return memo[key]
         parts = [np.where(v > 0, f, fq) for f, v in slots]
@@ -775,6 +776,12 @@ class FusionPredictor:
         hs = self.pca.inverse(scores)
         hs[:, ~valid] = np.nan
         return hs
+
+
+def _guide_slots_key(window: tuple, own: str | None) -> tuple:
+    """The tile memo's key of the guide's slots (``FusionPredictor._guide``): the fine MS of every date
+    but ``own``, read for ``window``; ``_fill_sources`` takes its stand-ins from them."""
+    return ("guide slots", tuple(int(v) for v in window), own)
 
 
 def dates_covariance(slots: list) -> np.ndarray | None:

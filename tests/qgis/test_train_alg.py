@@ -111,3 +111,23 @@ def test_bad_inputs_raise_clear_errors(qgis_app, tmp_path, case, pattern):
             },
         )
     assert not os.path.exists(out)
+
+
+def test_the_parameters_defaults_are_the_training_functions(qgis_app):
+    # The algorithm states its defaults as literals (it lists them without importing torch): each must
+    # be train_fusion_model's own, or the Toolbox and a Python call would train differently.
+    from qgis.core import QgsApplication
+
+    from stsfusion.model.nn.training import DEFAULTS
+
+    alg = QgsApplication.processingRegistry().algorithmById("stsfusion:train")
+    for name, key in (
+        ("EPOCHS", "epochs"),
+        ("PCA_COMPONENTS", "pca_components"),
+        ("PATCH_SIZE", "patch_size"),
+        ("BATCH_SIZE", "batch_size"),
+        ("LEARNING_RATE", "learning_rate"),
+        ("SEED", "seed"),
+    ):
+        assert alg.parameterDefinition(name).defaultValue() == pytest.approx(DEFAULTS[key]), name
+    assert f"(default {DEFAULTS['epochs']})" in alg.shortHelpString()
